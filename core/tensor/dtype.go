@@ -1,0 +1,142 @@
+package tensor
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/sugarme/gotch"
+)
+
+// DType is an element type. The set is deliberately small: the types model
+// weights and activations use, plus integer indices and boolean masks.
+type DType int
+
+const (
+	Float32 DType = iota
+	Float16
+	BFloat16
+	Int64
+	Bool
+)
+
+var dtypeNames = [...]string{"float32", "float16", "bfloat16", "int64", "bool"}
+
+func (d DType) String() string {
+	if d < 0 || int(d) >= len(dtypeNames) {
+		return "dtype(" + strconv.Itoa(int(d)) + ")"
+	}
+	return dtypeNames[d]
+}
+
+// Size is the number of bytes of one element.
+func (d DType) Size() int {
+	switch d {
+	case Float32:
+		return 4
+	case Float16, BFloat16:
+		return 2
+	case Int64:
+		return 8
+	case Bool:
+		return 1
+	}
+	return 0
+}
+
+// IsFloat reports whether d is a floating-point type.
+func (d DType) IsFloat() bool { return d == Float32 || d == Float16 || d == BFloat16 }
+
+// ParseDType accepts the names DType.String returns and the usual short
+// forms (f32, fp16, bf16, i64) plus safetensors' spellings (F32, BF16, ...).
+func ParseDType(s string) (DType, error) {
+	switch strings.ToLower(s) {
+	case "float32", "f32", "fp32", "float":
+		return Float32, nil
+	case "float16", "f16", "fp16", "half":
+		return Float16, nil
+	case "bfloat16", "bf16":
+		return BFloat16, nil
+	case "int64", "i64", "long":
+		return Int64, nil
+	case "bool":
+		return Bool, nil
+	}
+	return 0, fmt.Errorf("unknown dtype %q (want float32, float16, bfloat16, int64 or bool)", s)
+}
+
+func (d DType) kind() gotch.DType {
+	switch d {
+	case Float16:
+		return gotch.Half
+	case BFloat16:
+		return gotch.BFloat16
+	case Int64:
+		return gotch.Int64
+	case Bool:
+		return gotch.Bool
+	}
+	return gotch.Float
+}
+
+func fromKind(k gotch.DType) (DType, error) {
+	switch k {
+	case gotch.Float:
+		return Float32, nil
+	case gotch.Half:
+		return Float16, nil
+	case gotch.BFloat16:
+		return BFloat16, nil
+	case gotch.Int64:
+		return Int64, nil
+	case gotch.Bool:
+		return Bool, nil
+	}
+	return 0, fmt.Errorf("unsupported libtorch dtype %v", k)
+}
+
+// Device says where tensor memory lives.
+type Device struct {
+	cuda  bool
+	index int
+}
+
+// CPU is the host device.
+var CPU = Device{}
+
+// CUDA names GPU i.
+func CUDA(i int) Device { return Device{cuda: true, index: i} }
+
+// IsCUDA reports whether d is a GPU.
+func (d Device) IsCUDA() bool { return d.cuda }
+
+func (d Device) String() string {
+	if d.cuda {
+		return "cuda:" + strconv.Itoa(d.index)
+	}
+	return "cpu"
+}
+
+// ParseDevice accepts "cpu", "cuda" and "cuda:N".
+func ParseDevice(s string) (Device, error) {
+	switch {
+	case s == "cpu" || s == "":
+		return CPU, nil
+	case s == "cuda":
+		return CUDA(0), nil
+	case strings.HasPrefix(s, "cuda:"):
+		i, err := strconv.Atoi(s[len("cuda:"):])
+		if err != nil || i < 0 {
+			return Device{}, fmt.Errorf("bad device %q: want cuda:N with N >= 0", s)
+		}
+		return CUDA(i), nil
+	}
+	return Device{}, fmt.Errorf("unknown device %q (want cpu, cuda or cuda:N)", s)
+}
+
+func (d Device) gotch() gotch.Device {
+	if d.cuda {
+		return gotch.CudaBuilder(uint(d.index))
+	}
+	return gotch.CPU
+}

@@ -1,0 +1,237 @@
+package tensor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/sugarme/gotch/ts"
+)
+
+// Scope owns the tensors made inside it and drops them when it closes, except
+// those it is told to keep: kept tensors move to the parent scope. Scopes nest
+// like the layers that open them, so intermediates die as soon as the layer
+// that made them returns.
+//
+// A Scope also carries a sticky error, in the style of bufio.Scanner: once an
+// op fails, later ops return nil without calling libtorch and Err reports the
+// first failure. Layer code stays a readable list of ops with one check at
+// the end.
+//
+// A Scope belongs to the worker that runs it; it must not be shared across
+// goroutines.
+type Scope struct {
+	parent *Scope
+	owned  []*Tensor
+	err    error
+	closed bool
+}
+
+// Err returns the first error any op in this scope (or a child) hit.
+func (s *Scope) Err() error { return s.err }
+
+// Fail records err as the scope's error if none is recorded yet, and
+// propagates it to the parents so the failure is never lost.
+func (s *Scope) Fail(err error) {
+	if err == nil {
+		return
+	}
+	for p := s; p != nil; p = p.parent {
+		if p.err == nil {
+			p.err = err
+		}
+	}
+}
+
+// Failf records a formatted error.
+func (s *Scope) Failf(format string, args ...any) { s.Fail(fmt.Errorf(format, args...)) }
+
+// Child opens a nested scope.
+func (s *Scope) Child() *Scope { return &Scope{parent: s, err: s.err} }
+
+// Close drops every tensor this scope still owns, except keep, which move to
+// the parent scope (or become unowned at the root). Closing twice is a no-op.
+func (s *Scope) Close(keep ...*Tensor) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for _, t := range keep {
+		if t != nil && t.owner == s {
+			s.adopt(t)
+		}
+	}
+	for _, t := range s.owned {
+		if t.owner == s {
+			t.Drop()
+		}
+	}
+	s.owned = nil
+}
+
+func (s *Scope) adopt(t *Tensor) {
+	t.owner = s.parent
+	if s.parent != nil {
+		s.parent.owned = append(s.parent.owned, t)
+	}
+}
+
+// Escape releases t from scope ownership: it outlives every scope and its
+// holder (a module's weights, a context store) must call Drop.
+func (s *Scope) Escape(t *Tensor) *Tensor {
+	if t != nil {
+		t.owner = nil
+	}
+	return t
+}
+
+// Live counts tensors this scope owns that are still allocated; tests use it
+// to check that scopes release what they should.
+func (s *Scope) Live() int {
+	n := 0
+	for _, t := range s.owned {
+		if t.owner == s && t.h != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// wrap takes ownership of a fresh gotch tensor.
+func (s *Scope) wrap(h *ts.Tensor) *Tensor {
+	t := &Tensor{h: h, owner: s}
+	s.owned = append(s.owned, t)
+	return t
+}
+
+// op runs one libtorch call on a pinned thread. It returns nil without
+// calling f when the scope has already failed or an input is not valid.
+func (s *Scope) op(name string, f func() (*ts.Tensor, error), inputs ...*Tensor) *Tensor {
+	if s.err != nil {
+		return nil
+	}
+	for i, in := range inputs {
+		if !in.Valid() {
+			s.Failf("%s: input %d is nil or dropped", name, i)
+			return nil
+		}
+	}
+	runtime.LockOSThread()
+	h, err := f()
+	runtime.UnlockOSThread()
+	if err != nil {
+		s.Failf("%s: %w", name, cleanErr(err))
+		return nil
+	}
+	return s.wrap(h)
+}
+
+// ops is op for calls that return several tensors.
+func (s *Scope) ops(name string, f func() ([]*ts.Tensor, error), inputs ...*Tensor) []*Tensor {
+	if s.err != nil {
+		return nil
+	}
+	for i, in := range inputs {
+		if !in.Valid() {
+			s.Failf("%s: input %d is nil or dropped", name, i)
+			return nil
+		}
+	}
+	runtime.LockOSThread()
+	hs, err := f()
+	runtime.UnlockOSThread()
+	if err != nil {
+		s.Failf("%s: %w", name, cleanErr(err))
+		return nil
+	}
+	out := make([]*Tensor, len(hs))
+	for i, h := range hs {
+		out[i] = s.wrap(h)
+	}
+	return out
+}
+
+// Run executes f on a worker goroutine pinned to an OS thread with autograd
+// disabled, in a fresh root scope. Tensors f leaves in the scope are dropped
+// when it returns; to hand a tensor out, Escape it (and Drop it later) or
+// copy its values into Go memory first.
+func Run(ctx context.Context, f func(s *Scope) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := pool.get()
+	defer pool.put(w)
+	done := make(chan error, 1)
+	w.jobs <- func() {
+		s := &Scope{}
+		var err error
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("tensor: panic in worker: %v", r)
+				}
+			}()
+			err = f(s)
+		}()
+		if err == nil {
+			err = s.err
+		}
+		s.Close()
+		done <- err
+	}
+	return <-done
+}
+
+// worker is a goroutine locked to one OS thread for its whole life, so that
+// libtorch's thread-local state (grad mode, last error, CUDA device) is
+// consistent for every job it runs.
+type worker struct {
+	jobs chan func()
+}
+
+type workerPool struct {
+	mu   sync.Mutex
+	idle []*worker
+}
+
+var pool workerPool
+
+var errGradMode = errors.New("tensor: could not disable autograd on worker thread")
+
+func (p *workerPool) get() *worker {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		w := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return w
+	}
+	p.mu.Unlock()
+	w := &worker{jobs: make(chan func())}
+	ready := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		// Inference only: no autograd graph is ever recorded on this thread.
+		_, err := ts.GradSetEnabled(false)
+		if err != nil {
+			ready <- fmt.Errorf("%w: %v", errGradMode, err)
+			return
+		}
+		ready <- nil
+		for job := range w.jobs {
+			job()
+		}
+	}()
+	if err := <-ready; err != nil {
+		panic(err) // libtorch itself is broken; nothing can run
+	}
+	return w
+}
+
+func (p *workerPool) put(w *worker) {
+	p.mu.Lock()
+	p.idle = append(p.idle, w)
+	p.mu.Unlock()
+}

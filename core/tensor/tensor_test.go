@@ -1,0 +1,143 @@
+package tensor
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, f func(s *Scope) error) {
+	t.Helper()
+	if err := Run(context.Background(), f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRoundTripDTypes(t *testing.T) {
+	run(t, func(s *Scope) error {
+		x := s.FromFloat32([]float32{1, -2, 3.5, 0.25, 8, -0.5}, 2, 3)
+		if got := x.Shape(); len(got) != 2 || got[0] != 2 || got[1] != 3 {
+			t.Errorf("shape = %v", got)
+		}
+		for _, d := range []DType{Float32, Float16, BFloat16, Int64, Bool} {
+			y := s.ToDType(x, d)
+			if y.DType() != d {
+				t.Errorf("dtype = %v, want %v", y.DType(), d)
+			}
+			if n := len(s.Bytes(y)); n != 6*d.Size() {
+				t.Errorf("%v: %d bytes, want %d", d, n, 6*d.Size())
+			}
+		}
+		// These values are exact in every float dtype.
+		got := s.Float32s(s.ToDType(s.ToDType(x, BFloat16), Float32))
+		want := []float32{1, -2, 3.5, 0.25, 8, -0.5}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("bf16 round trip [%d] = %v, want %v", i, got[i], want[i])
+			}
+		}
+		ints := s.Int64s(s.FromInt64([]int64{7, -3}, 2))
+		if ints[0] != 7 || ints[1] != -3 {
+			t.Errorf("int64 = %v", ints)
+		}
+		return s.Err()
+	})
+}
+
+func TestScopeDropsIntermediatesAndKeepsResults(t *testing.T) {
+	run(t, func(s *Scope) error {
+		x := s.FromFloat32([]float32{1, 2, 3, 4}, 2, 2)
+		c := s.Child()
+		a := c.Add(x, x)
+		b := c.Mul(a, a)
+		if c.Live() != 2 {
+			t.Errorf("child owns %d live tensors, want 2", c.Live())
+		}
+		c.Close(b)
+		if a.Valid() {
+			t.Error("intermediate survived its scope")
+		}
+		if !b.Valid() || b.owner != s {
+			t.Error("kept result did not move to the parent scope")
+		}
+		// Keeping a tensor the child does not own (its input) changes nothing.
+		c2 := s.Child()
+		c2.Close(x)
+		if !x.Valid() || x.owner != s {
+			t.Error("closing a child touched a tensor it does not own")
+		}
+		if got := s.Float32s(b); got[3] != 64 {
+			t.Errorf("b = %v", got)
+		}
+		return s.Err()
+	})
+}
+
+func TestStickyErrorNamesOpAndStopsLaterOps(t *testing.T) {
+	err := Run(context.Background(), func(s *Scope) error {
+		a := s.FromFloat32(make([]float32, 6), 2, 3)
+		b := s.FromFloat32(make([]float32, 6), 2, 3)
+		bad := s.Matmul(a, b) // [2,3] @ [2,3] is invalid
+		if bad != nil {
+			t.Error("failed op returned a tensor")
+		}
+		if later := s.Add(a, b); later != nil {
+			t.Error("op after a failure ran")
+		}
+		return nil
+	})
+	if err == nil {
+		t.Fatal("no error from invalid matmul")
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "matmul: libtorch: ") || strings.Contains(msg, "\n") {
+		t.Errorf("error should be one clean line naming the op, got %q", msg)
+	}
+}
+
+func TestFromBytesChecksLength(t *testing.T) {
+	err := Run(context.Background(), func(s *Scope) error {
+		s.FromBytes(make([]byte, 10), Float32, 3)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "10 bytes for shape [3] of float32, want 12") {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestAttentionWithAndWithoutMask(t *testing.T) {
+	run(t, func(s *Scope) error {
+		q := s.FromFloat32([]float32{1, 0, 0, 1, 1, 1}, 1, 1, 3, 2)
+		plain := s.Attention(q, q, q, nil, false, 0)
+		all := s.FromBool([]bool{true, true, true, true, true, true, true, true, true}, 3, 3)
+		masked := s.Attention(q, q, q, all, false, 0)
+		if !s.AllClose(plain, masked, 0, 1e-6) {
+			t.Error("an all-true mask changed the result")
+		}
+		causal := s.Attention(q, q, q, nil, true, 0)
+		if got := s.Float32s(causal)[:2]; got[0] != 1 || got[1] != 0 {
+			t.Errorf("causal first row = %v, want [1 0]", got)
+		}
+		return s.Err()
+	})
+}
+
+func TestParse(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want DType
+	}{{"f32", Float32}, {"BF16", BFloat16}, {"float16", Float16}, {"I64", Int64}, {"bool", Bool}} {
+		if got, err := ParseDType(c.in); err != nil || got != c.want {
+			t.Errorf("ParseDType(%q) = %v, %v", c.in, got, err)
+		}
+	}
+	if _, err := ParseDType("f8"); err == nil {
+		t.Error("ParseDType accepted f8")
+	}
+	if d, err := ParseDevice("cuda:1"); err != nil || d != CUDA(1) {
+		t.Errorf("ParseDevice(cuda:1) = %v, %v", d, err)
+	}
+	if _, err := ParseDevice("tpu"); err == nil {
+		t.Error("ParseDevice accepted tpu")
+	}
+}

@@ -1,0 +1,8 @@
+module github.com/refiners-go/refiners
+
+go 1.26
+
+require github.com/sugarme/gotch v0.9.1
+
+// scripts/setup-gotch.sh prepares this patched copy; see its header.
+replace github.com/sugarme/gotch => /opt/refiners-go/gotch-v0.9.1-p1
