@@ -79,8 +79,11 @@ package libtch
 
 // CUDA registers its kernels only when libtorch_cuda.so is loaded, and
 // Debian's gcc links --as-needed by default, which would drop it silently.
+// libtorch_cuda's own dependencies (cuBLAS, cuDNN, ...) come from the
+// nvidia-* wheels and are found through its RPATH at run time; they need
+// not be present at link time, hence --allow-shlib-undefined.
 
-// #cgo LDFLAGS: -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -Wl,--as-needed
+// #cgo LDFLAGS: -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -Wl,--as-needed -Wl,--allow-shlib-undefined
 import "C"
 GO
 
