@@ -29,18 +29,25 @@ func (s *Scope) FromBytes(data []byte, dtype DType, shape ...int64) *Tensor {
 	if n == 0 {
 		return s.Zeros(dtype, shape...)
 	}
-	dims := shape
-	if len(dims) == 0 {
-		dims = []int64{} // a scalar
+	if len(shape) == 0 {
+		return s.scalar(s.FromBytes(data, dtype, 1))
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	c := lib.AtTensorOfData(unsafe.Pointer(&data[0]), dims, uint(len(dims)), uint(dtype.Size()), int(dtype.kind().CInt()))
+	c := lib.AtTensorOfData(unsafe.Pointer(&data[0]), shape, uint(len(shape)), uint(dtype.Size()), int(dtype.kind().CInt()))
 	if err := torchErr(); err != nil {
 		s.Failf("from bytes: %w", err)
 		return nil
 	}
 	return s.wrap(ts.FromCtensor(unsafe.Pointer(c)))
+}
+
+// scalar turns a one-element [1] tensor into a 0-d one. gotch cannot be
+// given an empty shape (it reads &dims[0]), so scalars are made this way.
+func (s *Scope) scalar(one *Tensor) *Tensor {
+	t := s.Squeeze(one, 0)
+	s.Release(one)
+	return t
 }
 
 // FromFloat32 makes a float32 CPU tensor from values in row-major order.
@@ -72,20 +79,29 @@ func (s *Scope) FromBool(values []bool, shape ...int64) *Tensor {
 
 // Zeros makes a zero-filled CPU tensor.
 func (s *Scope) Zeros(dtype DType, shape ...int64) *Tensor {
-	return s.op("zeros", func() (*ts.Tensor, error) { return ts.Zeros(dims(shape), dtype.kind(), CPU.gotch()) })
+	if len(shape) == 0 {
+		return s.scalar(s.Zeros(dtype, 1))
+	}
+	return s.op("zeros", func() (*ts.Tensor, error) { return ts.Zeros(shape, dtype.kind(), CPU.gotch()) })
 }
 
 // Ones makes a one-filled CPU tensor.
 func (s *Scope) Ones(dtype DType, shape ...int64) *Tensor {
-	return s.op("ones", func() (*ts.Tensor, error) { return ts.Ones(dims(shape), dtype.kind(), CPU.gotch()) })
+	if len(shape) == 0 {
+		return s.scalar(s.Ones(dtype, 1))
+	}
+	return s.op("ones", func() (*ts.Tensor, error) { return ts.Ones(shape, dtype.kind(), CPU.gotch()) })
 }
 
 // Full makes a CPU tensor filled with v.
 func (s *Scope) Full(v float64, dtype DType, shape ...int64) *Tensor {
+	if len(shape) == 0 {
+		return s.scalar(s.Full(v, dtype, 1))
+	}
 	return s.op("full", func() (*ts.Tensor, error) {
 		sc := ts.FloatScalar(v)
 		defer sc.Drop()
-		return ts.Full(dims(shape), sc, dtype.kind(), CPU.gotch())
+		return ts.Full(shape, sc, dtype.kind(), CPU.gotch())
 	})
 }
 
@@ -96,14 +112,6 @@ func (s *Scope) Arange(n int64) *Tensor {
 		defer sc.Drop()
 		return ts.Arange(sc, Int64.kind(), CPU.gotch())
 	})
-}
-
-// dims returns shape, or [] for a scalar, never nil (gotch dereferences it).
-func dims(shape []int64) []int64 {
-	if shape == nil {
-		return []int64{}
-	}
-	return shape
 }
 
 // Bytes copies the tensor's elements, row-major, into Go memory in their own

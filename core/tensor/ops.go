@@ -303,9 +303,13 @@ func (s *Scope) PixelUnshuffle(t *Tensor, r int64) *Tensor {
 
 // --- shape ops ------------------------------------------------------------
 
-// Reshape returns t with a new shape (one dim may be -1).
+// Reshape returns t with a new shape (one dim may be -1; none makes a
+// scalar of a one-element tensor).
 func (s *Scope) Reshape(t *Tensor, shape ...int64) *Tensor {
-	return s.op("reshape", func() (*ts.Tensor, error) { return t.h.Reshape(dims(shape), false) }, t)
+	if len(shape) == 0 {
+		return s.scalar(s.Reshape(t, 1))
+	}
+	return s.op("reshape", func() (*ts.Tensor, error) { return t.h.Reshape(shape, false) }, t)
 }
 
 // Permute reorders dims.

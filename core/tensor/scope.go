@@ -18,7 +18,8 @@ import (
 // A Scope also carries a sticky error, in the style of bufio.Scanner: once an
 // op fails, later ops return nil without calling libtorch and Err reports the
 // first failure. Layer code stays a readable list of ops with one check at
-// the end.
+// the end. A child's error reaches its parent when the child closes, unless
+// the code that opened the child took it (TakeErr) to return it as a value.
 //
 // A Scope belongs to the worker that runs it; it must not be shared across
 // goroutines.
@@ -26,23 +27,25 @@ type Scope struct {
 	parent *Scope
 	owned  []*Tensor
 	err    error
+	taken  bool // err was returned to a caller; Close does not propagate it
 	closed bool
 }
 
 // Err returns the first error any op in this scope (or a child) hit.
 func (s *Scope) Err() error { return s.err }
 
-// Fail records err as the scope's error if none is recorded yet, and
-// propagates it to the parents so the failure is never lost.
+// Fail records err as the scope's error if none is recorded yet.
 func (s *Scope) Fail(err error) {
-	if err == nil {
-		return
+	if err != nil && s.err == nil {
+		s.err = err
 	}
-	for p := s; p != nil; p = p.parent {
-		if p.err == nil {
-			p.err = err
-		}
-	}
+}
+
+// TakeErr returns the scope's error and marks it handled: closing the scope
+// will not pass it on to the parent, because the caller returns it instead.
+func (s *Scope) TakeErr() error {
+	s.taken = true
+	return s.err
 }
 
 // Failf records a formatted error.
@@ -58,6 +61,9 @@ func (s *Scope) Close(keep ...*Tensor) {
 		return
 	}
 	s.closed = true
+	if s.err != nil && !s.taken && s.parent != nil {
+		s.parent.Fail(s.err)
+	}
 	for _, t := range keep {
 		if t != nil && t.owner == s {
 			s.adopt(t)
@@ -74,7 +80,7 @@ func (s *Scope) Close(keep ...*Tensor) {
 func (s *Scope) adopt(t *Tensor) {
 	t.owner = s.parent
 	if s.parent != nil {
-		s.parent.owned = append(s.parent.owned, t)
+		s.parent.track(t)
 	}
 }
 
@@ -102,8 +108,29 @@ func (s *Scope) Live() int {
 // wrap takes ownership of a fresh gotch tensor.
 func (s *Scope) wrap(h *ts.Tensor) *Tensor {
 	t := &Tensor{h: h, owner: s}
-	s.owned = append(s.owned, t)
+	s.track(t)
 	return t
+}
+
+// track appends t to the owned list. Before the list grows, entries already
+// released (Release, Drop) or handed to another scope are swept out, so a
+// long-lived scope that releases as it goes stays bounded: the list holds
+// at most about twice the live tensors.
+func (s *Scope) track(t *Tensor) {
+	if len(s.owned) == cap(s.owned) && len(s.owned) > 0 {
+		live := s.owned[:0]
+		for _, o := range s.owned {
+			if o.h != nil && o.owner == s {
+				live = append(live, o)
+			}
+		}
+		clear(s.owned[len(live):])
+		s.owned = live
+		if len(live) > cap(live)/2 {
+			s.owned = append(make([]*Tensor, 0, 2*cap(live)), live...)
+		}
+	}
+	s.owned = append(s.owned, t)
 }
 
 // op runs one libtorch call on a pinned thread. It returns nil without
@@ -162,26 +189,38 @@ func Run(ctx context.Context, f func(s *Scope) error) error {
 		return err
 	}
 	w := pool.get()
-	defer pool.put(w)
 	done := make(chan error, 1)
+	healthy := false
 	w.jobs <- func() {
 		s := &Scope{}
+		returned := false
 		var err error
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					err = fmt.Errorf("tensor: panic in worker: %v", r)
-				}
-			}()
-			err = f(s)
+		defer func() {
+			// Runs on return, panic and runtime.Goexit alike, so the caller
+			// is never left waiting.
+			r := recover()
+			if r != nil {
+				err = fmt.Errorf("tensor: panic in worker: %v", r)
+			} else if !returned {
+				err = errors.New("tensor: job exited its worker (runtime.Goexit, e.g. t.FailNow)")
+			}
+			if err == nil {
+				err = s.err
+			}
+			s.Close()
+			// After Goexit the goroutine (and its thread) is gone; after a
+			// recovered panic or a return the worker is fine to reuse.
+			healthy = returned || r != nil
+			done <- err
 		}()
-		if err == nil {
-			err = s.err
-		}
-		s.Close()
-		done <- err
+		err = f(s)
+		returned = true
 	}
-	return <-done
+	err := <-done
+	if healthy {
+		pool.put(w)
+	}
+	return err
 }
 
 // worker is a goroutine locked to one OS thread for its whole life, so that
@@ -234,4 +273,12 @@ func (p *workerPool) put(w *worker) {
 	p.mu.Lock()
 	p.idle = append(p.idle, w)
 	p.mu.Unlock()
+}
+
+// Release drops t now if this scope owns it; otherwise it does nothing.
+// Chains use it to free an intermediate as soon as it has been consumed.
+func (s *Scope) Release(t *Tensor) {
+	if t != nil && t.owner == s {
+		t.Drop()
+	}
 }

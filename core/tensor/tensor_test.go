@@ -141,3 +141,22 @@ func TestParse(t *testing.T) {
 		t.Error("ParseDevice accepted tpu")
 	}
 }
+
+func TestScalars(t *testing.T) {
+	run(t, func(s *Scope) error {
+		for name, x := range map[string]*Tensor{
+			"from bytes": s.FromFloat32([]float32{2.5}),
+			"zeros":      s.Zeros(Float32),
+			"full":       s.Full(2.5, Float32),
+			"reshape":    s.Reshape(s.FromFloat32([]float32{2.5}, 1, 1)),
+		} {
+			if x.Dim() != 0 {
+				t.Errorf("%s: shape %v, want a scalar", name, x.Shape())
+			}
+		}
+		if v := s.Item(s.FromFloat32([]float32{2.5})); v != 2.5 {
+			t.Errorf("item = %v", v)
+		}
+		return s.Err()
+	})
+}

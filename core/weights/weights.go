@@ -1,0 +1,603 @@
+// Package weights reads and writes safetensors files.
+//
+// Open maps a file read-only and parses only its header; a tensor's bytes are
+// copied into libtorch when it is loaded, so opening a multi-gigabyte
+// checkpoint costs one header parse. ReadHeader parses the header without
+// mapping the data at all, for dry runs.
+//
+// Every error names the file and, when one tensor is at fault, its key. No
+// input, however malformed, makes this package panic.
+package weights
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"math"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"unicode/utf8"
+
+	"github.com/nlpodyssey/safetensors"
+
+	"github.com/refiners-go/refiners/core/tensor"
+)
+
+// Info describes one tensor in a file without reading its data.
+type Info struct {
+	Key   string
+	DType tensor.DType
+	Shape []int64
+	// Offset is the [begin, end) byte range of the tensor's data, counted
+	// from the start of the data section, as written in the header.
+	Offset [2]int64
+}
+
+// File is an open, memory-mapped safetensors file. Its methods may be called
+// from several goroutines at once.
+type File struct {
+	path string
+	header
+
+	// mu is held shared while Load reads mapped memory, so that Close
+	// cannot unmap it underneath.
+	mu   sync.RWMutex
+	data []byte // the mapping; nil once closed
+	st   safetensors.SafeTensors
+}
+
+// header is what parseHeader learns from a file's JSON header.
+type header struct {
+	infos       map[string]Info   // tensors of a supported dtype
+	keys        []string          // the keys of infos, sorted
+	unsupported map[string]string // key -> safetensors dtype name
+	metadata    map[string]string
+}
+
+const (
+	metadataKey = "__metadata__"
+	// maxHeaderLen is nlpodyssey/safetensors' limit. ReadHeader enforces it
+	// too, so that a dry run rejects exactly the files Open rejects.
+	maxHeaderLen = 100_000_000
+)
+
+// stDTypes gives the safetensors spelling of each tensor.DType; these are
+// the dtypes a File can load.
+var stDTypes = [...]safetensors.DType{
+	tensor.Float32:  safetensors.F32,
+	tensor.Float16:  safetensors.F16,
+	tensor.BFloat16: safetensors.BF16,
+	tensor.Int64:    safetensors.I64,
+	tensor.Bool:     safetensors.BOOL,
+}
+
+func fromST(d safetensors.DType) (tensor.DType, bool) {
+	for t, sd := range stDTypes {
+		if sd == d {
+			return tensor.DType(t), true
+		}
+	}
+	return 0, false
+}
+
+// Open maps the safetensors file at path and validates its header.
+func Open(path string) (*File, error) {
+	fd, err := os.Open(path)
+	if err != nil {
+		return nil, ioError(path, err)
+	}
+	// The mapping outlives the descriptor; a close error on a file opened
+	// read-only has no consequence.
+	defer fd.Close()
+	size, n, err := readPrefix(path, fd)
+	if err != nil {
+		return nil, err
+	}
+	if int64(int(size)) != size {
+		return nil, errorf(path, "file of %d bytes is too large to map", size)
+	}
+	data, err := syscall.Mmap(int(fd.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, errorf(path, "mmap: %w", err)
+	}
+	h, err := parseHeader(path, size-8-n, data[8:8+n])
+	var st safetensors.SafeTensors
+	if err == nil {
+		// parseHeader has checked everything the library checks, and names
+		// the key at fault; this is the second opinion, and the library's
+		// views are what Load reads.
+		if st, err = safetensors.Deserialize(data); err != nil {
+			err = errorf(path, "invalid safetensors file: %w", err)
+		}
+	}
+	if err != nil {
+		_ = syscall.Munmap(data) // the parse error is the one worth reporting
+		return nil, err
+	}
+	return &File{path: path, header: h, data: data, st: st}, nil
+}
+
+// Path is the path the file was opened with.
+func (f *File) Path() string { return f.path }
+
+// Keys lists, sorted, the keys of the tensors Load can read. Keys of an
+// unsupported dtype are listed by Unsupported instead.
+func (f *File) Keys() []string { return slices.Clone(f.keys) }
+
+// Info describes the tensor under key, if it has a supported dtype.
+func (f *File) Info(key string) (Info, bool) {
+	info, ok := f.infos[key]
+	info.Shape = slices.Clone(info.Shape)
+	return info, ok
+}
+
+// Unsupported maps the keys of tensors whose dtype Load cannot read (F64,
+// I32, U8, ...) to their dtype's safetensors name.
+func (f *File) Unsupported() map[string]string { return maps.Clone(f.unsupported) }
+
+// Metadata returns the header's __metadata__ strings; it is never nil.
+func (f *File) Metadata() map[string]string { return maps.Clone(f.metadata) }
+
+// Load copies the tensor under key into a new CPU tensor owned by s. Failures
+// (a missing key, an unsupported dtype, a closed file) are recorded in s and
+// Load returns nil; like every op, it does nothing once s has failed.
+func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
+	if s.Err() != nil {
+		return nil
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.data == nil {
+		s.Fail(keyErrorf(f.path, key, "file is closed"))
+		return nil
+	}
+	info, ok := f.infos[key]
+	if !ok {
+		if dt, found := f.unsupported[key]; found {
+			s.Fail(keyErrorf(f.path, key, "dtype %s is not supported (want F32, F16, BF16, I64 or BOOL)", dt))
+		} else {
+			s.Fail(keyErrorf(f.path, key, "not in file"))
+		}
+		return nil
+	}
+	// Both parseHeader and the library accepted the header, so the view
+	// exists and holds exactly the tensor's bytes; FromBytes checks the
+	// length once more anyway.
+	view, _ := f.st.Tensor(key)
+	return s.FromBytes(view.Data(), info.DType, info.Shape...)
+}
+
+// Close unmaps the file. Closing again does nothing; Load after Close fails.
+func (f *File) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.data == nil {
+		return nil
+	}
+	err := syscall.Munmap(f.data)
+	f.data, f.st = nil, safetensors.SafeTensors{}
+	if err != nil {
+		return errorf(f.path, "munmap: %w", err)
+	}
+	return nil
+}
+
+// ReadHeader describes the tensors of the file at path and returns its
+// metadata, reading only the header. It validates the header as Open does,
+// so it fails on exactly the files Open fails on. Like File.Keys, it leaves
+// out tensors of an unsupported dtype.
+func ReadHeader(path string) ([]Info, map[string]string, error) {
+	fd, err := os.Open(path)
+	if err != nil {
+		return nil, nil, ioError(path, err)
+	}
+	defer fd.Close() // read-only: nothing to lose
+	size, n, err := readPrefix(path, fd)
+	if err != nil {
+		return nil, nil, err
+	}
+	js := make([]byte, n)
+	if _, err := fd.ReadAt(js, 8); err != nil {
+		return nil, nil, ioError(path, err)
+	}
+	h, err := parseHeader(path, size-8-n, js)
+	if err != nil {
+		return nil, nil, err
+	}
+	infos := make([]Info, len(h.keys))
+	for i, k := range h.keys {
+		infos[i] = h.infos[k]
+	}
+	return infos, h.metadata, nil
+}
+
+// readPrefix checks that fd is a regular file long enough for its header and
+// returns the file's size and the header's length.
+func readPrefix(path string, fd *os.File) (size, n int64, err error) {
+	st, err := fd.Stat()
+	if err != nil {
+		return 0, 0, ioError(path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return 0, 0, errorf(path, "not a regular file")
+	}
+	size = st.Size()
+	switch {
+	case size == 0:
+		return 0, 0, errorf(path, "empty file")
+	case size < 8:
+		return 0, 0, errorf(path, "file is %d bytes, too short for the 8-byte header length", size)
+	}
+	var b [8]byte
+	if _, err := fd.ReadAt(b[:], 0); err != nil {
+		return 0, 0, ioError(path, err)
+	}
+	switch hn := binary.LittleEndian.Uint64(b[:]); {
+	case hn > uint64(size-8):
+		return 0, 0, errorf(path, "header length %d exceeds the %d bytes after the length prefix", hn, size-8)
+	case hn > maxHeaderLen:
+		return 0, 0, errorf(path, "header length %d exceeds the limit of %d", hn, maxHeaderLen)
+	default:
+		return size, int64(hn), nil
+	}
+}
+
+// span is where one tensor's data lies in the data section.
+type span struct {
+	key    string
+	offset [2]uint64
+}
+
+// parseHeader parses and validates the JSON header js of a file whose data
+// section is dataLen bytes long. It walks the JSON itself rather than leave
+// it to nlpodyssey/safetensors: ReadHeader has no data to give the library
+// (ReadMetadata wants the whole file), errors must name the key at fault,
+// which the library's mostly do not, and duplicate keys, which encoding/json
+// silently merges, must be refused.
+func parseHeader(path string, dataLen int64, js []byte) (header, error) {
+	h := header{
+		infos:       map[string]Info{},
+		unsupported: map[string]string{},
+		metadata:    map[string]string{},
+	}
+	// encoding/json would quietly turn bad bytes into U+FFFD, so two
+	// distinct keys could collide.
+	if !utf8.Valid(js) {
+		return h, errorf(path, "header is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	tok, err := dec.Token()
+	if errors.Is(err, io.EOF) {
+		return h, errorf(path, "header is empty")
+	}
+	if err != nil {
+		return h, errorf(path, "header is not valid JSON: %w", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return h, errorf(path, "header is not a JSON object")
+	}
+	seen := map[string]bool{}
+	var spans []span
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return h, errorf(path, "header is not valid JSON: %w", err)
+		}
+		key, ok := tok.(string)
+		if !ok {
+			return h, errorf(path, "header is not valid JSON: object key %v", tok)
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return h, errorf(path, "header is not valid JSON: %w", err)
+		}
+		if seen[key] {
+			return h, keyErrorf(path, key, "appears twice in the header")
+		}
+		seen[key] = true
+		if key == metadataKey {
+			if err := parseMetadata(path, raw, h.metadata); err != nil {
+				return h, err
+			}
+			continue
+		}
+		sp, err := parseEntry(path, key, raw, dataLen, &h)
+		if err != nil {
+			return h, err
+		}
+		spans = append(spans, sp)
+	}
+	// The closing brace, then nothing but the padding spaces.
+	if _, err := dec.Token(); err != nil {
+		return h, errorf(path, "header is not valid JSON: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return h, errorf(path, "header has data after its JSON object")
+	}
+	if err := checkLayout(path, spans, dataLen); err != nil {
+		return h, err
+	}
+	h.keys = slices.Sorted(maps.Keys(h.infos))
+	return h, nil
+}
+
+// parseMetadata copies the __metadata__ object raw into m. It decodes to
+// values of any type and checks them, because decoding straight into a
+// map[string]string would quietly turn a null value into "".
+func parseMetadata(path string, raw json.RawMessage, m map[string]string) error {
+	var values map[string]any
+	if err := json.Unmarshal(raw, &values); err != nil {
+		return errorf(path, "%s is not a JSON object", metadataKey)
+	}
+	// A null __metadata__ leaves values nil: no metadata, as for the library.
+	for k, v := range values {
+		str, ok := v.(string)
+		if !ok {
+			return errorf(path, "%s: value of %q is not a string", metadataKey, k)
+		}
+		m[k] = str
+	}
+	return nil
+}
+
+// parseEntry validates one tensor's header entry and records it in h.
+func parseEntry(path, key string, raw json.RawMessage, dataLen int64, h *header) (span, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return span{}, keyErrorf(path, key, "entry is not a JSON object")
+	}
+	// Field names are matched exactly (encoding/json's struct decoding
+	// would ignore case), and extra ones are refused, as the library does.
+	for name := range fields {
+		if name != "dtype" && name != "shape" && name != "data_offsets" {
+			return span{}, keyErrorf(path, key, "unexpected field %q", name)
+		}
+	}
+	for _, name := range []string{"dtype", "shape", "data_offsets"} {
+		if _, ok := fields[name]; !ok {
+			return span{}, keyErrorf(path, key, "missing %s", name)
+		}
+	}
+	var dtName string
+	if err := json.Unmarshal(fields["dtype"], &dtName); err != nil {
+		return span{}, keyErrorf(path, key, "dtype %s is not a string", fields["dtype"])
+	}
+	shape, ok := naturals(fields["shape"])
+	if !ok {
+		return span{}, keyErrorf(path, key, "shape %s is not an array of natural numbers", fields["shape"])
+	}
+	offsets, ok := naturals(fields["data_offsets"])
+	if !ok || len(offsets) != 2 {
+		return span{}, keyErrorf(path, key, "data_offsets %s are not two natural numbers", fields["data_offsets"])
+	}
+	// safetensors.ParseDType is case-sensitive, like the format itself.
+	sdt, err := safetensors.ParseDType(dtName)
+	if err != nil {
+		return span{}, keyErrorf(path, key, "unknown dtype %q", dtName)
+	}
+	n, ok := numel(shape)
+	if !ok {
+		return span{}, keyErrorf(path, key, "shape %v is too large", shape)
+	}
+	hi, need := bits.Mul64(n, sdt.Size())
+	if hi != 0 {
+		return span{}, keyErrorf(path, key, "shape %v of %s is too large", shape, sdt)
+	}
+	off := [2]uint64{offsets[0], offsets[1]}
+	switch {
+	case off[1] < off[0]:
+		return span{}, keyErrorf(path, key, "data_offsets %v end before they begin", off)
+	case off[1] > uint64(dataLen):
+		return span{}, keyErrorf(path, key, "data_offsets %v end past the %d-byte data section (truncated file?)", off, dataLen)
+	case off[1]-off[0] != need:
+		return span{}, keyErrorf(path, key, "shape %v of %s needs %d bytes but data_offsets %v span %d", shape, sdt, need, off, off[1]-off[0])
+	}
+	dt, ok := fromST(sdt)
+	if !ok {
+		h.unsupported[key] = sdt.String()
+		return span{key, off}, nil
+	}
+	dims := make([]int64, len(shape))
+	for i, d := range shape {
+		dims[i] = int64(d) // numel checked that each fits
+	}
+	h.infos[key] = Info{Key: key, DType: dt, Shape: dims, Offset: [2]int64{int64(off[0]), int64(off[1])}}
+	return span{key, off}, nil
+}
+
+// naturals decodes a JSON array of natural numbers. Decoding into []uint64
+// would take a null element for 0 (and into []json.Number, "7" for 7), both
+// of which the format, and the library, refuse.
+func naturals(raw json.RawMessage) ([]uint64, bool) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var values []any
+	if err := dec.Decode(&values); err != nil || values == nil {
+		return nil, false
+	}
+	out := make([]uint64, len(values))
+	for i, v := range values {
+		num, ok := v.(json.Number)
+		if !ok {
+			return nil, false
+		}
+		n, err := strconv.ParseUint(num.String(), 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		out[i] = n
+	}
+	return out, true
+}
+
+// numel returns the element count of shape. It refuses shapes whose
+// dimensions, counting zeros as ones, multiply past math.MaxInt64: libtorch
+// computes strides that way, so such a shape cannot be made even when it
+// holds no elements.
+func numel(shape []uint64) (uint64, bool) {
+	n, extent := uint64(1), uint64(1)
+	for _, d := range shape {
+		hi, lo := bits.Mul64(extent, max(d, 1))
+		if hi != 0 || lo > math.MaxInt64 {
+			return 0, false
+		}
+		extent = lo
+		n *= d // n <= extent: no overflow
+	}
+	return n, true
+}
+
+// checkLayout checks that the tensors' data tile the data section exactly:
+// in offset order, each starts where the previous one ends, and the last one
+// ends at the end of the file.
+func checkLayout(path string, spans []span, dataLen int64) error {
+	sort.Slice(spans, func(i, j int) bool {
+		a, b := spans[i], spans[j]
+		if a.offset != b.offset {
+			return a.offset[0] < b.offset[0] || a.offset[0] == b.offset[0] && a.offset[1] < b.offset[1]
+		}
+		return a.key < b.key
+	})
+	var end uint64
+	for i, sp := range spans {
+		switch {
+		case sp.offset[0] < end:
+			return keyErrorf(path, sp.key, "data_offsets %v overlap those of key %s %v", sp.offset, spans[i-1].key, spans[i-1].offset)
+		case sp.offset[0] > end && i == 0:
+			return keyErrorf(path, sp.key, "data_offsets %v leave %d unused bytes at the start of the data section", sp.offset, sp.offset[0])
+		case sp.offset[0] > end:
+			return keyErrorf(path, sp.key, "data_offsets %v leave %d unused bytes after key %s %v", sp.offset, sp.offset[0]-end, spans[i-1].key, spans[i-1].offset)
+		}
+		end = sp.offset[1]
+	}
+	if end != uint64(dataLen) {
+		return errorf(path, "%d bytes of data after the last tensor", uint64(dataLen)-end)
+	}
+	return nil
+}
+
+// Save writes tensors and metadata to path as a safetensors file. It writes
+// a temporary file in the same directory and renames it over path once it is
+// complete and synced, so path holds either its old content or the whole new
+// file, never a partial one.
+func Save(s *tensor.Scope, path string, tensors map[string]*tensor.Tensor, metadata map[string]string) error {
+	if err := s.Err(); err != nil {
+		return errorf(path, "scope has already failed: %w", err)
+	}
+	views := make(map[string]view, len(tensors))
+	for key, t := range tensors {
+		if key == metadataKey {
+			return keyErrorf(path, key, "reserved for metadata")
+		}
+		if !t.Valid() {
+			return keyErrorf(path, key, "tensor is nil or dropped")
+		}
+		views[key] = newView(s, t)
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return ioError(path, err)
+	}
+	if err := writeFile(tmp, s, views, metadata); err != nil {
+		_ = tmp.Close() // may be closed already; the write error is the one to report
+		_ = os.Remove(tmp.Name())
+		return errorf(path, "%w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		_ = os.Remove(tmp.Name())
+		return errorf(path, "%w", err)
+	}
+	// The rename itself is durable only once the directory is synced.
+	d, err := os.Open(dir)
+	if err != nil {
+		return ioError(path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return errorf(path, "sync directory: %w", err)
+	}
+	return nil
+}
+
+// writeFile serializes views into f, syncs and closes it.
+func writeFile(f *os.File, s *tensor.Scope, views map[string]view, metadata map[string]string) error {
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err := safetensors.SerializeToWriter(views, metadata, w); err != nil {
+		return err
+	}
+	// A view whose tensor could not be read out wrote nothing; s says why.
+	if err := s.Err(); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	// CreateTemp makes the file private; a checkpoint is usually shared.
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// view is the safetensors.View of a tensor. Its bytes are copied out of
+// libtorch only when SerializeToWriter writes them, so saving holds a single
+// tensor's bytes in Go memory at a time.
+type view struct {
+	s     *tensor.Scope
+	t     *tensor.Tensor
+	dtype safetensors.DType
+	shape []uint64
+	n     uint64
+}
+
+func newView(s *tensor.Scope, t *tensor.Tensor) view {
+	dims := t.Shape()
+	// Never nil: the library would write a nil shape as JSON null, which
+	// no reader (the library included) accepts, even for a scalar.
+	shape := make([]uint64, len(dims))
+	n := uint64(t.DType().Size())
+	for i, d := range dims {
+		shape[i] = uint64(d)
+		n *= uint64(d)
+	}
+	return view{s: s, t: t, dtype: stDTypes[t.DType()], shape: shape, n: n}
+}
+
+func (v view) DType() safetensors.DType { return v.dtype }
+func (v view) Shape() []uint64          { return v.shape }
+func (v view) Data() []byte             { return v.s.Bytes(v.t) }
+func (v view) DataLen() uint64          { return v.n }
+
+// errorf makes an error naming the file.
+func errorf(path, format string, args ...any) error {
+	return fmt.Errorf("weights: %s: %w", path, fmt.Errorf(format, args...))
+}
+
+// keyErrorf makes an error naming the file and a tensor key.
+func keyErrorf(path, key, format string, args ...any) error {
+	return errorf(path, "key %s: %w", key, fmt.Errorf(format, args...))
+}
+
+// ioError names the file once: an *fs.PathError would repeat its path.
+func ioError(path string, err error) error {
+	if pe, ok := errors.AsType[*fs.PathError](err); ok {
+		return errorf(path, "%s: %w", pe.Op, pe.Err)
+	}
+	return errorf(path, "%w", err)
+}
