@@ -1,0 +1,375 @@
+// Command refiners-bench measures the tensor layer's cost in one process run:
+//
+//   - per-op overhead: N raw gotch calls against N calls through
+//     tensor.Scope, interleaved in alternating blocks so that drift on a
+//     shared machine hits both sides alike; it prints ns/op and scope/raw;
+//   - memory: RSS after a warm-up and after many small ops through the
+//     tensor layer, which must stay flat (growth within -limit percent).
+//
+// It exits with status 1 when an RSS check fails. Timings are figures to
+// read, never pass/fail: compare the ratios, not absolute numbers.
+//
+// libtorch's intra-op thread pool follows OMP_NUM_THREADS (the Makefile
+// exports 2); this command sets nothing and only prints it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/sugarme/gotch/ts"
+)
+
+func main() {
+	n := flag.Int("n", 200000, "small ops per side for timing, and for the RSS check")
+	blocks := flag.Int("blocks", 10, "alternating blocks per side for timing")
+	warmup := flag.Int("warmup", 20000, "ops before the first RSS read")
+	iters := flag.Int("module-iters", 1000, "iterations of the linear -> gelu -> add sequence")
+	limit := flag.Float64("limit", 2, "largest RSS growth accepted, in percent")
+	flag.Parse()
+	if *n <= 0 || *blocks <= 0 || *n < *blocks || *warmup < 0 || *iters <= 0 {
+		fmt.Fprintln(os.Stderr, "refiners-bench: -n, -blocks and -module-iters must be positive, -n >= -blocks")
+		os.Exit(2)
+	}
+	pass, err := run(*n, *blocks, *warmup, *iters, *limit)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+		os.Exit(1)
+	}
+	if !pass {
+		os.Exit(1)
+	}
+}
+
+func run(n, blocks, warmup, iters int, limit float64) (bool, error) {
+	omp := os.Getenv("OMP_NUM_THREADS")
+	if omp == "" {
+		omp = "unset (libtorch default)"
+	}
+	fmt.Printf("refiners-bench: GOMAXPROCS=%d OMP_NUM_THREADS=%s n=%d blocks=%d\n\n",
+		runtime.GOMAXPROCS(0), omp, n, blocks)
+
+	// The raw side runs on this goroutine, pinned, with autograd off, as
+	// tensor.Run's workers are.
+	runtime.LockOSThread()
+	if _, err := ts.GradSetEnabled(false); err != nil {
+		return false, err
+	}
+
+	fmt.Println("per-op time (raw gotch vs tensor.Scope; child scope per op)")
+	fmt.Printf("  %-30s %10s %10s %7s %13s\n", "op", "raw ns/op", "scope ns/op", "ratio", "block ratios")
+	addRow, err := timeOp("add [4]+[4]", n, blocks, addRaw, addScope)
+	if err != nil {
+		return false, err
+	}
+	fmt.Println(addRow)
+	ln := max(n/10, blocks)
+	linRow, err := timeOp(fmt.Sprintf("linear [8,64]x[64,64] (n=%d)", ln), ln, blocks, linearRaw, linearScope)
+	if err != nil {
+		return false, err
+	}
+	fmt.Println(linRow)
+
+	fmt.Printf("\nRSS (after runtime.GC + debug.FreeOSMemory; limit %.1f%%)\n", limit)
+	fmt.Printf("  %-38s %10s %10s %8s %10s %8s  %s\n", "workload", "RSS warm", "RSS end", "growth", "Go heap +", "gotch", "verdict")
+	pass := true
+	checks := []struct {
+		name      string
+		warm, ops int
+		body      func(s *tensor.Scope, k int)
+	}{
+		{fmt.Sprintf("add, child scope per op (%d)", n), warmup, n, addChildLoop},
+		{fmt.Sprintf("linear->gelu->add, child/iter (%d)", iters), max(iters/10, 1), iters, moduleLoop},
+		{fmt.Sprintf("add+Release, one scope (%d)", n), warmup, n, addReleaseLoop},
+	}
+	for _, c := range checks {
+		r, err := rssCheck(c.warm, c.ops, c.body)
+		if err != nil {
+			return false, err
+		}
+		verdict := "ok"
+		if r.growth() > limit {
+			verdict = "over"
+			pass = false
+		}
+		fmt.Printf("  %-38s %10s %10s %7.2f%% %10s %8s  %s\n", c.name, mib(r.warm), mib(r.end), r.growth(),
+			mib(int64(r.heapEnd)-int64(r.heapWarm)), fmt.Sprintf("%d/%d", r.liveWarm, r.liveEnd), verdict)
+	}
+	fmt.Println("  (Go heap + = HeapAlloc growth; gotch = live gotch tensors, len(ts.ExistingTensors), warm/end)")
+	verdict := "PASS"
+	if !pass {
+		verdict = "FAIL"
+	}
+	fmt.Printf("\nRSS flat: %s (limit %.0f%%)\n", verdict, limit)
+	return pass, nil
+}
+
+// --- timing -----------------------------------------------------------------
+
+// side runs k ops and returns how long they took. raw sides run on the
+// calling (pinned) goroutine; scope sides inside tensor.Run, timed inside
+// the job so the hand-off to the worker is not counted.
+type side func(k int) (time.Duration, error)
+
+func timeOp(name string, n, blocks int, raw, scope side) (string, error) {
+	per := n / blocks
+	// One untimed block each so that allocator and caches are warm.
+	if _, err := raw(per); err != nil {
+		return "", err
+	}
+	if _, err := scope(per); err != nil {
+		return "", err
+	}
+	var rawT, scopeT time.Duration
+	ratios := make([]float64, 0, blocks)
+	for b := 0; b < blocks; b++ {
+		var r, s time.Duration
+		var err error
+		if b%2 == 0 {
+			if r, err = raw(per); err == nil {
+				s, err = scope(per)
+			}
+		} else {
+			if s, err = scope(per); err == nil {
+				r, err = raw(per)
+			}
+		}
+		if err != nil {
+			return "", err
+		}
+		rawT += r
+		scopeT += s
+		ratios = append(ratios, float64(s)/float64(r))
+	}
+	slices.Sort(ratios)
+	ops := float64(per * blocks)
+	rawNs := float64(rawT.Nanoseconds()) / ops
+	scopeNs := float64(scopeT.Nanoseconds()) / ops
+	spread := fmt.Sprintf("%.2f..%.2f", ratios[0], ratios[len(ratios)-1])
+	return fmt.Sprintf("  %-30s %10.0f %10.0f %7.3f %13s", name, rawNs, scopeNs, scopeNs/rawNs, spread), nil
+}
+
+func rawInputs(shapes [][]int64) ([]*ts.Tensor, func(), error) {
+	var out []*ts.Tensor
+	drop := func() {
+		for _, t := range out {
+			_ = t.Drop()
+		}
+	}
+	for _, shape := range shapes {
+		t, err := ts.OfSlice(ramp(int(numel(shape))))
+		if err != nil {
+			drop()
+			return nil, nil, err
+		}
+		r, err := t.Reshape(shape, true)
+		if err != nil {
+			drop()
+			return nil, nil, err
+		}
+		out = append(out, r)
+	}
+	return out, drop, nil
+}
+
+func addRaw(k int) (time.Duration, error) {
+	in, drop, err := rawInputs([][]int64{{4}, {4}})
+	if err != nil {
+		return 0, err
+	}
+	defer drop()
+	a, b := in[0], in[1]
+	start := time.Now()
+	for i := 0; i < k; i++ {
+		r, err := a.Add(b, false)
+		if err != nil {
+			return 0, err
+		}
+		_ = r.Drop()
+	}
+	return time.Since(start), nil
+}
+
+func linearRaw(k int) (time.Duration, error) {
+	in, drop, err := rawInputs([][]int64{{8, 64}, {64, 64}, {64}})
+	if err != nil {
+		return 0, err
+	}
+	defer drop()
+	x, w, b := in[0], in[1], in[2]
+	start := time.Now()
+	for i := 0; i < k; i++ {
+		r, err := ts.Linear(x, w, b)
+		if err != nil {
+			return 0, err
+		}
+		_ = r.Drop()
+	}
+	return time.Since(start), nil
+}
+
+func timed(k int, setup func(s *tensor.Scope) func(s *tensor.Scope)) (time.Duration, error) {
+	var d time.Duration
+	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		step := setup(s)
+		if err := s.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		for i := 0; i < k; i++ {
+			step(s)
+		}
+		d = time.Since(start)
+		return s.Err()
+	})
+	return d, err
+}
+
+func addScope(k int) (time.Duration, error) {
+	return timed(k, func(s *tensor.Scope) func(*tensor.Scope) {
+		a, b := s.FromFloat32(ramp(4), 4), s.FromFloat32(ramp(4), 4)
+		return func(s *tensor.Scope) {
+			c := s.Child()
+			c.Add(a, b)
+			c.Close()
+		}
+	})
+}
+
+func linearScope(k int) (time.Duration, error) {
+	return timed(k, func(s *tensor.Scope) func(*tensor.Scope) {
+		x := s.FromFloat32(ramp(8*64), 8, 64)
+		w := s.FromFloat32(ramp(64*64), 64, 64)
+		b := s.FromFloat32(ramp(64), 64)
+		return func(s *tensor.Scope) {
+			c := s.Child()
+			c.Linear(x, w, b)
+			c.Close()
+		}
+	})
+}
+
+// --- RSS --------------------------------------------------------------------
+
+type rssResult struct {
+	warm, end         int64  // RSS
+	heapWarm, heapEnd uint64 // Go heap in use (runtime.MemStats.HeapAlloc)
+	liveWarm, liveEnd int    // live gotch tensors
+}
+
+func (r rssResult) growth() float64 { return 100 * float64(r.end-r.warm) / float64(r.warm) }
+
+// rssCheck runs body for warm steps, reads RSS, runs it for ops more steps
+// in the same root scope, and reads RSS again.
+func rssCheck(warm, ops int, body func(s *tensor.Scope, k int)) (rssResult, error) {
+	var r rssResult
+	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		body(s, warm)
+		if err := s.Err(); err != nil {
+			return err
+		}
+		var err error
+		if r.warm, r.heapWarm, err = settledRSS(); err != nil {
+			return err
+		}
+		r.liveWarm = len(ts.ExistingTensors)
+		body(s, ops)
+		if err := s.Err(); err != nil {
+			return err
+		}
+		if r.end, r.heapEnd, err = settledRSS(); err != nil {
+			return err
+		}
+		r.liveEnd = len(ts.ExistingTensors)
+		return nil
+	})
+	return r, err
+}
+
+// inputs are made once per body call; they live in s until the Run ends,
+// which only adds a few tensors per call.
+func addChildLoop(s *tensor.Scope, k int) {
+	a, b := s.FromFloat32(ramp(4), 4), s.FromFloat32(ramp(4), 4)
+	for i := 0; i < k; i++ {
+		c := s.Child()
+		c.Add(a, b)
+		c.Close()
+	}
+}
+
+func addReleaseLoop(s *tensor.Scope, k int) {
+	a, b := s.FromFloat32(ramp(4), 4), s.FromFloat32(ramp(4), 4)
+	for i := 0; i < k; i++ {
+		s.Release(s.Add(a, b))
+	}
+}
+
+func moduleLoop(s *tensor.Scope, k int) {
+	x := s.FromFloat32(ramp(8*64), 8, 64)
+	w := s.FromFloat32(ramp(64*64), 64, 64)
+	b := s.FromFloat32(ramp(64), 64)
+	for i := 0; i < k; i++ {
+		c := s.Child()
+		h := c.Linear(x, w, b)
+		g := c.GeLU(h, "none")
+		c.Add(g, x)
+		c.Close()
+	}
+}
+
+// settledRSS collects garbage, returns freed pages to the OS, then reads RSS
+// and the Go heap in use.
+func settledRSS() (int64, uint64, error) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	r, err := rss()
+	return r, m.HeapAlloc, err
+}
+
+// rss reads the resident set size from /proc/self/statm (pages).
+func rss() (int64, error) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("unexpected /proc/self/statm: %q", b)
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	return pages * int64(os.Getpagesize()), nil
+}
+
+// --- helpers ----------------------------------------------------------------
+
+func ramp(n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(i%17)/17 - 0.5
+	}
+	return v
+}
+
+func numel(shape []int64) int64 {
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
