@@ -1,0 +1,103 @@
+// Command refinersd is refiners-go's daemon and command-line tool. With no
+// verb it runs the built-in demo: it builds a small model, prints its tree
+// and runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "refinersd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	verb := "demo"
+	if len(args) > 0 {
+		verb, args = args[0], args[1:]
+	}
+	switch verb {
+	case "demo":
+		return demo(args, out)
+	case "help", "-h", "--help":
+		fmt.Fprintln(out, "usage: refinersd [demo [-seed N] [-tokens N]]")
+		return nil
+	}
+	return fmt.Errorf("unknown verb %q (try: refinersd help)", verb)
+}
+
+// demoModel is a small transformer block: self-attention and a GeLU MLP,
+// each in a residual with a layer norm, as in ViT and CLIP.
+func demoModel(dim, heads int64) (*core.Chain, error) {
+	attn, err := core.NewSelfAttention(dim, core.AttentionOptions{Heads: heads})
+	if err != nil {
+		return nil, err
+	}
+	gelu, err := core.NewGeLU(core.GeLUExact)
+	if err != nil {
+		return nil, err
+	}
+	block := core.NewNamed("TransformerLayer", core.Sequence,
+		core.NewResidual(core.NewLayerNorm(dim), attn),
+		core.NewResidual(core.NewLayerNorm(dim), core.NewLinear(dim, 4*dim, true), gelu, core.NewLinear(4*dim, dim, true)),
+	)
+	return core.NewChain(block, core.NewLayerNorm(dim)), nil
+}
+
+func demo(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	seed := fs.Int64("seed", 0, "random seed for weights and input")
+	tokens := fs.Int64("tokens", 16, "sequence length of the input")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	const dim, heads = 64, 4
+	model, err := demoModel(dim, heads)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, model)
+	return tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if err := core.InitRandom(s, model, *seed); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(model)
+		n := len(core.StateDict(model))
+		x := s.FromFloat32(randomInput(*seed+1, *tokens*dim), 1, *tokens, dim)
+		start := time.Now()
+		y, err := core.Forward(s, model, x)
+		if err != nil {
+			return err
+		}
+		took := time.Since(start)
+		vals := s.Float32s(y[0])
+		if err := s.Err(); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "\n%d parameter tensors, input %v -> output %v in %v\n", n, x.Shape(), y[0].Shape(), took.Round(time.Microsecond))
+		fmt.Fprintf(out, "output[0, 0, :4] = %.4f\n", vals[:4])
+		return nil
+	})
+}
+
+// randomInput is a deterministic pseudo-random vector in [-1, 1).
+func randomInput(seed, n int64) []float32 {
+	v := make([]float32, n)
+	x := uint64(seed)*6364136223846793005 + 1442695040888963407
+	for i := range v {
+		x = x*6364136223846793005 + 1442695040888963407
+		v[i] = float32(int64(x>>11)%(1<<20))/float32(1<<19) - 1
+	}
+	return v
+}
