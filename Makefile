@@ -1,0 +1,35 @@
+# Entry points. Every target runs the (idempotent, fast) machine set-up
+# first, so each works on a fresh machine.
+
+GO ?= go
+# libtorch's intra-op pool: both cores, fixed so timings are comparable.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup demo test vet bench golden conformance
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(GO) run ./cmd/refinersd demo
+
+vet: setup
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+
+test: vet
+	$(GO) test ./...
+	scripts/check-cuda-link.sh
+
+bench: setup
+	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./core/tensor
+	$(GO) run ./cmd/refiners-bench
+
+# The pinned Python reference (torch 2.1.2, refiners 0.4.0) lives in
+# conformance/.venv; it is only needed to regenerate golden vectors.
+golden: setup
+	conformance/setup-python.sh
+	conformance/.venv/bin/python conformance/generate_layers.py
+
+conformance: setup
+	CONFORMANCE_REPORT=/dev/stdout $(GO) test -count=1 ./conformance
