@@ -190,6 +190,9 @@ func (a *Args) Module(name string) Module {
 	if v == nil {
 		return nil
 	}
+	if m, ok := v.(Module); ok {
+		return m
+	}
 	desc, ok := v.(map[string]any)
 	if !ok {
 		a.fail("argument %s: want a layer description, got %v", name, v)
@@ -290,6 +293,16 @@ func BuildLayer(desc map[string]any) (Module, error) {
 		default:
 			values[k] = v
 		}
+	}
+	return t.New(values, children)
+}
+
+// New builds the layer from argument values (numbers as int64 or float64,
+// lists of ints as []int64 or []any, nested layers as Modules or
+// descriptions) and children.
+func (t *LayerType) New(values map[string]any, children []Module) (Module, error) {
+	if len(children) > 0 && !t.Children {
+		return nil, fmt.Errorf("%s takes no children", t.Name)
 	}
 	a := &Args{layer: t, values: values}
 	m, err := t.Build(a, children)

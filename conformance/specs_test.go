@@ -1,0 +1,173 @@
+package conformance
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/spec"
+)
+
+// TestSpecs checks each spec in specs/ against golden vectors from the
+// reference model (testdata/specs: tiny sizes, committed). Set
+// CONFORMANCE_TIER=full to run the real-size vectors in testdata/full,
+// which generators write on demand.
+func TestSpecs(t *testing.T) {
+	dir := "testdata/specs"
+	if os.Getenv("CONFORMANCE_TIER") == "full" {
+		dir = "testdata/full"
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if len(files) == 0 {
+		t.Skipf("no spec vectors in %s yet", dir)
+	}
+	var rows []string
+	for _, path := range files {
+		name := strings.TrimSuffix(filepath.Base(path), ".safetensors")
+		t.Run(name, func(t *testing.T) {
+			diffs, err := runSpecCase(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, d := range diffs {
+				status := "pass"
+				if !d.Pass {
+					status = "FAIL"
+					t.Errorf("output %d: %s", i, d)
+				}
+				rows = append(rows, fmt.Sprintf("%-28s %-3d %-10.3g %-10.3g %s", name, i, d.MaxAbs, d.MaxRel, status))
+			}
+		})
+	}
+	sort.Strings(rows)
+	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
+		report := fmt.Sprintf("%-28s %-3s %-10s %-10s %s\n%s\n", "spec case", "out", "max abs", "max rel", "result", strings.Join(rows, "\n"))
+		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			f.WriteString(report)
+			f.Close()
+		}
+	}
+}
+
+// SpecCase is the metadata of a spec golden file.
+type SpecCase struct {
+	Spec      string            // path from the repository root
+	Overrides map[string]string // --set values
+	DType     tensor.DType
+	ATol      float64
+	RTol      float64
+	Tree      string // Refiners' tree print, when comparable
+}
+
+// readSpecCase parses a spec golden file's metadata.
+func readSpecCase(f *weights.File) (SpecCase, error) {
+	meta := f.Metadata()
+	c := SpecCase{Spec: meta["spec"], Tree: meta["tree"], Overrides: map[string]string{}}
+	if c.Spec == "" {
+		return c, fmt.Errorf("%s: no spec in metadata", f.Path())
+	}
+	if o := meta["overrides"]; o != "" {
+		if err := json.Unmarshal([]byte(o), &c.Overrides); err != nil {
+			return c, fmt.Errorf("%s: overrides: %w", f.Path(), err)
+		}
+	}
+	var err error
+	if c.DType, err = tensor.ParseDType(meta["dtype"]); err != nil {
+		return c, fmt.Errorf("%s: %w", f.Path(), err)
+	}
+	if _, err := fmt.Sscan(meta["atol"], &c.ATol); err != nil {
+		return c, fmt.Errorf("%s: atol: %w", f.Path(), err)
+	}
+	if _, err := fmt.Sscan(meta["rtol"], &c.RTol); err != nil {
+		return c, fmt.Errorf("%s: rtol: %w", f.Path(), err)
+	}
+	return c, nil
+}
+
+// runSpecCase builds the spec, loads the reference weights strictly, seeds
+// contexts (keys context.<name>.<key>), runs inputs input.0.. and compares
+// every output.<i>.
+func runSpecCase(path string) ([]Diff, error) {
+	f, err := weights.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := readSpecCase(f)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := spec.Load(filepath.Join("..", c.Spec))
+	if err != nil {
+		return nil, err
+	}
+	m, err := sp.Build(c.Overrides)
+	if err != nil {
+		return nil, err
+	}
+	var diffs []Diff
+	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if c.DType != tensor.Float32 {
+			if err := core.ToDType(s, m, c.DType); err != nil {
+				return err
+			}
+		}
+		if c.Tree != "" {
+			if got := core.Tree(m, -1); got != c.Tree {
+				return fmt.Errorf("tree print differs from Refiners'\n got:\n%s\nwant:\n%s", got, c.Tree)
+			}
+		}
+		if _, err := core.LoadState(s, m, f, core.LoadOptions{Strict: true, Prefix: "param."}); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(m)
+		call := core.Call{Contexts: core.Contexts{}}
+		var inputs []*tensor.Tensor
+		var outputs []string
+		for _, k := range f.Keys() {
+			switch {
+			case strings.HasPrefix(k, "context."):
+				name, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), ".")
+				if !ok {
+					return fmt.Errorf("bad context key %q (want context.<name>.<key>)", k)
+				}
+				if call.Contexts[name] == nil {
+					call.Contexts[name] = map[string]any{}
+				}
+				call.Contexts[name][key] = f.Load(s, k)
+			case strings.HasPrefix(k, "output."):
+				outputs = append(outputs, k)
+			}
+		}
+		for i := 0; ; i++ {
+			if _, ok := f.Info(fmt.Sprintf("input.%d", i)); !ok {
+				break
+			}
+			inputs = append(inputs, f.Load(s, fmt.Sprintf("input.%d", i)))
+		}
+		outs, err := call.Forward(s, m, inputs...)
+		if err != nil {
+			return err
+		}
+		if len(outs) != len(outputs) {
+			return fmt.Errorf("%d outputs, reference has %d", len(outs), len(outputs))
+		}
+		for i, got := range outs {
+			diffs = append(diffs, Compare(s, got, f.Load(s, fmt.Sprintf("output.%d", i)), c.ATol, c.RTol))
+		}
+		return s.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return diffs, nil
+}

@@ -1,0 +1,106 @@
+package spec
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Error codes are stable: tools and tests match on them.
+const (
+	CodeYAML          = "RFN-S001" // the file is not valid YAML
+	CodeVersion       = "RFN-S002" // missing or unsupported `refiners:` version
+	CodeUnknownKey    = "RFN-S003" // unknown key in the document, a block or a parameter
+	CodeShape         = "RFN-S004" // a node has the wrong YAML shape (e.g. a list where a mapping is expected)
+	CodeUnknownLayer  = "RFN-S010" // unknown layer type
+	CodePluginMissing = "RFN-S011" // a namespaced layer type whose plugin is not installed
+	CodeUnknownArg    = "RFN-S012" // unknown argument for a layer
+	CodeArgType       = "RFN-S013" // argument of the wrong type
+	CodeMissingArg    = "RFN-S014" // required argument missing
+	CodeBadLayer      = "RFN-S015" // the layer rejected its arguments (e.g. not divisible)
+	CodeChildren      = "RFN-S016" // children given to a layer that takes none, or missing
+	CodeUnknownParam  = "RFN-S020" // an expression names an unknown parameter
+	CodeExpr          = "RFN-S021" // an expression does not parse or evaluate
+	CodeDuplicate     = "RFN-S030" // a block or parameter defined twice
+	CodeImport        = "RFN-S031" // an import cannot be read, or imports form a cycle
+	CodeRepeat        = "RFN-S040" // repeat is not a non-negative integer
+	CodeOverride      = "RFN-S041" // an override names an unknown parameter or has a bad value
+	CodeWeightMissing = "RFN-S050" // plan: a parameter has no tensor in the weights
+	CodeWeightShape   = "RFN-S051" // plan: a tensor has the wrong shape or dtype
+	CodeWeightExtra   = "RFN-S052" // plan: the weights hold a tensor the model does not use
+)
+
+// Error is one problem in a spec, at a position.
+type Error struct {
+	File      string
+	Line, Col int
+	Code      string
+	Msg       string
+}
+
+func (e *Error) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %s %s", e.File, e.Code, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s %s", e.File, e.Line, e.Col, e.Code, e.Msg)
+}
+
+// Errors are all the problems found in one pass, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (es Errors) sorted() Errors {
+	sort.SliceStable(es, func(i, j int) bool {
+		a, b := es[i], es[j]
+		if a.File != b.File {
+			return a.File < b.File
+		}
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Col < b.Col
+	})
+	return es
+}
+
+// suggest returns " (did you mean X?)" for the closest candidate, if close.
+func suggest(word string, candidates []string) string {
+	best, bestD := "", len(word)/2+2
+	for _, c := range candidates {
+		if d := distance(strings.ToLower(word), strings.ToLower(c)); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return " (did you mean " + best + "?)"
+}
+
+// distance is the Levenshtein edit distance.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

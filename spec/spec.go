@@ -1,0 +1,363 @@
+// Package spec reads model specs: YAML files that declare a model as a tree
+// of layers, with parameters, expressions, reusable blocks, repetition and
+// imports. Build turns a spec into a core.Chain. Every problem is reported
+// with file:line:col and a stable code (RFN-Sxxx), all of them in one pass
+// where possible.
+//
+// A spec:
+//
+//	refiners: 1                  # format version (required)
+//	name: CLIPTextEncoder        # type name of the root chain (optional)
+//	params:                      # parameters, overridable by the caller
+//	  dim: 768
+//	  ffn: {default: "${dim * 4}", doc: "feed-forward width"}
+//	imports: [common.yaml]       # blocks defined in other files
+//	blocks:                      # named, parameterised chains
+//	  TransformerLayer:
+//	    params: {dim: null, heads: 12}   # null: required
+//	    kind: Sequence                   # how children combine (default Sequence)
+//	    layers:
+//	      - Residual:
+//	          - LayerNorm: {normalized_shape: "${dim}"}
+//	          - SelfAttention: {embedding_dim: "${dim}", num_heads: "${heads}"}
+//	layers:                      # the root chain's children
+//	  - TransformerLayer: {dim: "${dim}", repeat: 12}
+//	  - LayerNorm: {normalized_shape: "${dim}"}
+//
+// A layer item is `Type: {args}`, `Type: [children]`, `Type:` or `Type`.
+// In args, `repeat: N` repeats the item N times (the copy's number is the
+// parameter `index`), `layers: [...]` gives children together with other
+// args, and `provider: true` makes a chain a context scope. Types are core
+// layers under their Refiners names, blocks, or plugin types written
+// `plugin/Type`.
+package spec
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/refiners-go/refiners/core"
+)
+
+// Version is the spec format version this package reads.
+const Version = 1
+
+// Spec is a parsed spec file with its imports resolved.
+type Spec struct {
+	File     string
+	Name     string
+	Kind     core.Kind
+	Args     string
+	Provider bool
+	Doc      string
+	Params   []*Param
+	Blocks   map[string]*Block
+	layers   *yaml.Node
+}
+
+// Param is a declared parameter.
+type Param struct {
+	Name     string
+	Default  *yaml.Node // nil: required
+	Doc      string
+	Position string
+}
+
+// Block is a named, parameterised chain.
+type Block struct {
+	Name     string
+	File     string
+	Kind     core.Kind
+	Args     string
+	Provider bool
+	Doc      string
+	Params   []*Param
+	layers   *yaml.Node
+	node     *yaml.Node
+}
+
+var kinds = map[string]core.Kind{
+	"Sequence": core.Sequence, "Chain": core.Sequence, "Residual": core.Residual, "Sum": core.Sum,
+	"Parallel": core.Parallel, "Distribute": core.Distribute, "Passthrough": core.Passthrough,
+	"Concatenate": core.Concatenate, "Matmul": core.Matmul,
+}
+
+// loader reads files and records errors.
+type loader struct {
+	errs    Errors
+	loading map[string]bool // files being read, for import cycles
+}
+
+func (l *loader) errf(file string, n *yaml.Node, code, format string, args ...any) {
+	e := &Error{File: file, Code: code, Msg: fmt.Sprintf(format, args...)}
+	if n != nil {
+		e.Line, e.Col = n.Line, n.Column
+	}
+	l.errs = append(l.errs, e)
+}
+
+// Load reads a spec file and the files it imports. The error, if any, is
+// an Errors listing every problem found.
+func Load(path string) (*Spec, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Errors{{File: path, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
+	}
+	return Parse(path, src)
+}
+
+// Parse reads a spec from src; path names it in errors and anchors imports.
+func Parse(path string, src []byte) (*Spec, error) {
+	l := &loader{loading: map[string]bool{}}
+	s := l.parse(path, src, false)
+	if len(l.errs) > 0 {
+		return nil, l.errs.sorted()
+	}
+	return s, nil
+}
+
+// parse reads one file. An imported file is a block library: it needs no
+// layers of its own.
+func (l *loader) parse(path string, src []byte, imported bool) *Spec {
+	abs, _ := filepath.Abs(path)
+	l.loading[abs] = true
+	defer delete(l.loading, abs)
+
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		line := 0
+		msg := err.Error()
+		fmt.Sscanf(strings.TrimPrefix(msg, "yaml: "), "line %d:", &line)
+		l.errs = append(l.errs, &Error{File: path, Line: line, Col: 1, Code: CodeYAML, Msg: msg})
+		return nil
+	}
+	if len(doc.Content) == 0 {
+		l.errf(path, nil, CodeVersion, "empty spec: want at least `refiners: %d` and `layers:`", Version)
+		return nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		l.errf(path, root, CodeShape, "a spec is a mapping with refiners, params, blocks and layers")
+		return nil
+	}
+	s := &Spec{File: path, Blocks: map[string]*Block{}}
+	version := false
+	var imports *yaml.Node
+	l.fields(path, root, "spec", []string{"refiners", "name", "kind", "args", "provider", "description", "params", "imports", "blocks", "layers"},
+		func(key string, k, v *yaml.Node) {
+			switch key {
+			case "refiners":
+				version = true
+				if v.Kind != yaml.ScalarNode || v.Value != fmt.Sprint(Version) {
+					l.errf(path, v, CodeVersion, "unsupported spec version %q (this build reads refiners: %d)", v.Value, Version)
+				}
+			case "name":
+				s.Name = l.scalar(path, v, "name")
+			case "kind":
+				s.Kind = l.kind(path, v)
+			case "args":
+				s.Args = l.scalar(path, v, "args")
+			case "provider":
+				s.Provider = l.boolean(path, v, "provider")
+			case "description":
+				s.Doc = l.scalar(path, v, "description")
+			case "params":
+				s.Params = l.params(path, v)
+			case "imports":
+				imports = v
+			case "blocks":
+				l.blocks(path, v, s.Blocks)
+			case "layers":
+				if v.Kind != yaml.SequenceNode {
+					l.errf(path, v, CodeShape, "layers must be a list of layer items")
+				}
+				s.layers = v
+			}
+		})
+	if !version {
+		l.errf(path, root, CodeVersion, "missing `refiners: %d` (the spec format version)", Version)
+	}
+	if s.layers == nil && !imported {
+		l.errf(path, root, CodeShape, "missing `layers:` (the model's layers)")
+	}
+	if imports != nil {
+		l.imports(path, imports, s.Blocks)
+	}
+	return s
+}
+
+// fields walks a mapping, rejecting unknown keys with a suggestion.
+func (l *loader) fields(file string, m *yaml.Node, what string, known []string, f func(key string, k, v *yaml.Node)) {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if seen[k.Value] {
+			l.errf(file, k, CodeDuplicate, "%q given twice in %s", k.Value, what)
+			continue
+		}
+		seen[k.Value] = true
+		ok := false
+		for _, name := range known {
+			if k.Value == name {
+				ok = true
+			}
+		}
+		if !ok {
+			l.errf(file, k, CodeUnknownKey, "unknown key %q in %s%s", k.Value, what, suggest(k.Value, known))
+			continue
+		}
+		f(k.Value, k, v)
+	}
+}
+
+func (l *loader) scalar(file string, n *yaml.Node, what string) string {
+	if n.Kind != yaml.ScalarNode {
+		l.errf(file, n, CodeShape, "%s must be a string", what)
+		return ""
+	}
+	return n.Value
+}
+
+func (l *loader) boolean(file string, n *yaml.Node, what string) bool {
+	var b bool
+	if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
+		l.errf(file, n, CodeArgType, "%s must be true or false, got %q", what, n.Value)
+	}
+	return b
+}
+
+func (l *loader) kind(file string, n *yaml.Node) core.Kind {
+	name := l.scalar(file, n, "kind")
+	k, ok := kinds[name]
+	if !ok && name != "" {
+		names := make([]string, 0, len(kinds))
+		for n := range kinds {
+			names = append(names, n)
+		}
+		l.errf(file, n, CodeShape, "unknown kind %q%s", name, suggest(name, names))
+	}
+	return k
+}
+
+// params reads `name: default` or `name: {default: ..., doc: ...}` pairs.
+func (l *loader) params(file string, n *yaml.Node) []*Param {
+	if n.Kind != yaml.MappingNode {
+		l.errf(file, n, CodeShape, "params must be a mapping of name: default")
+		return nil
+	}
+	var out []*Param
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if seen[k.Value] {
+			l.errf(file, k, CodeDuplicate, "parameter %q declared twice", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		p := &Param{Name: k.Value, Position: fmt.Sprintf("%s:%d:%d", file, k.Line, k.Column)}
+		switch {
+		case v.Kind == yaml.MappingNode:
+			p.Default = nil
+			l.fields(file, v, "parameter "+k.Value, []string{"default", "doc"}, func(key string, _, dv *yaml.Node) {
+				if key == "default" {
+					p.Default = dv
+				} else {
+					p.Doc = l.scalar(file, dv, "doc")
+				}
+			})
+		case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
+			// required
+		case v.Kind == yaml.ScalarNode:
+			p.Default = v
+		default:
+			l.errf(file, v, CodeShape, "parameter %q: want a default value or {default, doc}", k.Value)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (l *loader) blocks(file string, n *yaml.Node, into map[string]*Block) {
+	if n.Kind != yaml.MappingNode {
+		l.errf(file, n, CodeShape, "blocks must be a mapping of name: definition")
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if prev, dup := into[k.Value]; dup {
+			l.errf(file, k, CodeDuplicate, "block %q already defined at %s:%d:%d", k.Value, prev.File, prev.node.Line, prev.node.Column)
+			continue
+		}
+		if _, builtin := core.LookupLayer(k.Value); builtin {
+			l.errf(file, k, CodeDuplicate, "block %q has the name of a core layer", k.Value)
+			continue
+		}
+		if v.Kind != yaml.MappingNode {
+			l.errf(file, v, CodeShape, "block %q must be a mapping with params, kind and layers", k.Value)
+			continue
+		}
+		b := &Block{Name: k.Value, File: file, node: k}
+		l.fields(file, v, "block "+k.Value, []string{"params", "kind", "args", "provider", "description", "layers"}, func(key string, _, bv *yaml.Node) {
+			switch key {
+			case "params":
+				b.Params = l.params(file, bv)
+			case "kind":
+				b.Kind = l.kind(file, bv)
+			case "args":
+				b.Args = l.scalar(file, bv, "args")
+			case "provider":
+				b.Provider = l.boolean(file, bv, "provider")
+			case "description":
+				b.Doc = l.scalar(file, bv, "description")
+			case "layers":
+				if bv.Kind != yaml.SequenceNode {
+					l.errf(file, bv, CodeShape, "block %q: layers must be a list", k.Value)
+				}
+				b.layers = bv
+			}
+		})
+		if b.layers == nil {
+			l.errf(file, k, CodeShape, "block %q has no layers", k.Value)
+		}
+		into[k.Value] = b
+	}
+}
+
+func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
+	if n.Kind != yaml.SequenceNode {
+		l.errf(file, n, CodeShape, "imports must be a list of spec files")
+		return
+	}
+	for _, item := range n.Content {
+		rel := l.scalar(file, item, "import")
+		if rel == "" {
+			continue
+		}
+		path := filepath.Join(filepath.Dir(file), rel)
+		abs, _ := filepath.Abs(path)
+		if l.loading[abs] {
+			l.errf(file, item, CodeImport, "import cycle: %s imports itself through %s", rel, file)
+			continue
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			l.errf(file, item, CodeImport, "cannot import %s: %v", rel, err)
+			continue
+		}
+		sub := l.parse(path, src, true)
+		if sub == nil {
+			continue
+		}
+		for name, b := range sub.Blocks {
+			if prev, dup := into[name]; dup {
+				l.errf(file, item, CodeDuplicate, "import %s redefines block %q (defined at %s:%d:%d)", rel, name, prev.File, prev.node.Line, prev.node.Column)
+				continue
+			}
+			into[name] = b
+		}
+	}
+}
