@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -170,4 +171,60 @@ func runSpecCase(path string) ([]Diff, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return diffs, nil
+}
+
+// TestSpecsViaCLI runs every tiny spec case through the refinersd binary
+// (`refinersd run`), the way a user or an outside checker would, and
+// compares the output file with the reference.
+func TestSpecsViaCLI(t *testing.T) {
+	files, _ := filepath.Glob("testdata/specs/*.safetensors")
+	if len(files) == 0 {
+		t.Skip("no spec vectors yet")
+	}
+	bin := filepath.Join(t.TempDir(), "refinersd")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/refinersd")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building refinersd: %v\n%s", err, out)
+	}
+	for _, path := range files {
+		name := strings.TrimSuffix(filepath.Base(path), ".safetensors")
+		t.Run(name, func(t *testing.T) {
+			f, err := weights.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			c, err := readSpecCase(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "out.safetensors")
+			args := []string{"run", filepath.Join("..", c.Spec), "--weights", path, "--prefix", "param.", "--input", path, "--output", out, "--dtype", c.DType.String()}
+			for k, v := range c.Overrides {
+				args = append(args, "--set", k+"="+v)
+			}
+			if msg, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+				t.Fatalf("refinersd %s: %v\n%s", strings.Join(args, " "), err, msg)
+			}
+			got, err := weights.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer got.Close()
+			err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				for _, k := range f.Keys() {
+					if !strings.HasPrefix(k, "output.") {
+						continue
+					}
+					if d := Compare(s, got.Load(s, k), f.Load(s, k), c.ATol, c.RTol); !d.Pass {
+						t.Errorf("%s: %s", k, d)
+					}
+				}
+				return s.Err()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }

@@ -30,12 +30,31 @@ func run(args []string, out io.Writer) error {
 	switch verb {
 	case "demo":
 		return demo(args, out)
+	case "inspect":
+		return inspect(args, out)
+	case "plan":
+		return plan(args, out)
+	case "run":
+		return runSpec(args, out)
 	case "help", "-h", "--help":
-		fmt.Fprintln(out, "usage: refinersd [demo [-seed N] [-tokens N]]")
+		fmt.Fprint(out, usage)
 		return nil
 	}
 	return fmt.Errorf("unknown verb %q (try: refinersd help)", verb)
 }
+
+const usage = `usage: refinersd VERB [flags]
+
+  demo                          build a small transformer block, print its tree, run it (default)
+  inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
+  plan SPEC --weights W         dry run: check every parameter's shape against W's header
+  run SPEC --weights W --input IN --output OUT
+                                run a model: IN holds input.0, input.1, ... and
+                                context.<name>.<key> tensors; OUT gets output.0, ...
+
+Common flags: --set name=value (repeatable) overrides a spec parameter;
+--prefix P reads weights under keys P<key>; --device cpu|cuda[:N].
+`
 
 // demoModel is a small transformer block: self-attention and a GeLU MLP,
 // each in a residual with a layer norm, as in ViT and CLIP.

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/spec"
+)
+
+// setFlags collects repeated --set name=value flags.
+type setFlags map[string]string
+
+func (s setFlags) String() string { return fmt.Sprint(map[string]string(s)) }
+
+func (s setFlags) Set(v string) error {
+	name, val, ok := strings.Cut(v, "=")
+	if !ok || name == "" {
+		return fmt.Errorf("--set wants name=value, got %q", v)
+	}
+	s[name] = val
+	return nil
+}
+
+// specFlags are the flags every spec verb shares.
+type specFlags struct {
+	fs      *flag.FlagSet
+	sets    setFlags
+	weights *string
+	prefix  *string
+}
+
+func newSpecFlags(verb string) *specFlags {
+	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
+	f := &specFlags{fs: fs, sets: setFlags{}}
+	fs.Var(f.sets, "set", "override a spec parameter: name=value (repeatable)")
+	f.weights = fs.String("weights", "", "safetensors weights file")
+	f.prefix = fs.String("prefix", "", "prefix of the model's keys in the weights file")
+	return f
+}
+
+// parse takes the spec path (first positional argument) and the flags,
+// which may come before or after it.
+func (f *specFlags) parse(args []string) (string, error) {
+	var path string
+	for len(args) > 0 {
+		if err := f.fs.Parse(args); err != nil {
+			return "", err
+		}
+		args = f.fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if path != "" {
+			return "", fmt.Errorf("%s: one spec at a time, got %q and %q", f.fs.Name(), path, args[0])
+		}
+		path, args = args[0], args[1:]
+	}
+	if path == "" {
+		return "", fmt.Errorf("%s: which spec? (refinersd %s SPEC ...)", f.fs.Name(), f.fs.Name())
+	}
+	return path, nil
+}
+
+func (f *specFlags) build(path string) (*core.Chain, error) {
+	s, err := spec.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return s.Build(f.sets)
+}
+
+func inspect(args []string, out io.Writer) error {
+	f := newSpecFlags("inspect")
+	depth := f.fs.Int("depth", -1, "print only this many levels (-1: all)")
+	path, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	m, err := f.build(path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, core.Tree(m, *depth))
+	var n int64
+	entries := core.StateDict(m)
+	for _, e := range entries {
+		c := int64(1)
+		for _, d := range e.Shape {
+			c *= d
+		}
+		n += c
+	}
+	fmt.Fprintf(out, "\n%d parameter tensors, %d parameters\n", len(entries), n)
+	return nil
+}
+
+func plan(args []string, out io.Writer) error {
+	f := newSpecFlags("plan")
+	path, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if *f.weights == "" {
+		return errors.New("plan: --weights is required")
+	}
+	m, err := f.build(path)
+	if err != nil {
+		return err
+	}
+	header, _, err := weights.ReadHeader(*f.weights)
+	if err != nil {
+		return err
+	}
+	r := spec.Plan(m, header, *f.prefix)
+	r.Print(out)
+	if errs := r.Errors(*f.weights); len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func runSpec(args []string, out io.Writer) error {
+	f := newSpecFlags("run")
+	input := f.fs.String("input", "", "safetensors file with input.0, input.1, ... and context.<name>.<key> tensors")
+	output := f.fs.String("output", "", "safetensors file to write output.0, output.1, ... to")
+	device := f.fs.String("device", "cpu", "cpu, cuda or cuda:N")
+	dtype := f.fs.String("dtype", "float32", "dtype of the weights and of floating-point inputs: float32, bfloat16, float16")
+	path, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if *f.weights == "" || *input == "" || *output == "" {
+		return errors.New("run: --weights, --input and --output are required")
+	}
+	dev, err := tensor.ParseDevice(*device)
+	if err != nil {
+		return err
+	}
+	dt, err := tensor.ParseDType(*dtype)
+	if err != nil {
+		return err
+	}
+	m, err := f.build(path)
+	if err != nil {
+		return err
+	}
+	wf, err := weights.Open(*f.weights)
+	if err != nil {
+		return err
+	}
+	defer wf.Close()
+	in, err := weights.Open(*input)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	return tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if dt != tensor.Float32 {
+			if err := core.ToDType(s, m, dt); err != nil {
+				return err
+			}
+		}
+		if _, err := core.LoadState(s, m, wf, core.LoadOptions{Strict: true, Prefix: *f.prefix, Device: dev}); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(m)
+		load := func(key string) *tensor.Tensor {
+			t := in.Load(s, key)
+			if t.Valid() && t.DType().IsFloat() && t.DType() != dt {
+				t = s.ToDType(t, dt)
+			}
+			if t.Valid() && dev != tensor.CPU {
+				t = s.To(t, dev)
+			}
+			return t
+		}
+		call := core.Call{Contexts: core.Contexts{}}
+		var inputs []*tensor.Tensor
+		for _, k := range in.Keys() {
+			name, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), ".")
+			if !strings.HasPrefix(k, "context.") {
+				continue
+			}
+			if !ok {
+				return fmt.Errorf("%s: bad context key %q (want context.<name>.<key>)", *input, k)
+			}
+			if call.Contexts[name] == nil {
+				call.Contexts[name] = map[string]any{}
+			}
+			call.Contexts[name][key] = load(k)
+		}
+		for i := 0; ; i++ {
+			key := "input." + strconv.Itoa(i)
+			if _, ok := in.Info(key); !ok {
+				break
+			}
+			inputs = append(inputs, load(key))
+		}
+		if len(inputs) == 0 {
+			return fmt.Errorf("%s: no input.0 tensor", *input)
+		}
+		if err := s.Err(); err != nil {
+			return err
+		}
+		outs, err := call.Forward(s, m, inputs...)
+		if err != nil {
+			return err
+		}
+		named := map[string]*tensor.Tensor{}
+		for i, t := range outs {
+			if t.Device() != tensor.CPU {
+				t = s.To(t, tensor.CPU)
+			}
+			named["output."+strconv.Itoa(i)] = t
+		}
+		if err := weights.Save(s, *output, named, map[string]string{"spec": path}); err != nil {
+			return err
+		}
+		for i, t := range outs {
+			fmt.Fprintf(out, "output.%d %v %s\n", i, t.Shape(), t.DType())
+		}
+		return nil
+	})
+}
+
