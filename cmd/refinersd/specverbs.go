@@ -230,4 +230,3 @@ func runSpec(args []string, out io.Writer) error {
 		return nil
 	})
 }
-
