@@ -19,6 +19,8 @@ vet: setup
 
 test: vet
 	$(GO) test ./...
+	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
 	scripts/check-cuda-link.sh
 
 bench: setup

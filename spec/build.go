@@ -37,10 +37,18 @@ func (e *env) names() []string {
 	return out
 }
 
+// Limits that keep a hostile or mistaken spec from exhausting memory: the
+// largest real models have a few thousand layers.
+const (
+	maxRepeat = 10_000
+	maxLayers = 100_000
+)
+
 // builder turns a loaded spec into modules, collecting every error.
 type builder struct {
-	spec *Spec
-	errs Errors
+	spec   *Spec
+	errs   Errors
+	layers int // layer items instantiated so far
 }
 
 func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...any) {
@@ -292,10 +300,18 @@ func (b *builder) item(file string, n *yaml.Node, e *env) []core.Module {
 		if !ok {
 			return nil
 		}
+		if c > maxRepeat {
+			b.errf(file, repeat, CodeRepeat, "repeat %d is over the limit of %d", c, maxRepeat)
+			return nil
+		}
 		count = c
 	}
 	var out []core.Module
 	for i := int64(0); i < count; i++ {
+		if b.layers++; b.layers > maxLayers {
+			b.errf(file, typeNode, CodeRepeat, "the spec builds more than %d layers", maxLayers)
+			return out
+		}
 		ie := e
 		if repeat != nil {
 			ie = &env{vars: map[string]value{"index": i}, parent: e}
@@ -327,8 +343,13 @@ func (b *builder) instance(file string, typeNode *yaml.Node, name string, args m
 		b.errf(file, typeNode, CodeUnknownLayer, "unknown layer type %q%s", name, suggest(name, candidates))
 		return nil
 	}
+	if children != nil && !t.Children {
+		b.errf(file, children, CodeChildren, "%s takes no children", name)
+		return nil
+	}
 	values := map[string]any{}
 	okArgs := true
+	meant := map[string]bool{} // required args an unknown, misspelt arg stands for
 	for _, k := range argOrder {
 		spec := argSpec(t, k.Value)
 		if spec == nil {
@@ -337,6 +358,9 @@ func (b *builder) instance(file string, typeNode *yaml.Node, name string, args m
 				names[i] = a.Name
 			}
 			hint := suggest(k.Value, names)
+			if hint != "" {
+				meant[strings.TrimSuffix(strings.TrimPrefix(hint, " (did you mean "), "?)")] = true
+			}
 			if hint == "" {
 				hint = fmt.Sprintf(" (%s takes: %s)", name, strings.Join(names, ", "))
 				if len(names) == 0 {
@@ -355,17 +379,13 @@ func (b *builder) instance(file string, typeNode *yaml.Node, name string, args m
 		values[k.Value] = v
 	}
 	for _, a := range t.Args {
-		if _, given := args[a.Name]; a.Required && !given {
+		if _, given := args[a.Name]; a.Required && !given && !meant[a.Name] {
 			b.errf(file, typeNode, CodeMissingArg, "%s: missing required argument %q (%v)", name, a.Name, a.Kind)
 			okArgs = false
 		}
 	}
 	var kids []core.Module
 	if children != nil {
-		if !t.Children {
-			b.errf(file, children, CodeChildren, "%s takes no children", name)
-			return nil
-		}
 		if children.Kind != yaml.SequenceNode {
 			b.errf(file, children, CodeShape, "%s: layers must be a list", name)
 			return nil
@@ -445,6 +465,10 @@ func (b *builder) arg(file, layer string, a *core.ArgSpec, n *yaml.Node, e *env)
 			out = append(out, i)
 		}
 		return out, true
+	}
+	if n = deref(n); n.Kind != yaml.ScalarNode {
+		b.errf(file, n, CodeArgType, "%s.%s: want %v, got a %s", layer, a.Name, a.Kind, kindName(n))
+		return nil, false
 	}
 	v, ok := b.eval(file, n, e)
 	if !ok {

@@ -1,0 +1,105 @@
+package spec
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"testing"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
+)
+
+func tinyViT(t *testing.T) *core.Chain {
+	s, err := Load("../specs/vit.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Build(map[string]string{"num_layers": "1", "embedding_dim": "8", "num_heads": "2", "image_size": "16", "patch_size": "8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// header is what a weights file for m would declare, before edits.
+func header(m core.Module) []weights.Info {
+	var h []weights.Info
+	for _, e := range core.StateDict(m) {
+		h = append(h, weights.Info{Key: e.Key, DType: tensor.Float32, Shape: e.Shape})
+	}
+	return h
+}
+
+func TestPlanReportsMismatches(t *testing.T) {
+	m := tinyViT(t)
+	good := header(m)
+	if r := Plan(m, good, ""); !r.OK() {
+		t.Fatalf("a matching header fails: %v", r.Errors("w.safetensors"))
+	}
+	cases := []struct {
+		name string
+		edit func([]weights.Info) []weights.Info
+		want string
+	}{
+		{"shape", func(h []weights.Info) []weights.Info {
+			h[0].Shape = []int64{8, 3, 4, 4}
+			return h
+		}, `RFN-S051 layer Conv2d (Conv2d): "Conv2d.weight" has shape [8 3 4 4], the spec expects [8 3 8 8]`},
+		{"missing", func(h []weights.Info) []weights.Info { return h[1:] }, `RFN-S050 layer Conv2d (Conv2d): no tensor "Conv2d.weight"`},
+		{"extra", func(h []weights.Info) []weights.Info {
+			return append(h, weights.Info{Key: "Head.weight", DType: tensor.Float32, Shape: []int64{2}})
+		}, `RFN-S052 the weights hold "Head.weight"`},
+		{"dtype", func(h []weights.Info) []weights.Info {
+			h[2].DType = tensor.Int64
+			return h
+		}, `RFN-S051 layer Residual.Parameter (Parameter): "Residual.Parameter.weight" is not a floating-point tensor`},
+		{"deep shape", func(h []weights.Info) []weights.Info {
+			for i := range h {
+				if h[i].Key == "Chain.Residual_1.Attention.Distribute.Linear_2.weight" {
+					h[i].Shape = []int64{8, 9}
+				}
+			}
+			return h
+		}, `layer Chain.Residual_1.Attention.Distribute.Linear_2 (Linear): "Chain.Residual_1.Attention.Distribute.Linear_2.weight" has shape [8 9], the spec expects [8 8]`},
+	}
+	for _, c := range cases {
+		h := c.edit(append([]weights.Info(nil), header(m)...))
+		errs := Plan(m, h, "").Errors("w.safetensors")
+		if len(errs) != 1 || !strings.Contains(errs.Error(), c.want) {
+			t.Errorf("%s: got %v, want one error containing %q", c.name, errs, c.want)
+		}
+	}
+}
+
+// FuzzSpec feeds arbitrary bytes to the parser and builder: they must
+// return errors, never panic.
+func FuzzSpec(f *testing.F) {
+	for _, glob := range []string{"testdata/broken/*.yaml", "../specs/*.yaml"} {
+		files, _ := filepath.Glob(glob)
+		for _, p := range files {
+			if b, err := os.ReadFile(p); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		start := time.Now()
+		defer func() {
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("took %v", d)
+			}
+		}()
+		s, err := Parse("fuzz.yaml", src)
+		if err != nil {
+			return
+		}
+		m, err := s.Build(nil)
+		if err == nil && m != nil {
+			_ = core.Tree(m, 3)
+			_ = core.StateDict(m)
+		}
+	})
+}
