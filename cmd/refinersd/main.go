@@ -13,6 +13,7 @@ import (
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/spec"
 )
 
 func main() {
@@ -36,6 +37,13 @@ func run(args []string, out io.Writer) error {
 		return plan(args, out)
 	case "run":
 		return runSpec(args, out)
+	case "schema":
+		b, err := spec.Schema()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, string(b))
+		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(out, usage)
 		return nil
@@ -48,6 +56,7 @@ const usage = `usage: refinersd VERB [flags]
   demo                          build a small transformer block, print its tree, run it (default)
   inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
   plan SPEC --weights W         dry run: check every parameter's shape against W's header
+  schema                        print the JSON Schema of spec files (for editors)
   run SPEC --weights W --input IN --output OUT
                                 run a model: IN holds input.0, input.1, ... and
                                 context.<name>.<key> tensors; OUT gets output.0, ...
