@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sugarme/gotch/ts"
 )
@@ -105,8 +106,16 @@ func (s *Scope) Live() int {
 	return n
 }
 
+// created counts tensor handles made since the process started.
+var created atomic.Int64
+
+// Created is the number of tensor handles made so far, process-wide; a
+// code path that must not allocate tensors (a dry run) is checked with it.
+func Created() int64 { return created.Load() }
+
 // wrap takes ownership of a fresh gotch tensor.
 func (s *Scope) wrap(h *ts.Tensor) *Tensor {
+	created.Add(1)
 	t := &Tensor{h: h, owner: s}
 	s.track(t)
 	return t
