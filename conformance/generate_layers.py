@@ -274,6 +274,49 @@ case("return_early", {"type": "Chain", "children": [lin(4, 3), {"type": "Return"
      call=lambda m, x: m[0](x[0]))
 
 
+# LoRA adapters (Refiners' LinearLora / Conv2dLora / LoraAdapter), injected.
+# The Go description is the tree after injection: a LoraAdapter lists its
+# target first, then its branches.
+from refiners.fluxion.adapters.lora import Conv2dLora, LinearLora, LoraAdapter
+
+
+def injected(chain, path, *loras):
+    LoraAdapter(chain.layer(path, fl.WeightedModule), *loras).inject(chain)
+    return chain
+
+
+def lora_desc(kind, **args):
+    return {"type": kind, **args}
+
+
+case("lora_linear_two_scales",
+     {"type": "Chain", "children": [
+         {"type": "LoraAdapter", "children": [lin(4, 8),
+             lora_desc("LinearLora", name="a", in_features=4, out_features=8, rank=2, scale=0.5),
+             lora_desc("LinearLora", name="b", in_features=4, out_features=8, rank=3, scale=2.0)]},
+         {"type": "SiLU"}, lin(8, 8)]},
+     lambda: injected(fl.Chain(fl.Linear(4, 8), fl.SiLU(), fl.Linear(8, 8)), "Linear_1",
+                      LinearLora("a", 4, 8, rank=2, scale=0.5), LinearLora("b", 4, 8, rank=3, scale=2.0)),
+     [((3, 4), F)])
+case("lora_conv2d",
+     {"type": "Chain", "children": [
+         {"type": "LoraAdapter", "children": [
+             {"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
+             lora_desc("Conv2dLora", name="c", in_channels=3, out_channels=4, rank=2, scale=1.5),
+             lora_desc("Conv2dLora", name="d", in_channels=3, out_channels=4, rank=3, kernel_size=[3, 1], padding=[1, 0])]},
+         {"type": "SiLU"}]},
+     lambda: injected(fl.Chain(fl.Conv2d(3, 4, 3, padding=1), fl.SiLU()), "Conv2d",
+                      Conv2dLora("c", 3, 4, rank=2, scale=1.5),
+                      Conv2dLora("d", 3, 4, rank=3, kernel_size=(3, 1), padding=(1, 0))),
+     [((2, 3, 6, 5), F)])
+case("lora_conv2d_1x1",
+     {"type": "LoraAdapter", "children": [
+         {"type": "Conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": 1},
+         lora_desc("Conv2dLora", name="e", in_channels=4, out_channels=6, rank=2, kernel_size=[1, 1], padding=[0, 0])]},
+     lambda: LoraAdapter(fl.Conv2d(4, 6, 1), Conv2dLora("e", 4, 6, rank=2, kernel_size=(1, 1), padding=(0, 0))),
+     [((1, 4, 3, 3), F)])
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "testdata" / "layers"
     generate(out)

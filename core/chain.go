@@ -55,6 +55,9 @@ type Chain struct {
 	// Args are the constructor arguments the tree print shows for a named
 	// chain, e.g. "embedding_dim=8, num_heads=2".
 	Args string
+	// Label names the chain among its siblings where the type does not,
+	// e.g. a LoRA's name in its adapter. It is not part of keys.
+	Label string
 	// Provider makes the chain a context scope: values set below it stay
 	// below it, and lookups from below see them before outer values.
 	Provider bool

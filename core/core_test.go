@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -352,4 +353,118 @@ func TestForwardReleasesIntermediates(t *testing.T) {
 		s.Release(out)
 		return s.Err()
 	})
+}
+
+func TestLoraAdapterOnLinearAndConv(t *testing.T) {
+	run(t, func(s *tensor.Scope) error {
+		m := NewChain(NewLinear(4, 8, true), NewSiLU(), NewLinear(8, 8, true),
+			NewChain(NewConv2d(2, 4, 3, ConvOptions{Padding: 1})))
+		if err := InitRandom(s, m, 9); err != nil {
+			return err
+		}
+		defer ReleaseParams(m)
+		x := s.FromFloat32([]float32{1, -1, 0.5, 2, 0, 1, 1, -2}, 2, 4)
+		tree0, params0 := snapshot(s, m)
+
+		lin, _ := m.Layer("Linear_1")
+		a, b := NewLinearLora("a", 4, 8, 2, 0.5), NewLinearLora("b", 4, 8, 3, 2)
+		adapter, err := NewLoraAdapter(lin, a, b)
+		if err != nil {
+			return err
+		}
+		for i, l := range []*Chain{a, b} {
+			if err := InitRandom(s, l, int64(11+i)); err != nil {
+				return err
+			}
+		}
+		defer ReleaseParams(a)
+		defer ReleaseParams(b)
+		if err := adapter.Inject(m); err != nil {
+			return err
+		}
+		// Keys follow Refiners: the other Linear loses its suffix.
+		if got := strings.Join(m.Keys(), ","); got != "LoraAdapter,SiLU,Linear,Chain" {
+			t.Errorf("keys after inject: %s", got)
+		}
+		want := "LoraAdapter.LinearLora_2.Linear_1.weight"
+		found := false
+		for _, e := range StateDict(m) {
+			found = found || e.Key == want
+		}
+		if !found {
+			t.Errorf("no key %s in %v", want, StateDict(m))
+		}
+		// y = W x + b + 0.5·Ua Da x + 2·Ub Db x, checked against the parts.
+		y := mustForward(t, s, adapter, x)
+		parts := s.Add(mustForward(t, s, lin, x), s.Add(mustForward(t, s, a, x), mustForward(t, s, b, x)))
+		if !s.AllClose(y, parts, 1e-6, 1e-6) {
+			t.Error("adapter output is not target + branches")
+		}
+		SetLoraScale(b, 0)
+		if got := LoraScale(b); got != 0 {
+			t.Errorf("scale = %v", got)
+		}
+		if _, err := RemoveLora(adapter, "a"); err != nil {
+			return err
+		}
+		if got := strings.Join(LoraNames(adapter), ","); got != "b" {
+			t.Errorf("names = %s", got)
+		}
+		if err := AddLora(adapter, NewLinearLora("b", 4, 8, 2, 1)); err == nil {
+			t.Error("a second LoRA named b was accepted")
+		}
+		if err := AddLora(adapter, NewLinearLora("c", 5, 8, 2, 1)); err == nil {
+			t.Error("a LoRA of the wrong width was accepted")
+		}
+		// With b at scale 0 and a removed, the output is the base output.
+		if got := s.Float32s(mustForward(t, s, adapter, x)); !closeEnough(got, s.Float32s(mustForward(t, s, lin, x))) {
+			t.Error("scale 0 still changes the output")
+		}
+		if err := adapter.Eject(); err != nil {
+			return err
+		}
+		// A Conv2d LoRA with Refiners' default geometry (1x1 down, 3x3 up).
+		conv, _ := m.Layer("Chain.Conv2d")
+		cl := NewConv2dLora("c", 2, 4, 2, 1, DefaultConv2dLora)
+		ca, err := NewLoraAdapter(conv, cl)
+		if err != nil {
+			return err
+		}
+		if err := InitRandom(s, cl, 12); err != nil {
+			return err
+		}
+		defer ReleaseParams(cl)
+		if err := ca.Inject(m); err != nil {
+			return err
+		}
+		img := s.FromFloat32(make([]float32, 2*5*5), 1, 2, 5, 5)
+		if got := mustForward(t, s, ca, img).Shape(); fmt.Sprint(got) != "[1 4 5 5]" {
+			t.Errorf("conv LoRA output shape %v", got)
+		}
+		if err := ca.Eject(); err != nil {
+			return err
+		}
+		tree1, params1 := snapshot(s, m)
+		if tree1 != tree0 {
+			t.Errorf("tree after eject:\n%s\nwas:\n%s", tree1, tree0)
+		}
+		for k, v := range params0 {
+			if !bytes.Equal(v, params1[k]) {
+				t.Errorf("%s changed", k)
+			}
+		}
+		return s.Err()
+	})
+}
+
+func closeEnough(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if d := a[i] - b[i]; d > 1e-5 || d < -1e-5 {
+			return false
+		}
+	}
+	return true
 }

@@ -107,6 +107,9 @@ func Forward(s *tensor.Scope, m Module, in ...*tensor.Tensor) (Tensors, error) {
 // Forward runs m on in. Outputs belong to s; everything else the pass made
 // is released before it returns.
 func (c Call) Forward(s *tensor.Scope, m Module, in ...*tensor.Tensor) (Tensors, error) {
+	if err := s.Err(); err != nil {
+		return nil, err // an earlier failure, not this pass's
+	}
 	ctx := c.Ctx
 	if ctx == nil {
 		ctx = context.Background()

@@ -219,13 +219,17 @@ func (c *Chain) PathOf(m Module) (string, bool) {
 // StructuralCopy copies the tree of chains; leaves (and so weights) are
 // shared. The copy can be adapted without touching the original.
 func (c *Chain) StructuralCopy() *Chain {
-	cp := &Chain{kind: c.kind, typeName: c.typeName, Dim: c.Dim, Args: c.Args, Provider: c.Provider, adapter: c.adapter}
+	cp := &Chain{kind: c.kind, typeName: c.typeName, Dim: c.Dim, Args: c.Args, Label: c.Label, Provider: c.Provider}
 	children := make([]Module, len(c.children))
 	for i, m := range c.children {
 		if sub, ok := m.(*Chain); ok {
 			children[i] = sub.StructuralCopy()
 		} else {
 			children[i] = m
+		}
+		if c.adapter != nil && m == c.adapter.target {
+			// The copy adapts the copied target, with its own state.
+			cp.adapter = &adapterState{target: children[i], injected: c.adapter.injected}
 		}
 	}
 	cp.setChildren(children)

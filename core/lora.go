@@ -1,0 +1,207 @@
+package core
+
+import (
+	"fmt"
+	"strings"
+)
+
+// LoRA (low-rank adaptation): a branch that adds scale·up(down(x)) to a
+// layer's output. As in Refiners, a Lora is a chain of the down layer (to
+// the rank), the up layer (back to the target's width) and a Multiply by
+// the scale; a LoraAdapter is a Sum of the target and any number of named
+// Loras, so several LoRAs share one target and can be added, removed and
+// rescaled by name.
+
+// NewLinearLora makes a LoRA branch for a Linear(in, out).
+func NewLinearLora(name string, in, out, rank int64, scale float64) *Chain {
+	c := NewNamed("LinearLora", Sequence,
+		NewLinear(in, rank, false),
+		NewLinear(rank, out, false),
+		NewMultiply(scale, 0),
+	)
+	c.Label = name
+	c.Args = fmt.Sprintf("in_features=%d, out_features=%d, name=%s", in, out, name)
+	return c
+}
+
+// Conv2dLoraOptions are the down and up convolutions' geometry; Refiners'
+// defaults are a 1×1 down and a 3×3 (padding 1) up convolution.
+type Conv2dLoraOptions struct {
+	Kernel, Stride, Padding [2]int64
+}
+
+// DefaultConv2dLora is Refiners' default Conv2dLora geometry.
+var DefaultConv2dLora = Conv2dLoraOptions{Kernel: [2]int64{1, 3}, Stride: [2]int64{1, 1}, Padding: [2]int64{0, 1}}
+
+// NewConv2dLora makes a LoRA branch for a Conv2d(in, out).
+func NewConv2dLora(name string, in, out, rank int64, scale float64, o Conv2dLoraOptions) *Chain {
+	c := NewNamed("Conv2dLora", Sequence,
+		NewConv2d(in, rank, o.Kernel[0], ConvOptions{Stride: o.Stride[0], Padding: o.Padding[0], NoBias: true}),
+		NewConv2d(rank, out, o.Kernel[1], ConvOptions{Stride: o.Stride[1], Padding: o.Padding[1], NoBias: true}),
+		NewMultiply(scale, 0),
+	)
+	c.Label = name
+	args := fmt.Sprintf("in_channels=%d, out_channels=%d", in, out)
+	if o.Kernel != DefaultConv2dLora.Kernel {
+		args += ", kernel_size=" + formatArg(o.Kernel)
+	}
+	if o.Stride != DefaultConv2dLora.Stride {
+		args += ", stride=" + formatArg(o.Stride)
+	}
+	if o.Padding != DefaultConv2dLora.Padding {
+		args += ", padding=" + formatArg(o.Padding)
+	}
+	c.Args = args + ", name=" + name
+	return c
+}
+
+// IsLora reports whether m is a LoRA branch.
+func IsLora(m Module) bool {
+	c, ok := m.(*Chain)
+	return ok && (c.typeName == "LinearLora" || c.typeName == "Conv2dLora")
+}
+
+// LoraScale returns a LoRA branch's scale.
+func LoraScale(lora *Chain) float64 {
+	for _, m := range lora.children {
+		if mul, ok := m.(*Multiply); ok {
+			return mul.Scale
+		}
+	}
+	return 1
+}
+
+// SetLoraScale changes a LoRA branch's scale.
+func SetLoraScale(lora *Chain, scale float64) {
+	for _, m := range lora.children {
+		if mul, ok := m.(*Multiply); ok {
+			mul.Scale = scale
+		}
+	}
+}
+
+// NewLoraAdapter wraps target with LoRA branches; Inject it to apply them.
+func NewLoraAdapter(target Module, loras ...*Chain) (*Chain, error) {
+	if err := loraFits(target, loras...); err != nil {
+		return nil, err
+	}
+	children := []Module{target}
+	for _, l := range loras {
+		children = append(children, l)
+	}
+	return NewAdapter("LoraAdapter", Sum, target, children...)
+}
+
+// AddLora adds a branch to a LoraAdapter; its name must be new.
+func AddLora(adapter *Chain, lora *Chain) error {
+	if adapter.TypeName() != "LoraAdapter" {
+		return fmt.Errorf("AddLora: %s is not a LoraAdapter", adapter.TypeName())
+	}
+	for _, m := range adapter.children[1:] {
+		if m.(*Chain).Label == lora.Label {
+			return fmt.Errorf("LoraAdapter already has a LoRA named %q", lora.Label)
+		}
+	}
+	if err := loraFits(adapter.Target(), lora); err != nil {
+		return err
+	}
+	return adapter.Append(lora)
+}
+
+// RemoveLora takes the named branch out of a LoraAdapter and returns it.
+func RemoveLora(adapter *Chain, name string) (*Chain, error) {
+	for _, m := range adapter.children[1:] {
+		if l := m.(*Chain); l.Label == name {
+			return l, adapter.Remove(l)
+		}
+	}
+	return nil, fmt.Errorf("LoraAdapter has no LoRA named %q (it has: %s)", name, strings.Join(LoraNames(adapter), ", "))
+}
+
+// LoraNames lists a LoraAdapter's branch names in order.
+func LoraNames(adapter *Chain) []string {
+	var names []string
+	for _, m := range adapter.children[1:] {
+		if l, ok := m.(*Chain); ok {
+			names = append(names, l.Label)
+		}
+	}
+	return names
+}
+
+// loraFits checks that each branch's shapes fit the target layer.
+func loraFits(target Module, loras ...*Chain) error {
+	for _, l := range loras {
+		if !IsLora(l) {
+			return fmt.Errorf("%s is not a LoRA branch", Describe(l))
+		}
+		down, up := l.children[0], l.children[1]
+		switch t := target.(type) {
+		case *Linear:
+			d, ok1 := down.(*Linear)
+			u, ok2 := up.(*Linear)
+			if !ok1 || !ok2 || d.In != t.In || u.Out != t.Out {
+				return fmt.Errorf("LoRA %q (%s) does not fit %s", l.Label, l.Args, Describe(t))
+			}
+		case *Conv2d:
+			d, ok1 := down.(*Conv2d)
+			u, ok2 := up.(*Conv2d)
+			if !ok1 || !ok2 || d.In != t.In || u.Out != t.Out {
+				return fmt.Errorf("LoRA %q (%s) does not fit %s", l.Label, l.Args, Describe(t))
+			}
+		default:
+			return fmt.Errorf("LoRA targets a Linear or a Conv2d, not %s", Describe(target))
+		}
+	}
+	return nil
+}
+
+func init() {
+	leaf("LinearLora", "low-rank branch for a Linear", []ArgSpec{
+		req("name", StringArg, "the LoRA's name in its adapter"), req("in_features", IntArg, ""), req("out_features", IntArg, ""),
+		opt("rank", IntArg, int64(16), ""), opt("scale", FloatArg, 1.0, ""),
+	}, func(a *Args) (Module, error) {
+		return NewLinearLora(a.String("name"), a.Int("in_features"), a.Int("out_features"), a.Int("rank"), a.Float("scale")), nil
+	})
+	leaf("Conv2dLora", "low-rank branch for a Conv2d", []ArgSpec{
+		req("name", StringArg, ""), req("in_channels", IntArg, ""), req("out_channels", IntArg, ""),
+		opt("rank", IntArg, int64(16), ""), opt("scale", FloatArg, 1.0, ""),
+		opt("kernel_size", IntsArg, []int64{1, 3}, "down and up kernel sizes"),
+		opt("stride", IntsArg, []int64{1, 1}, "down and up strides"),
+		opt("padding", IntsArg, []int64{0, 1}, "down and up paddings"),
+	}, func(a *Args) (Module, error) {
+		var o Conv2dLoraOptions
+		for _, f := range []struct {
+			name string
+			dst  *[2]int64
+		}{{"kernel_size", &o.Kernel}, {"stride", &o.Stride}, {"padding", &o.Padding}} {
+			v := a.Ints(f.name)
+			if len(v) != 2 {
+				return nil, fmt.Errorf("Conv2dLora: %s wants 2 values (down, up), got %v", f.name, v)
+			}
+			*f.dst = [2]int64{v[0], v[1]}
+		}
+		return NewConv2dLora(a.String("name"), a.Int("in_channels"), a.Int("out_channels"), a.Int("rank"), a.Float("scale"), o), nil
+	})
+	// In a description, a LoraAdapter lists its target first, then its
+	// branches: the tree as it is after injection.
+	chainKind("LoraAdapter", "a target plus LoRA branches, summed", nil, func(a *Args, children []Module) (Module, error) {
+		if len(children) < 1 {
+			return nil, fmt.Errorf("LoraAdapter: the first child is the target")
+		}
+		var loras []*Chain
+		for _, m := range children[1:] {
+			l, ok := m.(*Chain)
+			if !ok || !IsLora(l) {
+				return nil, fmt.Errorf("LoraAdapter: %s is not a LoRA branch", Describe(m))
+			}
+			loras = append(loras, l)
+		}
+		c, err := NewLoraAdapter(children[0], loras...)
+		if err != nil {
+			return nil, err
+		}
+		c.adapter.injected = true // described in place: ejecting restores the target
+		return c, nil
+	})
+}
