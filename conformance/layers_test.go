@@ -57,9 +57,6 @@ func TestLayers(t *testing.T) {
 // treeDiffers lists cases whose tree print knowingly differs from Refiners
 // 0.4.0's, because Refiners' print has a defect we do not copy.
 var treeDiffers = map[string]bool{
-	// Refiners prints GeLU() whatever the approximation (an enum is not a
-	// "basic" attribute); we show it.
-	"gelu_tanh": true, "gelu_sigmoid": true,
 	// Refiners prints "LayerNorm2d(, device=...)" (an empty argument list
 	// with a stray comma).
 	"layer_norm_2d": true,

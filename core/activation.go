@@ -71,12 +71,9 @@ func NewGeLU(approximation string) (*Activation, error) {
 	return nil, fmt.Errorf("GeLU: unknown approximation %q (want none, tanh or sigmoid)", approximation)
 }
 
-func geluArgs(a string) string {
-	if a == GeLUExact {
-		return ""
-	}
-	return "approximation=" + a
-}
+// geluArgs is empty whatever the approximation: Refiners prints GeLU()
+// for all three, and tree prints are kept identical to Refiners'.
+func geluArgs(string) string { return "" }
 
 // NewApproximateGeLU is x·sigmoid(1.702x).
 func NewApproximateGeLU() *Activation {

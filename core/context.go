@@ -93,8 +93,11 @@ func (f *Frame) UseContext(context, key string) (*tensor.Tensor, error) {
 }
 
 // SetContext is a layer that stores its input in a context and passes it on.
+// With Update, it stores Update(current value, input) instead, like
+// Refiners' callback (e.g. to append the input's shape to a list).
 type SetContext struct {
 	Context, Key string
+	Update       func(f *Frame, current any, x *tensor.Tensor) (any, error)
 }
 
 // NewSetContext makes a SetContext layer.
@@ -109,13 +112,27 @@ func (l *SetContext) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.SetContext(l.Context, l.Key, x)
+	if l.Update == nil {
+		f.SetContext(l.Context, l.Key, x)
+		return in, f.Err()
+	}
+	current, _ := f.LookupContext(l.Context, l.Key)
+	v, err := l.Update(f, current, x)
+	if err != nil {
+		return nil, err
+	}
+	if v != current {
+		f.SetContext(l.Context, l.Key, v)
+	}
 	return in, f.Err()
 }
 
 // UseContext is a layer that outputs a context value, ignoring its inputs.
+// With Compose, it outputs Compose(value), like Refiners' compose (e.g. to
+// pop a list).
 type UseContext struct {
 	Context, Key string
+	Compose      func(f *Frame, value any) (*tensor.Tensor, error)
 }
 
 // NewUseContext makes a UseContext layer.
@@ -126,6 +143,17 @@ func (l *UseContext) Describe() string {
 }
 
 func (l *UseContext) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
+	if l.Compose != nil {
+		v, ok := f.LookupContext(l.Context, l.Key)
+		if !ok {
+			return nil, fmt.Errorf("context %q has no key %q", l.Context, l.Key)
+		}
+		t, err := l.Compose(f, v)
+		if err != nil {
+			return nil, err
+		}
+		return Tensors{t}, f.Err()
+	}
 	t, err := f.UseContext(l.Context, l.Key)
 	if err != nil {
 		return nil, err

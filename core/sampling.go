@@ -67,38 +67,35 @@ func (l *Interpolate) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 // restores odd sizes exactly.
 type shapeStack struct{ sizes [][2]int64 }
 
-func registerShape() *Func {
-	return NewFunc("register_shape", func(f *Frame, in Tensors) (Tensors, error) {
-		x, err := one("register_shape", in)
-		if err != nil {
-			return nil, err
-		}
+// registerShape pushes the input's spatial size onto the stack (creating
+// it at the nearest provider if needed), as Refiners' SetContext callback.
+func registerShape() *SetContext {
+	return &SetContext{Context: "sampling", Key: "shapes", Update: func(f *Frame, current any, x *tensor.Tensor) (any, error) {
 		s := x.Shape()
 		if len(s) != 4 {
 			return nil, fmt.Errorf("Downsample: input shape %v, want [N, C, H, W]", s)
 		}
-		v, ok := f.LookupContext("sampling", "shapes")
-		stack, _ := v.(*shapeStack)
-		if !ok || stack == nil {
+		stack, _ := current.(*shapeStack)
+		if stack == nil {
 			stack = &shapeStack{}
-			f.SetContext("sampling", "shapes", stack)
 		}
 		stack.sizes = append(stack.sizes, [2]int64{s[2], s[3]})
-		return in, nil
-	})
+		return stack, nil
+	}}
 }
 
-func popShape() *Func {
-	return NewFunc("pop_shape", func(f *Frame, in Tensors) (Tensors, error) {
-		v, _ := f.LookupContext("sampling", "shapes")
+// popShape outputs the last registered size, as Refiners' UseContext
+// composed with list.pop.
+func popShape() *UseContext {
+	return &UseContext{Context: "sampling", Key: "shapes", Compose: func(f *Frame, v any) (*tensor.Tensor, error) {
 		stack, _ := v.(*shapeStack)
 		if stack == nil || len(stack.sizes) == 0 {
 			return nil, fmt.Errorf("Upsample: no shape registered by a Downsample")
 		}
 		last := stack.sizes[len(stack.sizes)-1]
 		stack.sizes = stack.sizes[:len(stack.sizes)-1]
-		return Tensors{f.FromInt64(last[:], 2)}, f.Err()
-	})
+		return f.FromInt64(last[:], 2), nil
+	}}
 }
 
 // NewDownsample is a stride-`factor` 3×3 convolution; with padding 0 the

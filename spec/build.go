@@ -292,6 +292,9 @@ func (b *builder) item(file string, n *yaml.Node, e *env) []core.Module {
 	count := int64(1)
 	if repeat != nil {
 		v, ok := b.eval(file, repeat, e)
+		if bv, isBool := v.(bool); isBool { // `repeat: ${a != b}` makes an optional layer
+			v = map[bool]int64{true: 1, false: 0}[bv]
+		}
 		c, isInt := v.(int64)
 		if ok && (!isInt || c < 0) {
 			b.errf(file, repeat, CodeRepeat, "repeat must be a non-negative integer, got %v", v)

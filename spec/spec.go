@@ -26,7 +26,8 @@
 //
 // A layer item is `Type: {args}`, `Type: [children]`, `Type:` or `Type`.
 // In args, `repeat: N` repeats the item N times (the copy's number is the
-// parameter `index`), `layers: [...]` gives children together with other
+// parameter `index`; a boolean counts as 1 or 0, so `repeat: ${a != b}`
+// makes a layer optional), `layers: [...]` gives children together with other
 // args, and `provider: true` makes a chain a context scope. Types are core
 // layers under their Refiners names, blocks, or plugin types written
 // `plugin/Type`.
