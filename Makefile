@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench golden conformance
+.PHONY: setup demo test vet bench golden conformance conformance-full
 
 setup:
 	@scripts/setup.sh
@@ -32,6 +32,14 @@ bench: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
+	for g in vit clip_text sd15_vae sd15_unet; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 
 conformance: setup
-	CONFORMANCE_REPORT=/dev/stdout $(GO) test -count=1 ./conformance
+	@report=$$(mktemp); CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+
+# Real-size models with random weights: generated on demand (several GB,
+# not committed), then checked. Needs the reference environment.
+conformance-full: setup
+	conformance/setup-python.sh
+	for g in vit clip_text sd15_vae sd15_unet; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
+	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 60m -run TestSpecs ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
