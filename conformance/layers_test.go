@@ -24,11 +24,17 @@ func TestLayers(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no golden vectors in testdata/layers (run make golden): %v", err)
 	}
+	runTable(t, "case", files, runCase)
+}
+
+// runTable runs each golden file as a subtest and appends a table row per
+// output (case, output, max abs, max rel, result) to $CONFORMANCE_REPORT.
+func runTable(t *testing.T, title string, files []string, run func(path string) ([]Diff, error)) {
 	var rows []string
 	for _, path := range files {
 		name := strings.TrimSuffix(filepath.Base(path), ".safetensors")
 		t.Run(name, func(t *testing.T) {
-			diffs, err := runCase(path)
+			diffs, err := run(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -43,9 +49,16 @@ func TestLayers(t *testing.T) {
 		})
 	}
 	sort.Strings(rows)
-	report := fmt.Sprintf("%-28s %-3s %-10s %-10s %s\n%s\n", "case", "out", "max abs", "max rel", "result", strings.Join(rows, "\n"))
+	report := fmt.Sprintf("%-28s %-3s %-10s %-10s %s\n%s\n", title, "out", "max abs", "max rel", "result", strings.Join(rows, "\n"))
 	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
-		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = f.WriteString(report)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
 			t.Error(err)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -30,33 +29,7 @@ func TestSpecs(t *testing.T) {
 	if len(files) == 0 {
 		t.Skipf("no spec vectors in %s yet", dir)
 	}
-	var rows []string
-	for _, path := range files {
-		name := strings.TrimSuffix(filepath.Base(path), ".safetensors")
-		t.Run(name, func(t *testing.T) {
-			diffs, err := runSpecCase(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i, d := range diffs {
-				status := "pass"
-				if !d.Pass {
-					status = "FAIL"
-					t.Errorf("output %d: %s", i, d)
-				}
-				rows = append(rows, fmt.Sprintf("%-28s %-3d %-10.3g %-10.3g %s", name, i, d.MaxAbs, d.MaxRel, status))
-			}
-		})
-	}
-	sort.Strings(rows)
-	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
-		report := fmt.Sprintf("%-28s %-3s %-10s %-10s %s\n%s\n", "spec case", "out", "max abs", "max rel", "result", strings.Join(rows, "\n"))
-		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			f.WriteString(report)
-			f.Close()
-		}
-	}
+	runTable(t, "spec case", files, runSpecCase)
 }
 
 // SpecCase is the metadata of a spec golden file.

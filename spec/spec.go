@@ -47,17 +47,26 @@ import (
 // Version is the spec format version this package reads.
 const Version = 1
 
-// Spec is a parsed spec file with its imports resolved.
-type Spec struct {
-	File     string
-	Name     string
+// chainDef is what a spec's root and a block both declare: a chain's kind,
+// printed args, context scoping, doc, parameters and layers.
+type chainDef struct {
 	Kind     core.Kind
 	Args     string
 	Provider bool
 	Doc      string
 	Params   []*Param
-	Blocks   map[string]*Block
 	layers   *yaml.Node
+}
+
+// chainKeys are the keys a chainDef reads.
+var chainKeys = []string{"params", "kind", "args", "provider", "description", "layers"}
+
+// Spec is a parsed spec file with its imports resolved.
+type Spec struct {
+	chainDef
+	File   string
+	Name   string
+	Blocks map[string]*Block
 }
 
 // Param is a declared parameter.
@@ -70,15 +79,10 @@ type Param struct {
 
 // Block is a named, parameterised chain.
 type Block struct {
-	Name     string
-	File     string
-	Kind     core.Kind
-	Args     string
-	Provider bool
-	Doc      string
-	Params   []*Param
-	layers   *yaml.Node
-	node     *yaml.Node
+	chainDef
+	Name string
+	File string
+	node *yaml.Node
 }
 
 var kinds = map[string]core.Kind{
@@ -148,7 +152,7 @@ func (l *loader) parse(path string, src []byte, imported bool) *Spec {
 	s := &Spec{File: path, Blocks: map[string]*Block{}}
 	version := false
 	var imports *yaml.Node
-	l.fields(path, root, "spec", []string{"refiners", "name", "kind", "args", "provider", "description", "params", "imports", "blocks", "layers"},
+	l.fields(path, root, "spec", append([]string{"refiners", "name", "imports", "blocks"}, chainKeys...),
 		func(key string, k, v *yaml.Node) {
 			switch key {
 			case "refiners":
@@ -158,25 +162,12 @@ func (l *loader) parse(path string, src []byte, imported bool) *Spec {
 				}
 			case "name":
 				s.Name = l.scalar(path, v, "name")
-			case "kind":
-				s.Kind = l.kind(path, v)
-			case "args":
-				s.Args = l.scalar(path, v, "args")
-			case "provider":
-				s.Provider = l.boolean(path, v, "provider")
-			case "description":
-				s.Doc = l.scalar(path, v, "description")
-			case "params":
-				s.Params = l.params(path, v)
 			case "imports":
 				imports = v
 			case "blocks":
 				l.blocks(path, v, s.Blocks)
-			case "layers":
-				if v.Kind != yaml.SequenceNode {
-					l.errf(path, v, CodeShape, "layers must be a list of layer items")
-				}
-				s.layers = v
+			default:
+				l.chainField(path, key, v, &s.chainDef)
 			}
 		})
 	if !version {
@@ -189,6 +180,27 @@ func (l *loader) parse(path string, src []byte, imported bool) *Spec {
 		l.imports(path, imports, s.Blocks)
 	}
 	return s
+}
+
+// chainField reads one of chainKeys into d.
+func (l *loader) chainField(file, key string, v *yaml.Node, d *chainDef) {
+	switch key {
+	case "params":
+		d.Params = l.params(file, v)
+	case "kind":
+		d.Kind = l.kind(file, v)
+	case "args":
+		d.Args = l.scalar(file, v, "args")
+	case "provider":
+		d.Provider = l.boolean(file, v, "provider")
+	case "description":
+		d.Doc = l.scalar(file, v, "description")
+	case "layers":
+		if v.Kind != yaml.SequenceNode {
+			l.errf(file, v, CodeShape, "layers must be a list of layer items")
+		}
+		d.layers = v
+	}
 }
 
 // fields walks a mapping, rejecting unknown keys with a suggestion.
@@ -302,24 +314,8 @@ func (l *loader) blocks(file string, n *yaml.Node, into map[string]*Block) {
 			continue
 		}
 		b := &Block{Name: k.Value, File: file, node: k}
-		l.fields(file, v, "block "+k.Value, []string{"params", "kind", "args", "provider", "description", "layers"}, func(key string, _, bv *yaml.Node) {
-			switch key {
-			case "params":
-				b.Params = l.params(file, bv)
-			case "kind":
-				b.Kind = l.kind(file, bv)
-			case "args":
-				b.Args = l.scalar(file, bv, "args")
-			case "provider":
-				b.Provider = l.boolean(file, bv, "provider")
-			case "description":
-				b.Doc = l.scalar(file, bv, "description")
-			case "layers":
-				if bv.Kind != yaml.SequenceNode {
-					l.errf(file, bv, CodeShape, "block %q: layers must be a list", k.Value)
-				}
-				b.layers = bv
-			}
+		l.fields(file, v, "block "+k.Value, chainKeys, func(key string, _, bv *yaml.Node) {
+			l.chainField(file, key, bv, &b.chainDef)
 		})
 		if b.layers == nil {
 			l.errf(file, k, CodeShape, "block %q has no layers", k.Value)
