@@ -50,7 +50,8 @@ func (l *Flatten) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 	return unary(f, "Flatten", in, func(x *tensor.Tensor) *tensor.Tensor { return f.Flatten(x, l.Start, l.End) })
 }
 
-// Unflatten splits Dim into Sizes.
+// Unflatten splits Dim into Sizes or, when Sizes is empty, into the sizes
+// given by its second input (an int64 tensor), as Refiners' Unflatten.
 type Unflatten struct {
 	Dim   int64
 	Sizes []int64
@@ -61,7 +62,17 @@ func NewUnflatten(dim int64, sizes ...int64) *Unflatten { return &Unflatten{Dim:
 func (l *Unflatten) Describe() string { return describe("Unflatten", "dim", l.Dim) }
 
 func (l *Unflatten) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
-	return unary(f, "Unflatten", in, func(x *tensor.Tensor) *tensor.Tensor { return f.Unflatten(x, l.Dim, l.Sizes...) })
+	if len(l.Sizes) > 0 {
+		return unary(f, "Unflatten", in, func(x *tensor.Tensor) *tensor.Tensor { return f.Unflatten(x, l.Dim, l.Sizes...) })
+	}
+	if len(in) != 2 {
+		return nil, fmt.Errorf("Unflatten without sizes takes x and sizes, got %d inputs", len(in))
+	}
+	sizes := f.Int64s(in[1])
+	if f.Err() != nil {
+		return nil, f.Err()
+	}
+	return Tensors{f.Unflatten(in[0], l.Dim, sizes...)}, f.Err()
 }
 
 // Reshape keeps the batch dim and reshapes the rest to Shape.

@@ -163,7 +163,7 @@ func init() {
 		func(a *Args) (Module, error) { return NewGetArg(int(a.Int("index"))), nil })
 	leaf("Flatten", "merges dims", []ArgSpec{opt("start_dim", IntArg, int64(0), ""), opt("end_dim", IntArg, int64(-1), "")},
 		func(a *Args) (Module, error) { return NewFlatten(a.Int("start_dim"), a.Int("end_dim")), nil })
-	leaf("Unflatten", "splits a dim", []ArgSpec{req("dim", IntArg, ""), req("sizes", IntsArg, "")},
+	leaf("Unflatten", "splits a dim", []ArgSpec{req("dim", IntArg, ""), opt("sizes", IntsArg, nil, "default: the second input")},
 		func(a *Args) (Module, error) { return NewUnflatten(a.Int("dim"), a.Ints("sizes")...), nil })
 	leaf("Reshape", "reshapes all but the batch dim", []ArgSpec{req("shape", IntsArg, "")},
 		func(a *Args) (Module, error) { return NewReshape(a.Ints("shape")...), nil })
