@@ -74,11 +74,14 @@ func (t *Tensor) DType() DType {
 
 // Device is where the storage lives.
 func (t *Tensor) Device() Device {
-	i := lib.AtDevice(t.c())
+	// gotch's AtDevice reads the 4-byte C int it gets as an 8-byte Go int,
+	// so its upper half is stack garbage; the low 32 bits are the device
+	// index (-1 for the CPU).
+	i := int32(lib.AtDevice(t.c()))
 	if i < 0 {
 		return CPU
 	}
-	return CUDA(i)
+	return CUDA(int(i))
 }
 
 // String describes the tensor without printing its values.

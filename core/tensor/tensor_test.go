@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -156,6 +157,21 @@ func TestScalars(t *testing.T) {
 		}
 		if v := s.Item(s.FromFloat32([]float32{2.5})); v != 2.5 {
 			t.Errorf("item = %v", v)
+		}
+		return s.Err()
+	})
+}
+
+// TestDeviceIsStable guards against gotch's AtDevice reading past its C int:
+// repeated reads, with the stack in different states, must all say CPU.
+func TestDeviceIsStable(t *testing.T) {
+	run(t, func(s *Scope) error {
+		x := s.FromFloat32([]float32{1}, 1)
+		for i := 0; i < 1000; i++ {
+			if d := x.Device(); d != CPU {
+				t.Fatalf("read %d: device %v, want cpu", i, d)
+			}
+			_ = fmt.Sprint(i, x.Shape()) // churn the stack between reads
 		}
 		return s.Err()
 	})

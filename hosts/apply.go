@@ -1,0 +1,279 @@
+package hosts
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+)
+
+// Summarize describes a model for a plugin: every weighted layer's path,
+// type and parameter shapes. No tensor data is involved.
+func Summarize(m *core.Chain) []*pb.Layer {
+	var out []*pb.Layer
+	m.Walk(func(x core.Module, _ *core.Chain, path string) bool {
+		w, ok := x.(core.Weighted)
+		if !ok {
+			return true
+		}
+		l := &pb.Layer{Path: path, Type: core.TypeName(x)}
+		for _, p := range w.Params() {
+			l.Params = append(l.Params, &pb.Param{Name: p.Name, Shape: p.Shape, Dtype: p.DType.String()})
+		}
+		out = append(out, l)
+		return true
+	})
+	return out
+}
+
+// Header describes a weights file for a plugin.
+func Header(id, sha256 string, f *weights.File) *pb.WeightFile {
+	wf := &pb.WeightFile{Id: id, Sha256: sha256, Metadata: f.Metadata()}
+	for _, k := range f.Keys() {
+		info, _ := f.Info(k)
+		wf.Tensors = append(wf.Tensors, &pb.TensorInfo{Key: k, Dtype: info.DType.String(), Shape: info.Shape})
+	}
+	return wf
+}
+
+// Applied is a plan applied to a model; Eject removes it exactly.
+type Applied struct {
+	model    *core.Chain
+	created  []*core.Chain            // adapters this application injected
+	extended map[*core.Chain][]string // existing adapters -> branch names added
+	branches []*core.Chain
+	Report   *pb.Report
+}
+
+// patchWork is a validated patch, ready to load and inject.
+type patchWork struct {
+	patch  *pb.Patch
+	target core.Module
+	branch *core.Chain
+	params map[string]core.Entry // branch parameter path -> slot
+}
+
+// Apply checks a plan against the model and the files, loads the bound
+// tensors, and injects the branches. Nothing is changed unless every patch
+// is valid; the error lists every problem.
+func Apply(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) (*Applied, error) {
+	var problems []string
+	var work []*patchWork
+	names := map[string]map[string]bool{} // target path -> branch names
+	for i, p := range plan.GetPatches() {
+		w, errs := validate(m, p, files)
+		for _, e := range errs {
+			problems = append(problems, fmt.Sprintf("patch %d (%s): %s", i, p.GetTarget(), e))
+		}
+		if w == nil {
+			continue
+		}
+		if names[p.Target] == nil {
+			names[p.Target] = map[string]bool{}
+		}
+		if names[p.Target][w.branch.Label] {
+			problems = append(problems, fmt.Sprintf("patch %d (%s): two branches named %q", i, p.Target, w.branch.Label))
+			continue
+		}
+		names[p.Target][w.branch.Label] = true
+		work = append(work, w)
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("invalid plan:\n  %s", strings.Join(problems, "\n  "))
+	}
+	if len(work) == 0 {
+		return nil, errors.New("the plan adapts no layer")
+	}
+
+	// Load every bound tensor before touching the model.
+	c := s.Child()
+	defer c.Close()
+	for _, w := range work {
+		for _, b := range w.patch.Bindings {
+			t := files[b.File].Load(c, b.Key)
+			if len(b.Reshape) > 0 {
+				t = c.Reshape(t, b.Reshape...)
+			}
+			if b.Transpose {
+				t = c.Transpose(t, -2, -1)
+			}
+			if b.Scale != 0 && b.Scale != 1 {
+				t = c.Scale(t, b.Scale)
+			}
+			slot := w.params[b.Param]
+			if t.Valid() && t.DType() != slot.DType {
+				t = c.ToDType(t, slot.DType)
+			}
+			if t.Valid() && !slices.Equal(t.Shape(), slot.Shape) {
+				c.Failf("%s: %s[%s] has shape %v after transforms, %s wants %v", w.patch.Target, b.File, b.Key, t.Shape(), b.Param, slot.Shape)
+			}
+			if c.Err() != nil {
+				break
+			}
+			*slot.Value = c.Escape(c.Contiguous(t))
+		}
+	}
+	a := &Applied{model: m, extended: map[*core.Chain][]string{}, Report: plan.GetReport()}
+	for _, w := range work {
+		a.branches = append(a.branches, w.branch)
+	}
+	if err := c.TakeErr(); err != nil {
+		a.release()
+		return nil, fmt.Errorf("load plan tensors: %w", err)
+	}
+
+	// Inject, grouping branches by target; undo on failure.
+	byTarget := map[core.Module][]*core.Chain{}
+	var order []core.Module
+	for _, w := range work {
+		if byTarget[w.target] == nil {
+			order = append(order, w.target)
+		}
+		byTarget[w.target] = append(byTarget[w.target], w.branch)
+	}
+	for _, target := range order {
+		if err := a.inject(target, byTarget[target]); err != nil {
+			a.Eject()
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// validate resolves a patch's target, builds its branch and checks every
+// binding against the branch's parameters and the files' headers.
+func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patchWork, []string) {
+	var errs []string
+	if k := p.GetKind(); k != "" && k != "lora" {
+		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: lora)", k)}
+	}
+	target, err := m.Layer(p.GetTarget())
+	if err != nil {
+		return nil, []string{err.Error()}
+	}
+	if c, ok := target.(*core.Chain); ok && c.TypeName() == "LoraAdapter" {
+		target = c.Target() // more branches on an adapted layer
+	}
+	var desc map[string]any
+	if err := json.Unmarshal([]byte(p.GetBranchJson()), &desc); err != nil {
+		return nil, []string{fmt.Sprintf("branch is not JSON: %v", err)}
+	}
+	built, err := core.BuildLayer(desc)
+	if err != nil {
+		return nil, []string{fmt.Sprintf("branch: %v", err)}
+	}
+	branch, ok := built.(*core.Chain)
+	if !ok || !core.IsLora(branch) {
+		return nil, []string{fmt.Sprintf("branch %s is not a LoRA branch", core.Describe(built))}
+	}
+	if _, err := core.NewLoraAdapter(target, branch); err != nil {
+		return nil, []string{err.Error()}
+	}
+	w := &patchWork{patch: p, target: target, branch: branch, params: map[string]core.Entry{}}
+	for _, e := range core.StateDict(branch) {
+		w.params[e.Key] = e
+	}
+	bound := map[string]bool{}
+	for _, b := range p.GetBindings() {
+		f, ok := files[b.GetFile()]
+		if !ok {
+			errs = append(errs, fmt.Sprintf("binding %s: unknown file %q", b.GetParam(), b.GetFile()))
+			continue
+		}
+		info, ok := f.Info(b.GetKey())
+		if !ok {
+			errs = append(errs, fmt.Sprintf("binding %s: file %s has no tensor %q", b.GetParam(), b.GetFile(), b.GetKey()))
+			continue
+		}
+		slot, ok := w.params[b.GetParam()]
+		if !ok {
+			errs = append(errs, fmt.Sprintf("binding: the branch has no parameter %q (it has: %s)", b.GetParam(), strings.Join(keys(w.params), ", ")))
+			continue
+		}
+		shape := info.Shape
+		if len(b.GetReshape()) > 0 {
+			shape = b.GetReshape()
+		}
+		if b.GetTranspose() && len(shape) >= 2 {
+			shape = append(append([]int64(nil), shape[:len(shape)-2]...), shape[len(shape)-1], shape[len(shape)-2])
+		}
+		if !slices.Equal(shape, slot.Shape) {
+			errs = append(errs, fmt.Sprintf("binding %s: %s[%s] gives shape %v, the branch wants %v", b.GetParam(), b.GetFile(), b.GetKey(), shape, slot.Shape))
+		}
+		bound[b.GetParam()] = true
+	}
+	for k := range w.params {
+		if !bound[k] {
+			errs = append(errs, fmt.Sprintf("branch parameter %s has no binding", k))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return w, nil
+}
+
+func keys(m map[string]core.Entry) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (a *Applied) inject(target core.Module, branches []*core.Chain) error {
+	if parent, ok := a.model.ParentOf(target); ok && parent.TypeName() == "LoraAdapter" && parent.Target() == target {
+		for _, b := range branches {
+			if err := core.AddLora(parent, b); err != nil {
+				return err
+			}
+			a.extended[parent] = append(a.extended[parent], b.Label)
+		}
+		return nil
+	}
+	adapter, err := core.NewLoraAdapter(target, branches...)
+	if err != nil {
+		return err
+	}
+	if err := adapter.Inject(a.model); err != nil {
+		return err
+	}
+	a.created = append(a.created, adapter)
+	return nil
+}
+
+// Eject removes everything Apply added and releases the branch weights,
+// leaving the model exactly as it was.
+func (a *Applied) Eject() error {
+	var errs []error
+	for adapter, names := range a.extended {
+		for _, n := range names {
+			if _, err := core.RemoveLora(adapter, n); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	a.extended = map[*core.Chain][]string{}
+	for i := len(a.created) - 1; i >= 0; i-- {
+		if err := a.created[i].Eject(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.created = nil
+	a.release()
+	return errors.Join(errs...)
+}
+
+func (a *Applied) release() {
+	for _, b := range a.branches {
+		core.ReleaseParams(b)
+	}
+	a.branches = nil
+}

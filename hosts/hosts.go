@@ -1,0 +1,420 @@
+// Package hosts installs, verifies, launches and supervises plugins. A
+// plugin is a separate process (hashicorp/go-plugin over gRPC with mutual
+// TLS); its binary is pinned by sha256 in a lockfile and checked at every
+// launch. A plugin that crashes or hangs fails the one call it was serving
+// with a clear error; the next call starts it again. The host process never
+// goes down with a plugin.
+package hosts
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
+)
+
+// Entry is a plugin recorded in the lockfile.
+type Entry struct {
+	Name     string `json:"name"`
+	Version  string `json:"version"`
+	Protocol uint32 `json:"protocol"`
+	SHA256   string `json:"sha256"`
+	File     string `json:"file"` // binary name inside the plugins directory
+}
+
+// lockName is the lockfile inside the plugins directory.
+const lockName = "plugins.lock.json"
+
+// Options tune a Host.
+type Options struct {
+	Logger       hclog.Logger
+	CallTimeout  time.Duration // per Describe/Plan call (default 30s)
+	StartTimeout time.Duration // for a plugin to start (default 20s)
+}
+
+// Host manages the plugins of one plugins directory.
+type Host struct {
+	dir  string
+	opts Options
+	log  hclog.Logger
+
+	mu      sync.Mutex
+	running map[string]*running
+	closed  bool
+}
+
+type running struct {
+	client  *plugin.Client
+	planner sdk.Planner
+	entry   Entry
+}
+
+// New opens a plugins directory, creating it if needed.
+func New(dir string, o Options) (*Host, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("plugins directory: %w", err)
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.CallTimeout == 0 {
+		o.CallTimeout = 30 * time.Second
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 20 * time.Second
+	}
+	return &Host{dir: dir, opts: o, log: o.Logger.Named("plugins"), running: map[string]*running{}}, nil
+}
+
+// List returns the installed plugins, by name.
+func (h *Host) List() ([]Entry, error) {
+	entries, err := h.readLock()
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+	return entries, nil
+}
+
+func (h *Host) readLock() ([]Entry, error) {
+	b, err := os.ReadFile(filepath.Join(h.dir, lockName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("plugin lockfile: %w", err)
+	}
+	var entries []Entry
+	if err := json.Unmarshal(b, &entries); err != nil {
+		return nil, fmt.Errorf("plugin lockfile %s: %w", filepath.Join(h.dir, lockName), err)
+	}
+	return entries, nil
+}
+
+func (h *Host) writeLock(entries []Entry) error {
+	b, err := json.MarshalIndent(entries, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(h.dir, lockName), append(b, '\n'), 0o644)
+}
+
+// lookup returns the lockfile entry of an installed plugin.
+func (h *Host) lookup(name string) (Entry, error) {
+	entries, err := h.readLock()
+	if err != nil {
+		return Entry{}, err
+	}
+	for _, e := range entries {
+		if e.Name == name {
+			return e, nil
+		}
+	}
+	return Entry{}, fmt.Errorf("plugin %q is not installed (see `refinersd plugins list`)", name)
+}
+
+// Install copies a plugin binary into the plugins directory, asks it to
+// describe itself, and records its name, version, protocol and sha256. A
+// plugin with the same name is replaced.
+func (h *Host) Install(ctx context.Context, path string) (Entry, error) {
+	sum, err := fileSHA256(path)
+	if err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	// Describe it from a private copy, so what we check is what we keep.
+	tmp := filepath.Join(h.dir, ".install-"+sum[:16])
+	if err := copyFile(path, tmp, 0o755); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	defer os.Remove(tmp)
+	desc, err := h.describeBinary(ctx, tmp, sum)
+	if err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	if !sdk.ValidName.MatchString(desc.Name) {
+		return Entry{}, fmt.Errorf("install %s: plugin name %q is not of the form [a-z0-9][a-z0-9_-]*", path, desc.Name)
+	}
+	if desc.Protocol != sdk.ProtocolVersion {
+		return Entry{}, fmt.Errorf("install %s: plugin speaks protocol %d, this host speaks %d", path, desc.Protocol, sdk.ProtocolVersion)
+	}
+	e := Entry{Name: desc.Name, Version: desc.Version, Protocol: desc.Protocol, SHA256: sum, File: desc.Name + ".plugin"}
+	h.stop(e.Name)
+	if err := os.Rename(tmp, filepath.Join(h.dir, e.File)); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	entries, err := h.readLock()
+	if err != nil {
+		return Entry{}, err
+	}
+	kept := entries[:0]
+	for _, old := range entries {
+		if old.Name != e.Name {
+			kept = append(kept, old)
+		}
+	}
+	if err := h.writeLock(append(kept, e)); err != nil {
+		return Entry{}, err
+	}
+	h.log.Info("installed plugin", "name", e.Name, "version", e.Version, "sha256", e.SHA256)
+	return e, nil
+}
+
+// Remove uninstalls a plugin.
+func (h *Host) Remove(name string) error {
+	e, err := h.lookup(name)
+	if err != nil {
+		return err
+	}
+	h.stop(name)
+	entries, err := h.readLock()
+	if err != nil {
+		return err
+	}
+	kept := entries[:0]
+	for _, old := range entries {
+		if old.Name != name {
+			kept = append(kept, old)
+		}
+	}
+	if err := h.writeLock(kept); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(h.dir, e.File)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove plugin %s: %w", name, err)
+	}
+	return nil
+}
+
+// Describe asks an installed plugin to describe itself.
+func (h *Host) Describe(ctx context.Context, name string) (*pb.Description, error) {
+	var out *pb.Description
+	err := h.call(ctx, name, "Describe", func(ctx context.Context, p sdk.Planner) error {
+		d, err := p.Describe(ctx)
+		out = d
+		return err
+	})
+	return out, err
+}
+
+// Plan asks an installed plugin for a patch plan.
+func (h *Host) Plan(ctx context.Context, name string, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+	var out *pb.PlanResponse
+	err := h.call(ctx, name, "Plan", func(ctx context.Context, p sdk.Planner) error {
+		r, err := p.Plan(ctx, req)
+		out = r
+		return err
+	})
+	return out, err
+}
+
+// call runs one request on a plugin, starting it if needed, under the call
+// timeout. If the plugin process died or hung, it is stopped so the next
+// call starts a fresh one, and the error says so.
+func (h *Host) call(ctx context.Context, name, what string, f func(context.Context, sdk.Planner) error) error {
+	r, err := h.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.opts.CallTimeout)
+	defer cancel()
+	err = f(ctx, r.planner)
+	if err == nil {
+		return nil
+	}
+	switch {
+	case r.client.Exited():
+		h.stop(name)
+		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		h.stop(name)
+		return fmt.Errorf("plugin %s did not answer %s within %v; it was stopped and will be restarted on the next call", name, what, h.opts.CallTimeout)
+	}
+	return fmt.Errorf("plugin %s: %s: %w", name, what, err)
+}
+
+// get returns a running plugin, (re)starting it if it is not running.
+func (h *Host) get(ctx context.Context, name string) (*running, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, errors.New("plugin host is closed")
+	}
+	if r, ok := h.running[name]; ok && !r.client.Exited() {
+		return r, nil
+	}
+	e, err := h.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(h.dir, e.File)
+	sum, err := fileSHA256(path)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: %w", name, err)
+	}
+	if sum != e.SHA256 {
+		return nil, fmt.Errorf("plugin %s refused: its binary %s changed since it was installed (sha256 %s, lockfile has %s); reinstall it if the change is intended", name, path, sum, e.SHA256)
+	}
+	r, err := h.launch(path, e.SHA256, name)
+	if err != nil {
+		return nil, err
+	}
+	r.entry = e
+	h.running[name] = r
+	return r, nil
+}
+
+// launch starts a plugin binary whose sha256 go-plugin checks again just
+// before exec.
+func (h *Host) launch(path, sum, name string) (*running, error) {
+	want, err := hex.DecodeString(sum)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: bad checksum %q in lockfile", name, sum)
+	}
+	cmd := exec.Command(path)
+	// The plugin dies with the host, even if the host is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		SecureConfig:     &plugin.SecureConfig{Checksum: want, Hash: sha256.New()},
+		StartTimeout:     h.opts.StartTimeout,
+		Logger:           h.log.Named(name),
+		SkipHostEnv:      true,
+	})
+	rpc, err := client.Client()
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("plugin %s: start: %w", name, err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		client.Kill()
+		return nil, fmt.Errorf("plugin %s: %w", name, err)
+	}
+	planner, ok := raw.(sdk.Planner)
+	if !ok {
+		client.Kill()
+		return nil, fmt.Errorf("plugin %s does not serve the planner interface", name)
+	}
+	h.log.Debug("started plugin", "name", name, "protocol", client.NegotiatedVersion())
+	return &running{client: client, planner: planner}, nil
+}
+
+// describeBinary launches a binary that is not installed yet, once.
+func (h *Host) describeBinary(ctx context.Context, path, sum string) (*pb.Description, error) {
+	r, err := h.launch(path, sum, filepath.Base(path))
+	if err != nil {
+		return nil, err
+	}
+	defer r.client.Kill()
+	ctx, cancel := context.WithTimeout(ctx, h.opts.CallTimeout)
+	defer cancel()
+	return r.planner.Describe(ctx)
+}
+
+func (h *Host) stop(name string) {
+	h.mu.Lock()
+	r := h.running[name]
+	delete(h.running, name)
+	h.mu.Unlock()
+	if r != nil {
+		r.client.Kill()
+	}
+}
+
+// Close stops every plugin.
+func (h *Host) Close() {
+	h.mu.Lock()
+	h.closed = true
+	rs := h.running
+	h.running = map[string]*running{}
+	h.mu.Unlock()
+	for _, r := range rs {
+		r.client.Kill()
+	}
+}
+
+// PID is the process id of a running plugin (0 if not running), for
+// supervision tests and diagnostics.
+func (h *Host) PID(name string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r, ok := h.running[name]; ok && !r.client.Exited() {
+		if rc := r.client.ReattachConfig(); rc != nil {
+			return rc.Pid
+		}
+	}
+	return 0
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

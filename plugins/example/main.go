@@ -1,0 +1,65 @@
+// Command example is a complete refiners-go plugin in a few dozen lines: it
+// plans one low-rank (LoRA) branch on one layer, from a file whose down and
+// up tensor keys the caller names. Build it, then
+// `refinersd plugins install ./example`.
+package main
+
+import (
+	"context"
+	"encoding/json"
+
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
+)
+
+type params struct {
+	Target string  `json:"target"`
+	File   string  `json:"file"`
+	Down   string  `json:"down"` // tensor keys in File
+	Up     string  `json:"up"`
+	Scale  float64 `json:"scale"`
+}
+
+const schema = `{"type": "object", "required": ["target", "file", "down", "up"], "additionalProperties": false,
+  "properties": {"target": {"type": "string"}, "file": {"type": "string"}, "down": {"type": "string"},
+                 "up": {"type": "string"}, "scale": {"type": "number"}}}`
+
+type planner struct{}
+
+func (planner) Describe(context.Context) (*pb.Description, error) {
+	return &pb.Description{Name: "example", Version: "1.0.0", Protocol: sdk.ProtocolVersion,
+		Operations: []*pb.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema}}}, nil
+}
+
+func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+	var p params
+	if err := json.Unmarshal([]byte(req.ParamsJson), &p); err != nil || p.Target == "" || p.Down == "" || p.Up == "" {
+		return nil, sdk.Errorf("lora: want {target, file, down, up[, scale]}: %v", err)
+	}
+	if p.Scale == 0 {
+		p.Scale = 1
+	}
+	shapes := map[string][]int64{}
+	for _, f := range req.Files {
+		if f.Id == p.File {
+			for _, t := range f.Tensors {
+				shapes[t.Key] = t.Shape
+			}
+		}
+	}
+	down, up := shapes[p.Down], shapes[p.Up]
+	if len(down) != 2 || len(up) != 2 || down[0] != up[1] {
+		return nil, sdk.Errorf("lora: %s %v and %s %v in file %q are not a down [rank, in] and up [out, rank] pair", p.Down, down, p.Up, up, p.File)
+	}
+	branch, _ := json.Marshal(map[string]any{"type": "LinearLora", "name": "example", "in_features": down[1],
+		"out_features": up[0], "rank": down[0], "scale": p.Scale})
+	return &pb.PlanResponse{
+		Patches: []*pb.Patch{{Target: p.Target, Kind: "lora", BranchJson: string(branch), Bindings: []*pb.Binding{
+			{File: p.File, Key: p.Down, Param: "Linear_1.weight"},
+			{File: p.File, Key: p.Up, Param: "Linear_2.weight"},
+		}}},
+		Report: &pb.Report{Format: "example", Matched: []string{p.Down, p.Up}, Covered: 1, Layers: 1},
+	}, nil
+}
+
+func main() { sdk.Serve(planner{}) }

@@ -1,0 +1,105 @@
+// Package sdk is what a refiners-go plugin is written with. A plugin is a
+// separate program that plans patches: implement Planner and call Serve
+// from main. The host launches the program, checks its checksum, talks to
+// it over gRPC with mutual TLS, and does all tensor work itself.
+//
+//	func main() { sdk.Serve(myPlanner{}) }
+package sdk
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+)
+
+// ProtocolVersion is the plugin protocol this SDK speaks.
+const ProtocolVersion = 1
+
+// Handshake is shared by host and plugins. The cookie is not a secret: it
+// only stops a plugin binary from being run by hand by mistake.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "REFINERS_PLUGIN",
+	MagicCookieValue: "9c1f4e2a-patch-planner",
+}
+
+// PluginName is the key of the plugin in go-plugin's plugin set.
+const PluginName = "planner"
+
+// Planner is what a plugin implements.
+type Planner interface {
+	Describe(ctx context.Context) (*pb.Description, error)
+	Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error)
+}
+
+// MaxMessage is the largest gRPC message either side accepts. Plans and
+// headers are small; this only lifts gRPC's 4 MiB default for headers of
+// very large files.
+const MaxMessage = 64 << 20
+
+// ValidName is the form of plugin and operation names.
+var ValidName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Serve runs the plugin until the host stops it. Logs go to stderr as
+// JSON, which the host re-levels into its own log.
+func Serve(p Planner) {
+	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, JSONFormat: true})
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {PluginName: &GRPCPlugin{Impl: p}}},
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxMessage), grpc.MaxSendMsgSize(MaxMessage))...)
+		},
+		Logger: logger,
+	})
+}
+
+// GRPCPlugin connects go-plugin to the Planner service on both sides.
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Impl Planner // plugin side only
+}
+
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	pb.RegisterPluginServer(s, &server{impl: p.Impl})
+	return nil
+}
+
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return &client{c: pb.NewPluginClient(c)}, nil
+}
+
+type server struct {
+	pb.UnimplementedPluginServer
+	impl Planner
+}
+
+func (s *server) Describe(ctx context.Context, req *pb.DescribeRequest) (*pb.Description, error) {
+	return s.impl.Describe(ctx)
+}
+
+func (s *server) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+	return s.impl.Plan(ctx, req)
+}
+
+// client is the host's view of a plugin: a Planner over gRPC.
+type client struct{ c pb.PluginClient }
+
+func (c *client) Describe(ctx context.Context) (*pb.Description, error) {
+	return c.c.Describe(ctx, &pb.DescribeRequest{}, grpc.MaxCallRecvMsgSize(MaxMessage))
+}
+
+func (c *client) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+	return c.c.Plan(ctx, req, grpc.MaxCallRecvMsgSize(MaxMessage), grpc.MaxCallSendMsgSize(MaxMessage))
+}
+
+// Errorf is an error a plugin returns for bad input: the host shows it to
+// the user as it is.
+func Errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
