@@ -240,3 +240,33 @@ func print(s *tensor.Scope, m *core.Chain) (string, map[string][]byte) {
 	}
 	return m.String(), params
 }
+
+func TestConformanceKit(t *testing.T) {
+	results, err := Check(context.Background(), bins["example"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		if !r.Passed {
+			t.Errorf("example plugin failed %q: %s", r.Name, r.Detail)
+		}
+	}
+	if len(results) < 8 {
+		t.Errorf("only %d checks ran", len(results))
+	}
+	results, err = Check(context.Background(), bins["faulty"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := map[string]bool{}
+	for _, r := range results {
+		if !r.Passed {
+			failed[r.Name] = true
+		}
+	}
+	for _, want := range []string{`operation "ok": has an example request`, "rejects an unknown operation with an error"} {
+		if !failed[want] {
+			t.Errorf("the faulty plugin passed %q", want)
+		}
+	}
+}

@@ -37,6 +37,8 @@ func run(args []string, out io.Writer) error {
 		return plan(args, out)
 	case "run":
 		return runSpec(args, out)
+	case "plugins":
+		return pluginsVerb(args, out)
 	case "schema":
 		b, err := spec.Schema()
 		if err != nil {
@@ -57,12 +59,16 @@ const usage = `usage: refinersd VERB [flags]
   inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
   plan SPEC --weights W         dry run: check every parameter's shape against W's header
   schema                        print the JSON Schema of spec files (for editors)
+  plugins install PATH|DIR      install plugin binaries (pinned by sha256 in plugins.lock.json)
+  plugins list | remove NAME    show or uninstall installed plugins
+  plugins check BINARY          run the plugin conformance kit against a binary
   run SPEC --weights W --input IN --output OUT
                                 run a model: IN holds input.0, input.1, ... and
                                 context.<name>.<key> tensors; OUT gets output.0, ...
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
---prefix P reads weights under keys P<key>; --device cpu|cuda[:N].
+--prefix P reads weights under keys P<key>; --device cpu|cuda[:N];
+plugins: --dir D (default $REFINERS_PLUGINS or ~/.local/share/refiners/plugins).
 `
 
 // demoModel is a small transformer block: self-attention and a GeLU MLP,

@@ -46,27 +46,36 @@ func newSpecFlags(verb string) *specFlags {
 	return f
 }
 
-// parse takes the spec path (first positional argument) and the flags,
-// which may come before or after it.
-func (f *specFlags) parse(args []string) (string, error) {
-	var path string
+// parseInterleaved parses flags that may come before, between or after
+// positional arguments (the flag package alone stops at the first
+// positional one), and returns the positional arguments.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
 	for len(args) > 0 {
-		if err := f.fs.Parse(args); err != nil {
-			return "", err
+		if err := fs.Parse(args); err != nil {
+			return nil, err
 		}
-		args = f.fs.Args()
-		if len(args) == 0 {
-			break
+		args = fs.Args()
+		if len(args) > 0 {
+			positional, args = append(positional, args[0]), args[1:]
 		}
-		if path != "" {
-			return "", fmt.Errorf("%s: one spec at a time, got %q and %q", f.fs.Name(), path, args[0])
-		}
-		path, args = args[0], args[1:]
 	}
-	if path == "" {
+	return positional, nil
+}
+
+// parse takes the spec path (the one positional argument) and the flags.
+func (f *specFlags) parse(args []string) (string, error) {
+	pos, err := parseInterleaved(f.fs, args)
+	if err != nil {
+		return "", err
+	}
+	switch len(pos) {
+	case 0:
 		return "", fmt.Errorf("%s: which spec? (refinersd %s SPEC ...)", f.fs.Name(), f.fs.Name())
+	case 1:
+		return pos[0], nil
 	}
-	return path, nil
+	return "", fmt.Errorf("%s: one spec at a time, got %q", f.fs.Name(), pos)
 }
 
 func (f *specFlags) build(path string) (*core.Chain, error) {

@@ -145,10 +145,13 @@ func (x *Description) GetLayerTypes() []*LayerType {
 
 // Operation is a patch operation the plugin plans, e.g. "apply".
 type Operation struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Doc           string                 `protobuf:"bytes,2,opt,name=doc,proto3" json:"doc,omitempty"`
-	ParamsSchema  string                 `protobuf:"bytes,3,opt,name=params_schema,json=paramsSchema,proto3" json:"params_schema,omitempty"` // JSON Schema (draft 2020-12) of the operation's parameters
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Doc          string                 `protobuf:"bytes,2,opt,name=doc,proto3" json:"doc,omitempty"`
+	ParamsSchema string                 `protobuf:"bytes,3,opt,name=params_schema,json=paramsSchema,proto3" json:"params_schema,omitempty"` // JSON Schema (draft 2020-12) of the operation's parameters
+	// An example request the conformance kit can run: parameters, and the
+	// model and file headers they refer to (tiny, synthetic). Optional.
+	Example       *PlanRequest `protobuf:"bytes,4,opt,name=example,proto3" json:"example,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -202,6 +205,13 @@ func (x *Operation) GetParamsSchema() string {
 		return x.ParamsSchema
 	}
 	return ""
+}
+
+func (x *Operation) GetExample() *PlanRequest {
+	if x != nil {
+		return x.Example
+	}
+	return nil
 }
 
 // LayerType is a spec block the plugin contributes, used in specs as
@@ -906,11 +916,12 @@ const file_plugin_proto_rawDesc = "" +
 	"operations\x18\x04 \x03(\v2\x1d.refiners.plugin.v1.OperationR\n" +
 	"operations\x12>\n" +
 	"\vlayer_types\x18\x05 \x03(\v2\x1d.refiners.plugin.v1.LayerTypeR\n" +
-	"layerTypes\"V\n" +
+	"layerTypes\"\x91\x01\n" +
 	"\tOperation\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03doc\x18\x02 \x01(\tR\x03doc\x12#\n" +
-	"\rparams_schema\x18\x03 \x01(\tR\fparamsSchema\"E\n" +
+	"\rparams_schema\x18\x03 \x01(\tR\fparamsSchema\x129\n" +
+	"\aexample\x18\x04 \x01(\v2\x1f.refiners.plugin.v1.PlanRequestR\aexample\"E\n" +
 	"\tLayerType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03doc\x18\x02 \x01(\tR\x03doc\x12\x12\n" +
@@ -1008,24 +1019,25 @@ var file_plugin_proto_goTypes = []any{
 var file_plugin_proto_depIdxs = []int32{
 	2,  // 0: refiners.plugin.v1.Description.operations:type_name -> refiners.plugin.v1.Operation
 	3,  // 1: refiners.plugin.v1.Description.layer_types:type_name -> refiners.plugin.v1.LayerType
-	5,  // 2: refiners.plugin.v1.PlanRequest.model:type_name -> refiners.plugin.v1.Layer
-	7,  // 3: refiners.plugin.v1.PlanRequest.files:type_name -> refiners.plugin.v1.WeightFile
-	6,  // 4: refiners.plugin.v1.Layer.params:type_name -> refiners.plugin.v1.Param
-	8,  // 5: refiners.plugin.v1.WeightFile.tensors:type_name -> refiners.plugin.v1.TensorInfo
-	13, // 6: refiners.plugin.v1.WeightFile.metadata:type_name -> refiners.plugin.v1.WeightFile.MetadataEntry
-	10, // 7: refiners.plugin.v1.PlanResponse.patches:type_name -> refiners.plugin.v1.Patch
-	12, // 8: refiners.plugin.v1.PlanResponse.report:type_name -> refiners.plugin.v1.Report
-	11, // 9: refiners.plugin.v1.Patch.bindings:type_name -> refiners.plugin.v1.Binding
-	14, // 10: refiners.plugin.v1.Report.effective_scales:type_name -> refiners.plugin.v1.Report.EffectiveScalesEntry
-	0,  // 11: refiners.plugin.v1.Plugin.Describe:input_type -> refiners.plugin.v1.DescribeRequest
-	4,  // 12: refiners.plugin.v1.Plugin.Plan:input_type -> refiners.plugin.v1.PlanRequest
-	1,  // 13: refiners.plugin.v1.Plugin.Describe:output_type -> refiners.plugin.v1.Description
-	9,  // 14: refiners.plugin.v1.Plugin.Plan:output_type -> refiners.plugin.v1.PlanResponse
-	13, // [13:15] is the sub-list for method output_type
-	11, // [11:13] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 2: refiners.plugin.v1.Operation.example:type_name -> refiners.plugin.v1.PlanRequest
+	5,  // 3: refiners.plugin.v1.PlanRequest.model:type_name -> refiners.plugin.v1.Layer
+	7,  // 4: refiners.plugin.v1.PlanRequest.files:type_name -> refiners.plugin.v1.WeightFile
+	6,  // 5: refiners.plugin.v1.Layer.params:type_name -> refiners.plugin.v1.Param
+	8,  // 6: refiners.plugin.v1.WeightFile.tensors:type_name -> refiners.plugin.v1.TensorInfo
+	13, // 7: refiners.plugin.v1.WeightFile.metadata:type_name -> refiners.plugin.v1.WeightFile.MetadataEntry
+	10, // 8: refiners.plugin.v1.PlanResponse.patches:type_name -> refiners.plugin.v1.Patch
+	12, // 9: refiners.plugin.v1.PlanResponse.report:type_name -> refiners.plugin.v1.Report
+	11, // 10: refiners.plugin.v1.Patch.bindings:type_name -> refiners.plugin.v1.Binding
+	14, // 11: refiners.plugin.v1.Report.effective_scales:type_name -> refiners.plugin.v1.Report.EffectiveScalesEntry
+	0,  // 12: refiners.plugin.v1.Plugin.Describe:input_type -> refiners.plugin.v1.DescribeRequest
+	4,  // 13: refiners.plugin.v1.Plugin.Plan:input_type -> refiners.plugin.v1.PlanRequest
+	1,  // 14: refiners.plugin.v1.Plugin.Describe:output_type -> refiners.plugin.v1.Description
+	9,  // 15: refiners.plugin.v1.Plugin.Plan:output_type -> refiners.plugin.v1.PlanResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_plugin_proto_init() }

@@ -24,14 +24,25 @@ const schema = `{"type": "object", "required": ["target", "file", "down", "up"],
   "properties": {"target": {"type": "string"}, "file": {"type": "string"}, "down": {"type": "string"},
                  "up": {"type": "string"}, "scale": {"type": "number"}}}`
 
+// example is a request the conformance kit can run.
+var example = &pb.PlanRequest{
+	ParamsJson: `{"target": "Linear", "file": "f", "down": "down", "up": "up"}`,
+	Model:      []*pb.Layer{{Path: "Linear", Type: "Linear", Params: []*pb.Param{{Name: "weight", Shape: []int64{8, 4}, Dtype: "float32"}}}},
+	Files: []*pb.WeightFile{{Id: "f", Tensors: []*pb.TensorInfo{
+		{Key: "down", Dtype: "float32", Shape: []int64{2, 4}}, {Key: "up", Dtype: "float32", Shape: []int64{8, 2}}}}},
+}
+
 type planner struct{}
 
 func (planner) Describe(context.Context) (*pb.Description, error) {
 	return &pb.Description{Name: "example", Version: "1.0.0", Protocol: sdk.ProtocolVersion,
-		Operations: []*pb.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema}}}, nil
+		Operations: []*pb.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema, Example: example}}}, nil
 }
 
 func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+	if req.Operation != "lora" {
+		return nil, sdk.Errorf("unknown operation %q (this plugin has: lora)", req.Operation)
+	}
 	var p params
 	if err := json.Unmarshal([]byte(req.ParamsJson), &p); err != nil || p.Target == "" || p.Down == "" || p.Up == "" {
 		return nil, sdk.Errorf("lora: want {target, file, down, up[, scale]}: %v", err)

@@ -1,0 +1,211 @@
+package hosts
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/refiners-go/refiners/core"
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
+)
+
+// CheckResult is one conformance check of a plugin binary.
+type CheckResult struct {
+	Name   string
+	Passed bool
+	Detail string
+}
+
+var semver = regexp.MustCompile(`^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$`)
+
+// Check runs the plugin conformance kit against a binary: it installs the
+// binary into a scratch plugins directory and exercises the protocol
+// contract — handshake, description, well-formed plans for the plugin's
+// own examples, errors (not crashes or hangs) for bad input, and
+// concurrent calls. It never changes an installed set of plugins.
+func Check(ctx context.Context, binary string) ([]CheckResult, error) {
+	dir, err := os.MkdirTemp("", "refiners-check-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	h, err := New(dir, Options{CallTimeout: 10 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	var results []CheckResult
+	add := func(name string, err error) bool {
+		r := CheckResult{Name: name, Passed: err == nil}
+		if err != nil {
+			r.Detail = err.Error()
+		}
+		results = append(results, r)
+		return err == nil
+	}
+
+	e, err := h.Install(ctx, binary)
+	if !add("handshake: starts, negotiates protocol 1 over gRPC with mTLS, and describes itself", err) {
+		return results, nil
+	}
+	d, err := h.Describe(ctx, e.Name)
+	if !add("describe answers", err) {
+		return results, nil
+	}
+	add("description: name, semantic version, protocol, operations", checkDescription(d))
+	for _, op := range d.Operations {
+		add(fmt.Sprintf("operation %q: params_schema is a JSON Schema object", op.Name), checkSchema(op.ParamsSchema))
+		if op.Example == nil {
+			add(fmt.Sprintf("operation %q: has an example request", op.Name), fmt.Errorf("no example: the kit cannot check that its plans are well-formed"))
+			continue
+		}
+		req := op.Example
+		req.Operation = op.Name
+		resp, err := h.Plan(ctx, e.Name, req)
+		if err == nil {
+			err = checkPlan(resp, req)
+		}
+		add(fmt.Sprintf("operation %q: its example plans, and the plan is well-formed", op.Name), err)
+	}
+	bad := []struct {
+		what string
+		req  *pb.PlanRequest
+	}{
+		{"an unknown operation", &pb.PlanRequest{Operation: "no-such-operation-" + e.Name}},
+		{"parameters that are not JSON", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: "{not json"}},
+		{"parameters of the wrong shape", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: `[1, 2, 3]`}},
+		{"an empty model and no files", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: `{}`}},
+	}
+	for _, b := range bad {
+		resp, err := h.Plan(ctx, e.Name, b.req)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "crashed"):
+			add("rejects "+b.what+" with an error", fmt.Errorf("the plugin crashed: %v", err))
+		case err != nil && strings.Contains(err.Error(), "did not answer"):
+			add("rejects "+b.what+" with an error", fmt.Errorf("the plugin hung: %v", err))
+		case err == nil && len(resp.GetPatches()) > 0:
+			add("rejects "+b.what+" with an error", fmt.Errorf("it answered with %d patches", len(resp.Patches)))
+		case err == nil:
+			add("rejects "+b.what+" with an error", fmt.Errorf("it answered without an error (an empty plan)"))
+		default:
+			add("rejects "+b.what+" with an error", nil)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := h.Describe(ctx, e.Name); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	add("answers 8 concurrent calls", <-errs)
+	return results, nil
+}
+
+func firstOp(d *pb.Description) string {
+	if len(d.Operations) > 0 {
+		return d.Operations[0].Name
+	}
+	return "apply"
+}
+
+func checkDescription(d *pb.Description) error {
+	var problems []string
+	if !sdk.ValidName.MatchString(d.Name) {
+		problems = append(problems, fmt.Sprintf("name %q is not [a-z0-9][a-z0-9_-]*", d.Name))
+	}
+	if !semver.MatchString(d.Version) {
+		problems = append(problems, fmt.Sprintf("version %q is not a semantic version", d.Version))
+	}
+	if d.Protocol != sdk.ProtocolVersion {
+		problems = append(problems, fmt.Sprintf("protocol %d, want %d", d.Protocol, sdk.ProtocolVersion))
+	}
+	if len(d.Operations) == 0 {
+		problems = append(problems, "no operations")
+	}
+	seen := map[string]bool{}
+	for _, op := range d.Operations {
+		if !sdk.ValidName.MatchString(op.Name) || seen[op.Name] {
+			problems = append(problems, fmt.Sprintf("operation name %q is invalid or repeated", op.Name))
+		}
+		seen[op.Name] = true
+	}
+	for _, lt := range d.LayerTypes {
+		if !sdk.ValidName.MatchString(strings.ToLower(lt.Name)) || lt.Spec == "" {
+			problems = append(problems, fmt.Sprintf("layer type %q needs a name and a spec", lt.Name))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func checkSchema(s string) error {
+	var v map[string]any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return fmt.Errorf("params_schema is not a JSON object: %v", err)
+	}
+	if _, ok := v["type"]; !ok {
+		return fmt.Errorf("params_schema has no \"type\"")
+	}
+	return nil
+}
+
+// checkPlan checks that every patch targets a layer of the request's model,
+// has a branch the host can build, and binds keys that the request's files
+// have to parameters the branch has.
+func checkPlan(resp *pb.PlanResponse, req *pb.PlanRequest) error {
+	if resp.GetReport() == nil {
+		return fmt.Errorf("the plan has no report")
+	}
+	layers := map[string]bool{}
+	for _, l := range req.Model {
+		layers[l.Path] = true
+	}
+	keys := map[string]map[string]bool{}
+	for _, f := range req.Files {
+		keys[f.Id] = map[string]bool{}
+		for _, t := range f.Tensors {
+			keys[f.Id][t.Key] = true
+		}
+	}
+	for i, p := range resp.Patches {
+		if !layers[p.Target] {
+			return fmt.Errorf("patch %d targets %q, which is not in the model", i, p.Target)
+		}
+		var desc map[string]any
+		if err := json.Unmarshal([]byte(p.BranchJson), &desc); err != nil {
+			return fmt.Errorf("patch %d: branch is not JSON: %v", i, err)
+		}
+		branch, err := core.BuildLayer(desc)
+		if err != nil {
+			return fmt.Errorf("patch %d: branch: %v", i, err)
+		}
+		params := map[string]bool{}
+		for _, e := range core.StateDict(branch) {
+			params[e.Key] = true
+		}
+		for _, b := range p.Bindings {
+			if !keys[b.File][b.Key] {
+				return fmt.Errorf("patch %d binds %s[%s], which the request's files do not have", i, b.File, b.Key)
+			}
+			if !params[b.Param] {
+				return fmt.Errorf("patch %d binds parameter %q, which its branch does not have", i, b.Param)
+			}
+		}
+	}
+	return nil
+}
