@@ -24,6 +24,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 	"github.com/refiners-go/refiners/sdk"
@@ -236,6 +238,15 @@ func (h *Host) call(ctx context.Context, name, what string, f func(context.Conte
 	err = f(ctx, r.planner)
 	if err == nil {
 		return nil
+	}
+	if status.Code(err) == codes.Unavailable {
+		// The connection broke: the process is dying or dead. gRPC can
+		// report it before go-plugin notices the exit, so give it a moment.
+		for deadline := time.Now().Add(time.Second); !r.client.Exited() && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		h.stop(name)
+		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
 	}
 	switch {
 	case r.client.Exited():
