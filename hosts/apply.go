@@ -60,9 +60,39 @@ type patchWork struct {
 }
 
 // Apply checks a plan against the model and the files, loads the bound
-// tensors, and injects the branches. Nothing is changed unless every patch
-// is valid; the error lists every problem.
+// tensors, and injects the branches (runtime mode: the branches run next to
+// the untouched weights). Nothing is changed unless every patch is valid;
+// the error lists every problem.
 func Apply(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) (*Applied, error) {
+	work, err := prepare(s, m, plan, files)
+	if err != nil {
+		return nil, err
+	}
+	a := &Applied{model: m, extended: map[*core.Chain][]string{}, Report: plan.GetReport()}
+	for _, w := range work {
+		a.branches = append(a.branches, w.branch)
+	}
+	// Inject, grouping branches by target; undo on failure.
+	byTarget := map[core.Module][]*core.Chain{}
+	var order []core.Module
+	for _, w := range work {
+		if byTarget[w.target] == nil {
+			order = append(order, w.target)
+		}
+		byTarget[w.target] = append(byTarget[w.target], w.branch)
+	}
+	for _, target := range order {
+		if err := a.inject(target, byTarget[target]); err != nil {
+			a.Eject()
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// prepare validates a whole plan and loads its branches' weights. On error
+// nothing is loaded and the model is untouched.
+func prepare(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) ([]*patchWork, error) {
 	var problems []string
 	var work []*patchWork
 	names := map[string]map[string]bool{} // target path -> branch names
@@ -119,31 +149,13 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[stri
 			*slot.Value = c.Escape(c.Contiguous(t))
 		}
 	}
-	a := &Applied{model: m, extended: map[*core.Chain][]string{}, Report: plan.GetReport()}
-	for _, w := range work {
-		a.branches = append(a.branches, w.branch)
-	}
 	if err := c.TakeErr(); err != nil {
-		a.release()
+		for _, w := range work {
+			core.ReleaseParams(w.branch)
+		}
 		return nil, fmt.Errorf("load plan tensors: %w", err)
 	}
-
-	// Inject, grouping branches by target; undo on failure.
-	byTarget := map[core.Module][]*core.Chain{}
-	var order []core.Module
-	for _, w := range work {
-		if byTarget[w.target] == nil {
-			order = append(order, w.target)
-		}
-		byTarget[w.target] = append(byTarget[w.target], w.branch)
-	}
-	for _, target := range order {
-		if err := a.inject(target, byTarget[target]); err != nil {
-			a.Eject()
-			return nil, err
-		}
-	}
-	return a, nil
+	return work, nil
 }
 
 // validate resolves a patch's target, builds its branch and checks every

@@ -1,0 +1,121 @@
+package hosts
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+)
+
+// Fused is a plan merged into the model's weights (no extra layers at run
+// time). The original weights are kept, so Unfuse restores them bit for
+// bit; the cost is one copy of each adapted weight.
+type Fused struct {
+	originals map[**tensor.Tensor]*tensor.Tensor
+	Report    *pb.Report
+}
+
+// Fuse adds each patch's low-rank product, scale·up·down, to its target's
+// weight. Linear targets, and Conv2d targets whose branch has a 1×1 down or
+// up convolution, can be fused; other plans are refused before anything
+// changes.
+func Fuse(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) (*Fused, error) {
+	work, err := prepare(s, m, plan, files)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, w := range work {
+			core.ReleaseParams(w.branch)
+		}
+	}()
+	c := s.Child()
+	defer c.Close()
+	type update struct {
+		slot  **tensor.Tensor
+		value *tensor.Tensor
+	}
+	var updates []update
+	pending := map[**tensor.Tensor]*tensor.Tensor{} // several branches on one weight add up
+	for _, w := range work {
+		slot, delta, err := loraDelta(c, w.target, w.branch)
+		if err != nil {
+			return nil, fmt.Errorf("fuse %s: %w", w.patch.Target, err)
+		}
+		base, seen := pending[slot]
+		if !seen {
+			base = *slot
+		}
+		next := c.Add(base, c.ToDType(delta, base.DType()))
+		if !seen {
+			updates = append(updates, update{slot: slot})
+		}
+		pending[slot] = next
+	}
+	if err := c.TakeErr(); err != nil {
+		return nil, fmt.Errorf("fuse: %w", err)
+	}
+	f := &Fused{originals: map[**tensor.Tensor]*tensor.Tensor{}, Report: plan.GetReport()}
+	for _, u := range updates {
+		f.originals[u.slot] = *u.slot
+		*u.slot = c.Escape(c.Contiguous(pending[u.slot]))
+	}
+	return f, c.Err()
+}
+
+// Unfuse puts the original weights back.
+func (f *Fused) Unfuse() error {
+	if f.originals == nil {
+		return errors.New("unfuse: already unfused")
+	}
+	for slot, orig := range f.originals {
+		(*slot).Drop()
+		*slot = orig
+	}
+	f.originals = nil
+	return nil
+}
+
+// loraDelta is the weight change a LoRA branch stands for, and the target
+// weight slot it applies to.
+func loraDelta(s *tensor.Scope, target core.Module, branch *core.Chain) (**tensor.Tensor, *tensor.Tensor, error) {
+	kids := branch.Children()
+	scale := core.LoraScale(branch)
+	switch t := target.(type) {
+	case *core.Linear:
+		down, up := kids[0].(*core.Linear), kids[1].(*core.Linear)
+		return &t.Weight, s.Scale(s.Matmul(up.Weight, down.Weight), scale), nil
+	case *core.Conv2d:
+		down, up := kids[0].(*core.Conv2d), kids[1].(*core.Conv2d)
+		if down.Stride != [2]int64{1, 1} || up.Stride != [2]int64{1, 1} {
+			return nil, nil, fmt.Errorf("a strided LoRA convolution cannot be fused")
+		}
+		r := down.Out
+		switch {
+		case down.Kernel == [2]int64{1, 1}:
+			// delta[o,i,h,w] = Σr up[o,r,h,w]·down[r,i]
+			kh, kw := up.Kernel[0], up.Kernel[1]
+			if up.Kernel != t.Kernel || up.Padding != t.Padding {
+				return nil, nil, fmt.Errorf("up kernel %v padding %v differ from the target's %v %v", up.Kernel, up.Padding, t.Kernel, t.Padding)
+			}
+			u := s.Reshape(s.Permute(up.Weight, 0, 2, 3, 1), up.Out*kh*kw, r)
+			d := s.Reshape(down.Weight, r, down.In)
+			delta := s.Permute(s.Reshape(s.Matmul(u, d), up.Out, kh, kw, down.In), 0, 3, 1, 2)
+			return &t.Weight, s.Scale(delta, scale), nil
+		case up.Kernel == [2]int64{1, 1}:
+			// delta[o,i,h,w] = Σr up[o,r]·down[r,i,h,w]
+			kh, kw := down.Kernel[0], down.Kernel[1]
+			if down.Kernel != t.Kernel || down.Padding != t.Padding {
+				return nil, nil, fmt.Errorf("down kernel %v padding %v differ from the target's %v %v", down.Kernel, down.Padding, t.Kernel, t.Padding)
+			}
+			u := s.Reshape(up.Weight, up.Out, r)
+			d := s.Reshape(down.Weight, r, down.In*kh*kw)
+			return &t.Weight, s.Scale(s.Reshape(s.Matmul(u, d), up.Out, down.In, kh, kw), scale), nil
+		}
+		return nil, nil, fmt.Errorf("a LoRA with two %v/%v convolutions is not a single convolution; apply it at run time", down.Kernel, up.Kernel)
+	}
+	return nil, nil, fmt.Errorf("cannot fuse into %s", core.Describe(target))
+}
