@@ -35,7 +35,23 @@ func main() {
 	warmup := flag.Int("warmup", 20000, "ops before the first RSS read")
 	iters := flag.Int("module-iters", 1000, "iterations of the linear -> gelu -> add sequence")
 	limit := flag.Float64("limit", 2, "largest RSS growth accepted, in percent")
+	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet")
+	unetSpec := flag.String("unet-spec", "specs/sd15_unet.yaml", "lora mode: the UNet spec")
+	unetWeights := flag.String("unet-weights", "", "lora mode: UNet weights (param.<key>, e.g. conformance/testdata/full/sd15_unet_full.safetensors); random if empty")
+	rank := flag.Int64("rank", 32, "lora mode: LoRA rank")
+	cycles := flag.Int("cycles", 1000, "lora mode: apply/remove cycles for the RSS check")
 	flag.Parse()
+	if *mode == "lora" {
+		pass, err := runLora(*unetSpec, *unetWeights, *rank, *cycles, *limit)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+			os.Exit(1)
+		}
+		if !pass {
+			os.Exit(1)
+		}
+		return
+	}
 	if *n <= 0 || *blocks <= 0 || *n < *blocks || *warmup < 0 || *iters <= 0 {
 		fmt.Fprintln(os.Stderr, "refiners-bench: -n, -blocks and -module-iters must be positive, -n >= -blocks")
 		os.Exit(2)
