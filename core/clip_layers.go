@@ -15,12 +15,12 @@ import (
 
 func init() {
 	leaf("TokenEncoder", "token embedding table (an Embedding named TokenEncoder)", []ArgSpec{
-		req("vocabulary_size", IntArg, ""), req("embedding_dim", IntArg, ""),
+		atLeast(1, req("vocabulary_size", IntArg, "")), atLeast(1, req("embedding_dim", IntArg, "")),
 	}, func(a *Args) (Module, error) {
 		return NewTokenEncoder(a.Int("vocabulary_size"), a.Int("embedding_dim")), nil
 	})
 	leaf("PositionalEncoder", "learned position embeddings for the positions of its [batch, sequence] input", []ArgSpec{
-		req("max_sequence_length", IntArg, ""), req("embedding_dim", IntArg, ""),
+		atLeast(1, req("max_sequence_length", IntArg, "")), atLeast(1, req("embedding_dim", IntArg, "")),
 	}, func(a *Args) (Module, error) {
 		return NewPositionalEncoder(a.Int("max_sequence_length"), a.Int("embedding_dim")), nil
 	})

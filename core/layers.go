@@ -26,13 +26,13 @@ func chainKind(name, doc string, args []ArgSpec, build func(a *Args, children []
 }
 
 var convArgs = []ArgSpec{
-	req("in_channels", IntArg, "input channels"),
-	req("out_channels", IntArg, "output channels"),
-	req("kernel_size", IntArg, "square kernel size"),
-	opt("stride", IntArg, int64(1), ""),
-	opt("padding", IntArg, int64(0), ""),
-	opt("dilation", IntArg, int64(1), ""),
-	opt("groups", IntArg, int64(1), ""),
+	atLeast(1, req("in_channels", IntArg, "input channels")),
+	atLeast(1, req("out_channels", IntArg, "output channels")),
+	atLeast(1, req("kernel_size", IntArg, "square kernel size")),
+	atLeast(1, opt("stride", IntArg, int64(1), "")),
+	atLeast(0, opt("padding", IntArg, int64(0), "")),
+	atLeast(1, opt("dilation", IntArg, int64(1), "")),
+	atLeast(1, opt("groups", IntArg, int64(1), "")),
 	opt("use_bias", BoolArg, true, ""),
 }
 
@@ -42,28 +42,28 @@ func convOptions(a *Args) ConvOptions {
 
 func init() {
 	leaf("Linear", "y = x Wᵀ + b", []ArgSpec{
-		req("in_features", IntArg, ""), req("out_features", IntArg, ""), opt("bias", BoolArg, true, ""),
+		atLeast(1, req("in_features", IntArg, "")), atLeast(1, req("out_features", IntArg, "")), opt("bias", BoolArg, true, ""),
 	}, func(a *Args) (Module, error) {
 		return NewLinear(a.Int("in_features"), a.Int("out_features"), a.Bool("bias")), nil
 	})
 	leaf("Conv2d", "2-d convolution", convArgs, func(a *Args) (Module, error) {
 		return NewConv2d(a.Int("in_channels"), a.Int("out_channels"), a.Int("kernel_size"), convOptions(a)), nil
 	})
-	leaf("ConvTranspose2d", "transposed 2-d convolution", append(append([]ArgSpec{}, convArgs...), opt("output_padding", IntArg, int64(0), "")),
+	leaf("ConvTranspose2d", "transposed 2-d convolution", append(append([]ArgSpec{}, convArgs...), atLeast(0, opt("output_padding", IntArg, int64(0), ""))),
 		func(a *Args) (Module, error) {
 			o := convOptions(a)
 			o.OutputPadding = a.Int("output_padding")
 			return NewConvTranspose2d(a.Int("in_channels"), a.Int("out_channels"), a.Int("kernel_size"), o), nil
 		})
 	leaf("LayerNorm", "normalise over the last dim", []ArgSpec{
-		req("normalized_shape", IntArg, ""), opt("eps", FloatArg, 1e-5, ""), opt("elementwise_affine", BoolArg, true, ""),
+		atLeast(1, req("normalized_shape", IntArg, "")), opt("eps", FloatArg, 1e-5, ""), opt("elementwise_affine", BoolArg, true, ""),
 	}, func(a *Args) (Module, error) {
 		l := NewLayerNorm(a.Int("normalized_shape"))
 		l.Eps, l.Affine = a.Float("eps"), a.Bool("elementwise_affine")
 		return l, nil
 	})
 	leaf("GroupNorm", "normalise groups of channels", []ArgSpec{
-		req("channels", IntArg, ""), req("num_groups", IntArg, ""), opt("eps", FloatArg, 1e-5, ""), opt("affine", BoolArg, true, ""),
+		atLeast(1, req("channels", IntArg, "")), atLeast(1, req("num_groups", IntArg, "")), opt("eps", FloatArg, 1e-5, ""), opt("affine", BoolArg, true, ""),
 	}, func(a *Args) (Module, error) {
 		l := NewGroupNorm(a.Int("channels"), a.Int("num_groups"))
 		l.Eps, l.Affine = a.Float("eps"), a.Bool("affine")
@@ -73,21 +73,21 @@ func init() {
 		return l, nil
 	})
 	leaf("LayerNorm2d", "normalise channels at each position", []ArgSpec{
-		req("channels", IntArg, ""), opt("eps", FloatArg, 1e-6, ""),
+		atLeast(1, req("channels", IntArg, "")), opt("eps", FloatArg, 1e-6, ""),
 	}, func(a *Args) (Module, error) {
 		l := NewLayerNorm2d(a.Int("channels"))
 		l.Eps = a.Float("eps")
 		return l, nil
 	})
 	leaf("InstanceNorm2d", "normalise each channel of each sample", []ArgSpec{
-		req("num_features", IntArg, ""), opt("eps", FloatArg, 1e-5, ""), opt("affine", BoolArg, false, ""),
+		atLeast(1, req("num_features", IntArg, "")), opt("eps", FloatArg, 1e-5, ""), opt("affine", BoolArg, false, ""),
 	}, func(a *Args) (Module, error) {
 		l := NewInstanceNorm2d(a.Int("num_features"))
 		l.Eps, l.Affine = a.Float("eps"), a.Bool("affine")
 		return l, nil
 	})
 	leaf("Embedding", "lookup table", []ArgSpec{
-		req("num_embeddings", IntArg, ""), req("embedding_dim", IntArg, ""),
+		atLeast(1, req("num_embeddings", IntArg, "")), atLeast(1, req("embedding_dim", IntArg, "")),
 	}, func(a *Args) (Module, error) {
 		return NewEmbedding(a.Int("num_embeddings"), a.Int("embedding_dim")), nil
 	})
@@ -104,45 +104,45 @@ func init() {
 		func(a *Args) (Module, error) { return NewGLU(a.Module("activation")), nil })
 
 	leaf("ScaledDotProductAttention", "multi-head attention core over (q, k, v[, mask])", []ArgSpec{
-		opt("num_heads", IntArg, int64(1), ""), opt("is_causal", BoolArg, false, ""),
+		atLeast(1, opt("num_heads", IntArg, int64(1), "")), opt("is_causal", BoolArg, false, ""),
 	}, func(a *Args) (Module, error) {
 		return NewScaledDotProductAttention(a.Int("num_heads"), a.Bool("is_causal")), nil
 	})
 	attnArgs := []ArgSpec{
-		opt("num_heads", IntArg, int64(1), ""), opt("inner_dim", IntArg, int64(0), "0: the embedding dim"),
+		atLeast(1, opt("num_heads", IntArg, int64(1), "")), atLeast(0, opt("inner_dim", IntArg, int64(0), "0: the embedding dim")),
 		opt("use_bias", BoolArg, true, ""), opt("is_causal", BoolArg, false, ""),
 	}
 	attnOptions := func(a *Args) AttentionOptions {
 		return AttentionOptions{Heads: a.Int("num_heads"), InnerDim: a.Int("inner_dim"), NoBias: !a.Bool("use_bias"), Causal: a.Bool("is_causal")}
 	}
 	leaf("Attention", "multi-head attention over (query, key, value)", append([]ArgSpec{
-		req("embedding_dim", IntArg, ""), opt("key_embedding_dim", IntArg, int64(0), ""), opt("value_embedding_dim", IntArg, int64(0), ""),
+		atLeast(1, req("embedding_dim", IntArg, "")), atLeast(0, opt("key_embedding_dim", IntArg, int64(0), "")), atLeast(0, opt("value_embedding_dim", IntArg, int64(0), "")),
 	}, attnArgs...), func(a *Args) (Module, error) {
 		o := attnOptions(a)
 		o.KeyDim, o.ValueDim = a.Int("key_embedding_dim"), a.Int("value_embedding_dim")
 		return NewAttention(a.Int("embedding_dim"), o)
 	})
-	leaf("SelfAttention", "multi-head self-attention", append([]ArgSpec{req("embedding_dim", IntArg, "")}, attnArgs...),
+	leaf("SelfAttention", "multi-head self-attention", append([]ArgSpec{atLeast(1, req("embedding_dim", IntArg, ""))}, attnArgs...),
 		func(a *Args) (Module, error) { return NewSelfAttention(a.Int("embedding_dim"), attnOptions(a)) })
-	leaf("SelfAttention2d", "self-attention over a feature map", append([]ArgSpec{req("channels", IntArg, "")}, attnArgs...),
+	leaf("SelfAttention2d", "self-attention over a feature map", append([]ArgSpec{atLeast(1, req("channels", IntArg, ""))}, attnArgs...),
 		func(a *Args) (Module, error) { return NewSelfAttention2d(a.Int("channels"), attnOptions(a)) })
 
 	leaf("MaxPool2d", "2-d max pooling", []ArgSpec{
-		req("kernel_size", IntArg, ""), opt("stride", IntArg, int64(0), "0: the kernel size"), opt("padding", IntArg, int64(0), ""),
+		atLeast(1, req("kernel_size", IntArg, "")), atLeast(0, opt("stride", IntArg, int64(0), "0: the kernel size")), atLeast(0, opt("padding", IntArg, int64(0), "")),
 	}, func(a *Args) (Module, error) {
 		return NewMaxPool2d(a.Int("kernel_size"), a.Int("stride"), a.Int("padding")), nil
 	})
 	leaf("Interpolate", "resize (x, size) to size", []ArgSpec{opt("mode", StringArg, "nearest", "nearest or bilinear")},
 		func(a *Args) (Module, error) { return NewInterpolate(a.String("mode")), nil })
 	leaf("Downsample", "strided 3×3 convolution", []ArgSpec{
-		req("channels", IntArg, ""), req("scale_factor", IntArg, ""), opt("padding", IntArg, int64(0), ""), opt("register_shape", BoolArg, true, ""),
+		atLeast(1, req("channels", IntArg, "")), atLeast(1, req("scale_factor", IntArg, "")), atLeast(0, opt("padding", IntArg, int64(0), "")), opt("register_shape", BoolArg, true, ""),
 	}, func(a *Args) (Module, error) {
 		return NewDownsample(a.Int("channels"), a.Int("scale_factor"), a.Int("padding"), a.Bool("register_shape")), nil
 	})
 	leaf("Upsample", "nearest upsampling then 3×3 convolution", []ArgSpec{
-		req("channels", IntArg, ""), opt("upsample_factor", IntArg, int64(0), "0: restore the size a Downsample recorded"),
+		atLeast(1, req("channels", IntArg, "")), atLeast(0, opt("upsample_factor", IntArg, int64(0), "0: restore the size a Downsample recorded")),
 	}, func(a *Args) (Module, error) { return NewUpsample(a.Int("channels"), a.Int("upsample_factor")), nil })
-	leaf("ReflectionPad2d", "reflection padding of H and W", []ArgSpec{req("padding", IntArg, "")},
+	leaf("ReflectionPad2d", "reflection padding of H and W", []ArgSpec{atLeast(0, req("padding", IntArg, ""))},
 		func(a *Args) (Module, error) { return NewReflectionPad2d(a.Int("padding")), nil })
 	leaf("Pad", "padding of the trailing dims", []ArgSpec{
 		req("pad", IntsArg, "(before, after) pairs from the last dim"), opt("mode", StringArg, "constant", "constant, reflect, replicate or circular"),
@@ -152,14 +152,14 @@ func init() {
 		p.Value = a.Float("value")
 		return p, nil
 	})
-	leaf("PixelUnshuffle", "space to channels", []ArgSpec{req("downscale_factor", IntArg, "")},
+	leaf("PixelUnshuffle", "space to channels", []ArgSpec{atLeast(1, req("downscale_factor", IntArg, ""))},
 		func(a *Args) (Module, error) { return NewPixelUnshuffle(a.Int("downscale_factor")), nil })
 
 	simple("Identity", "returns its inputs", func() Module { return NewIdentity() })
 	simple("Return", "ends the forward pass with its input", func() Module { return NewReturn() })
 	simple("Sin", "sin(x)", func() Module { return NewSin() })
 	simple("Cos", "cos(x)", func() Module { return NewCos() })
-	leaf("GetArg", "selects one input", []ArgSpec{req("index", IntArg, "")},
+	leaf("GetArg", "selects one input", []ArgSpec{atLeast(0, req("index", IntArg, ""))},
 		func(a *Args) (Module, error) { return NewGetArg(int(a.Int("index"))), nil })
 	leaf("Flatten", "merges dims", []ArgSpec{opt("start_dim", IntArg, int64(0), ""), opt("end_dim", IntArg, int64(-1), "")},
 		func(a *Args) (Module, error) { return NewFlatten(a.Int("start_dim"), a.Int("end_dim")), nil })
@@ -180,11 +180,11 @@ func init() {
 	}, func(a *Args) (Module, error) {
 		return NewSlicing(a.Int("dim"), a.Int("start"), a.Int("end"), a.Int("step")), nil
 	})
-	leaf("Chunk", "splits into equal parts", []ArgSpec{req("chunks", IntArg, ""), opt("dim", IntArg, int64(0), "")},
+	leaf("Chunk", "splits into equal parts", []ArgSpec{atLeast(1, req("chunks", IntArg, "")), opt("dim", IntArg, int64(0), "")},
 		func(a *Args) (Module, error) { return NewChunk(a.Int("chunks"), a.Int("dim")), nil })
 	leaf("Multiply", "x·scale + bias", []ArgSpec{opt("scale", FloatArg, 1.0, ""), opt("bias", FloatArg, 0.0, "")},
 		func(a *Args) (Module, error) { return NewMultiply(a.Float("scale"), a.Float("bias")), nil })
-	leaf("Parameter", "a learned tensor expanded over the batch", []ArgSpec{req("dims", IntsArg, "")},
+	leaf("Parameter", "a learned tensor expanded over the batch", []ArgSpec{atLeast(1, req("dims", IntsArg, ""))},
 		func(a *Args) (Module, error) { return NewParameter(a.Ints("dims")...), nil })
 	ctxArgs := []ArgSpec{req("context", StringArg, ""), req("key", StringArg, "")}
 	leaf("SetContext", "stores its input in a context", ctxArgs,

@@ -158,17 +158,17 @@ func loraFits(target Module, loras ...*Chain) error {
 
 func init() {
 	leaf("LinearLora", "low-rank branch for a Linear", []ArgSpec{
-		req("name", StringArg, "the LoRA's name in its adapter"), req("in_features", IntArg, ""), req("out_features", IntArg, ""),
-		opt("rank", IntArg, int64(16), ""), opt("scale", FloatArg, 1.0, ""),
+		req("name", StringArg, "the LoRA's name in its adapter"), atLeast(1, req("in_features", IntArg, "")), atLeast(1, req("out_features", IntArg, "")),
+		atLeast(1, opt("rank", IntArg, int64(16), "")), opt("scale", FloatArg, 1.0, ""),
 	}, func(a *Args) (Module, error) {
 		return NewLinearLora(a.String("name"), a.Int("in_features"), a.Int("out_features"), a.Int("rank"), a.Float("scale")), nil
 	})
 	leaf("Conv2dLora", "low-rank branch for a Conv2d", []ArgSpec{
-		req("name", StringArg, ""), req("in_channels", IntArg, ""), req("out_channels", IntArg, ""),
-		opt("rank", IntArg, int64(16), ""), opt("scale", FloatArg, 1.0, ""),
-		opt("kernel_size", IntsArg, []int64{1, 3}, "down and up kernel sizes"),
-		opt("stride", IntsArg, []int64{1, 1}, "down and up strides"),
-		opt("padding", IntsArg, []int64{0, 1}, "down and up paddings"),
+		req("name", StringArg, ""), atLeast(1, req("in_channels", IntArg, "")), atLeast(1, req("out_channels", IntArg, "")),
+		atLeast(1, opt("rank", IntArg, int64(16), "")), opt("scale", FloatArg, 1.0, ""),
+		atLeast(1, opt("kernel_size", IntsArg, []int64{1, 3}, "down and up kernel sizes")),
+		atLeast(1, opt("stride", IntsArg, []int64{1, 1}, "down and up strides")),
+		atLeast(0, opt("padding", IntsArg, []int64{0, 1}, "down and up paddings")),
 	}, func(a *Args) (Module, error) {
 		var o Conv2dLoraOptions
 		for _, f := range []struct {

@@ -35,6 +35,17 @@ type ArgSpec struct {
 	Required bool
 	Default  any
 	Doc      string
+	// Bounded integers (and lists of them) must be at least Min: sizes are
+	// positive, paddings non-negative. Building never divides by a zero a
+	// spec supplied.
+	Bounded bool
+	Min     int64
+}
+
+// atLeast bounds an integer argument from below.
+func atLeast(min int64, s ArgSpec) ArgSpec {
+	s.Bounded, s.Min = true, min
+	return s
 }
 
 // LayerType is a registered layer.
@@ -121,7 +132,27 @@ func (a *Args) Int(name string) int64 {
 	if !ok {
 		a.fail("argument %s: want an integer, got %v", name, v)
 	}
+	return a.bound(name, n)
+}
+
+// bound checks n against the argument's minimum. Out of bounds, it records
+// the failure and returns the minimum, so a constructor never divides by a
+// bad size before the failure is reported (the layer is discarded anyway).
+func (a *Args) bound(name string, n int64) int64 {
+	if s := a.spec(name, a.kindOf(name)); s.Bounded && n < s.Min {
+		a.fail("argument %s must be at least %d, got %d", name, s.Min, n)
+		return s.Min
+	}
 	return n
+}
+
+func (a *Args) kindOf(name string) ArgKind {
+	for _, s := range a.layer.Args {
+		if s.Name == name {
+			return s.Kind
+		}
+	}
+	return IntArg
 }
 
 // Float reads a number.
@@ -168,7 +199,11 @@ func (a *Args) Ints(name string) []int64 {
 	list, ok := v.([]any)
 	if !ok {
 		if ints, ok := v.([]int64); ok {
-			return ints
+			out := make([]int64, len(ints))
+			for i, n := range ints {
+				out[i] = a.bound(name, n)
+			}
+			return out
 		}
 		a.fail("argument %s: want a list of integers, got %v", name, v)
 		return nil
@@ -179,7 +214,7 @@ func (a *Args) Ints(name string) []int64 {
 		if !ok {
 			a.fail("argument %s[%d]: want an integer, got %v", name, i, x)
 		}
-		out[i] = n
+		out[i] = a.bound(name, n)
 	}
 	return out
 }

@@ -29,7 +29,7 @@ const DefaultResidualSlots = 13
 
 func init() {
 	leaf("SinusoidalEmbedding", "timesteps [B] to float32 [B, embedding_dim] cos and sin features (RangeEncoder's Lambda(compute_sinusoidal_embedding) in Refiners)",
-		[]ArgSpec{req("embedding_dim", IntArg, "even: cos and sin halves")},
+		[]ArgSpec{atLeast(1, req("embedding_dim", IntArg, "even: cos and sin halves"))},
 		func(a *Args) (Module, error) {
 			d := a.Int("embedding_dim")
 			if d <= 0 || d%2 != 0 {
@@ -47,7 +47,7 @@ func init() {
 		func(a *Args) (Module, error) { return NewPopContext(a.String("context"), a.String("key")), nil })
 	n := req("n", IntArg, "slot of the residuals list, negative from the end")
 	leaf("ResidualAccumulator", "adds slot n of the residuals list to x and stores the sum there; passes x on", []ArgSpec{
-		n, opt("num_residuals", IntArg, int64(DefaultResidualSlots), "slots of the residuals list, if this layer creates it"),
+		n, atLeast(1, opt("num_residuals", IntArg, int64(DefaultResidualSlots), "slots of the residuals list, if this layer creates it")),
 	}, func(a *Args) (Module, error) { return NewResidualAccumulator(a.Int("n"), a.Int("num_residuals")), nil })
 	leaf("ResidualConcatenator", "concatenates slot n of the residuals list to x along channels", []ArgSpec{n},
 		func(a *Args) (Module, error) { return NewResidualConcatenator(a.Int("n")), nil })

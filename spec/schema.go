@@ -21,6 +21,9 @@ func Schema() ([]byte, error) {
 		var required []string
 		for _, a := range t.Args {
 			s := valueSchema(a.Kind)
+			if a.Bounded {
+				bound(s, a.Min)
+			}
 			if a.Doc != "" {
 				s["description"] = a.Doc
 			}
@@ -115,4 +118,16 @@ func valueSchema(k core.ArgKind) map[string]any {
 		return map[string]any{"type": "array", "items": map[string]any{"anyOf": []any{map[string]any{"type": "integer"}, expr}}}
 	}
 	return map[string]any{"$ref": "#/$defs/item"}
+}
+
+// bound adds a minimum to an integer (or list of integers) schema.
+func bound(s map[string]any, min int64) {
+	if items, ok := s["items"].(map[string]any); ok {
+		s = items
+	}
+	for _, alt := range s["anyOf"].([]any) {
+		if m := alt.(map[string]any); m["type"] == "integer" {
+			m["minimum"] = min
+		}
+	}
 }
