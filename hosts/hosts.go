@@ -62,10 +62,16 @@ type Host struct {
 }
 
 type running struct {
-	client  *plugin.Client
-	planner sdk.Planner
-	entry   Entry
+	client   *plugin.Client
+	rpc      plugin.ClientProtocol
+	planner  sdk.Planner
+	entry    Entry
+	lastUsed time.Time
 }
+
+// idleCheck is how long a plugin may sit unused before it is pinged
+// before its next call.
+const idleCheck = 30 * time.Second
 
 // New opens a plugins directory, creating it if needed.
 func New(dir string, o Options) (*Host, error) {
@@ -267,7 +273,13 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 		return nil, errors.New("plugin host is closed")
 	}
 	if r, ok := h.running[name]; ok && !r.client.Exited() {
-		return r, nil
+		if time.Since(r.lastUsed) < idleCheck || r.rpc.Ping() == nil {
+			r.lastUsed = time.Now()
+			return r, nil
+		}
+		h.log.Warn("plugin failed its health check; restarting it", "name", name)
+		r.client.Kill()
+		delete(h.running, name)
 	}
 	e, err := h.lookup(name)
 	if err != nil {
@@ -286,6 +298,7 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 		return nil, err
 	}
 	r.entry = e
+	r.lastUsed = time.Now()
 	h.running[name] = r
 	return r, nil
 }
@@ -327,12 +340,12 @@ func (h *Host) launch(path, sum, name string) (*running, error) {
 		return nil, fmt.Errorf("plugin %s does not serve the planner interface", name)
 	}
 	h.log.Debug("started plugin", "name", name, "protocol", client.NegotiatedVersion())
-	return &running{client: client, planner: planner}, nil
+	return &running{client: client, rpc: rpc, planner: planner}, nil
 }
 
 // describeBinary launches a binary that is not installed yet, once.
 func (h *Host) describeBinary(ctx context.Context, path, sum string) (*pb.Description, error) {
-	r, err := h.launch(path, sum, filepath.Base(path))
+	r, err := h.launch(path, sum, "install")
 	if err != nil {
 		return nil, err
 	}

@@ -9,9 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
@@ -127,6 +130,40 @@ func TestCrashedOrHungPluginFailsOneCall(t *testing.T) {
 	if alive(hung) {
 		t.Errorf("the hung plugin (pid %d) is still running", hung)
 	}
+}
+
+func TestPluginLogsAreRelevelled(t *testing.T) {
+	var buf syncBuffer
+	h := newHost(t, Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "host", Level: hclog.Debug, Output: &buf})})
+	install(t, h, "faulty")
+	if _, err := h.Plan(context.Background(), "faulty", &pb.PlanRequest{Operation: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(buf.String(), "[WARN]  host.plugins.faulty.faulty.plugin: planning: operation=ok") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(buf.String(), "[WARN]  host.plugins.faulty.faulty.plugin: planning: operation=ok") {
+		t.Errorf("the plugin's warning is not in the host log at WARN:\n%s", buf.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestClosingTheHostLeavesNoPlugin(t *testing.T) {

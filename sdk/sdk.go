@@ -47,10 +47,14 @@ const MaxMessage = 64 << 20
 // ValidName is the form of plugin and operation names.
 var ValidName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
-// Serve runs the plugin until the host stops it. Logs go to stderr as
-// JSON, which the host re-levels into its own log.
+// Log is the plugin's logger: it writes JSON to stderr, which the host
+// re-levels into its own log under the plugin's name. Never print to
+// stdout: it carries the handshake.
+var Log hclog.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, JSONFormat: true})
+
+// Serve runs the plugin until the host stops it.
 func Serve(p Planner) {
-	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, JSONFormat: true})
+	logger := Log
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {PluginName: &GRPCPlugin{Impl: p}}},

@@ -25,6 +25,7 @@ func (planner) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse,
 	case "hang":
 		<-make(chan struct{})
 	}
+	sdk.Log.Warn("planning", "operation", req.Operation)
 	return &pb.PlanResponse{Report: &pb.Report{Format: "faulty"}}, nil
 }
 
