@@ -62,9 +62,10 @@ const usage = `usage: refinersd VERB [flags]
   plugins install PATH|DIR      install plugin binaries (pinned by sha256 in plugins.lock.json)
   plugins list | remove NAME    show or uninstall installed plugins
   plugins check BINARY          run the plugin conformance kit against a binary
-  run SPEC --weights W --input IN --output OUT
+  run SPEC --weights W --input IN --output OUT [--adapter PLUGIN:FILE[:PARAMS]]... [--fuse]
                                 run a model: IN holds input.0, input.1, ... and
-                                context.<name>.<key> tensors; OUT gets output.0, ...
+                                context.<name>.<key> tensors; OUT gets output.0, ...;
+                                each --adapter is planned by an installed plugin and applied
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
 --prefix P reads weights under keys P<key>; --device cpu|cuda[:N];

@@ -142,6 +142,10 @@ func runSpec(args []string, out io.Writer) error {
 	output := f.fs.String("output", "", "safetensors file to write output.0, output.1, ... to")
 	device := f.fs.String("device", "cpu", "cpu, cuda or cuda:N")
 	dtype := f.fs.String("dtype", "float32", "dtype of the weights and of floating-point inputs: float32, bfloat16, float16")
+	var adapters adapterFlags
+	f.fs.Var(&adapters, "adapter", "PLUGIN:FILE[:PARAMS_JSON] — plan with an installed plugin and apply to the model for this run (repeatable)")
+	fused := f.fs.Bool("fuse", false, "merge adapters into the weights instead of running them as branches")
+	pluginsDir := f.fs.String("plugins-dir", defaultPluginsDir(), "plugins directory")
 	path, err := f.parse(args)
 	if err != nil {
 		return err
@@ -181,6 +185,11 @@ func runSpec(args []string, out io.Writer) error {
 			return err
 		}
 		defer core.ReleaseParams(m)
+		undo, err := applyAdapters(s, m, adapters, *pluginsDir, *fused, out)
+		if err != nil {
+			return err
+		}
+		defer undo()
 		load := func(key string) *tensor.Tensor {
 			t := in.Load(s, key)
 			if t.Valid() && t.DType().IsFloat() && t.DType() != dt {
