@@ -1,6 +1,9 @@
 package core
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // An adapter is a Chain that wraps a target module. Injecting it puts the
 // adapter where the target was (the target lives on as the adapter's
@@ -97,4 +100,56 @@ func (c *Chain) Eject() error {
 	c.parent = nil
 	c.adapter.injected = false
 	return nil
+}
+
+// unwrap returns the module an injected adapter (or a stack of them)
+// stands in for; other modules are returned as they are.
+func unwrap(m Module) Module {
+	for {
+		a, ok := m.(*Chain)
+		if !ok || a.adapter == nil || !a.adapter.injected {
+			return m
+		}
+		m = a.adapter.target
+	}
+}
+
+// WalkBase walks the tree as it would be with every adapter ejected: paths
+// are the base model's (injecting an adapter moves its target under it and
+// renames siblings, as in Refiners), modules are the live ones, and an
+// adapted layer is visited as itself. Plans address layers by these paths,
+// so they stay valid however many adapters are in place.
+func (c *Chain) WalkBase(visit func(m Module, path string) bool) {
+	c.walkBase("", visit)
+}
+
+func (c *Chain) walkBase(prefix string, visit func(Module, string) bool) {
+	base := make([]Module, len(c.children))
+	for i, m := range c.children {
+		base[i] = unwrap(m)
+	}
+	for i, key := range uniqueKeys(base) {
+		m := base[i]
+		if !visit(m, prefix+key) {
+			continue
+		}
+		if sub, ok := m.(*Chain); ok {
+			sub.walkBase(prefix+key+".", visit)
+		}
+	}
+}
+
+// BaseLayer resolves a base-model path (see WalkBase).
+func (c *Chain) BaseLayer(path string) (Module, error) {
+	var found Module
+	c.WalkBase(func(m Module, p string) bool {
+		if p == path {
+			found = m
+		}
+		return found == nil && strings.HasPrefix(path, p+".")
+	})
+	if found == nil {
+		return nil, fmt.Errorf("the model has no layer %q", path)
+	}
+	return found, nil
 }

@@ -468,3 +468,32 @@ func closeEnough(a, b []float32) bool {
 	}
 	return true
 }
+
+func TestBasePathsSeeThroughAdapters(t *testing.T) {
+	m := NewChain(NewLinear(4, 8, true), NewSiLU(), NewLinear(8, 8, true))
+	first, _ := m.Layer("Linear_1")
+	second, _ := m.Layer("Linear_2")
+	a, err := NewLoraAdapter(first, NewLinearLora("a", 4, 8, 2, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Inject(m); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(m.Keys(), ","); got != "LoraAdapter,SiLU,Linear" {
+		t.Fatalf("live keys %s", got)
+	}
+	for path, want := range map[string]Module{"Linear_1": first, "Linear_2": second} {
+		if got, err := m.BaseLayer(path); err != nil || got != want {
+			t.Errorf("BaseLayer(%s) = %v, %v", path, got, err)
+		}
+	}
+	var paths []string
+	m.WalkBase(func(_ Module, p string) bool { paths = append(paths, p); return true })
+	if got := strings.Join(paths, ","); got != "Linear_1,SiLU,Linear_2" {
+		t.Errorf("base walk %s", got)
+	}
+	if _, err := m.BaseLayer("LoraAdapter"); err == nil {
+		t.Error("an adapter's live key resolved as a base path")
+	}
+}

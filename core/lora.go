@@ -129,6 +129,10 @@ func LoraNames(adapter *Chain) []string {
 	return names
 }
 
+// CheckLoraFit reports whether LoRA branches fit a target layer, without
+// touching either.
+func CheckLoraFit(target Module, loras ...*Chain) error { return loraFits(target, loras...) }
+
 // loraFits checks that each branch's shapes fit the target layer.
 func loraFits(target Module, loras ...*Chain) error {
 	for _, l := range loras {

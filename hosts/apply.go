@@ -14,10 +14,11 @@ import (
 )
 
 // Summarize describes a model for a plugin: every weighted layer's path,
-// type and parameter shapes. No tensor data is involved.
+// type and parameter shapes, with the base model's paths (adapters already
+// in place are seen through). No tensor data is involved.
 func Summarize(m *core.Chain) []*pb.Layer {
 	var out []*pb.Layer
-	m.Walk(func(x core.Module, _ *core.Chain, path string) bool {
+	m.WalkBase(func(x core.Module, path string) bool {
 		w, ok := x.(core.Weighted)
 		if !ok {
 			return true
@@ -165,12 +166,9 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 	if k := p.GetKind(); k != "" && k != "lora" {
 		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: lora)", k)}
 	}
-	target, err := m.Layer(p.GetTarget())
+	target, err := m.BaseLayer(p.GetTarget())
 	if err != nil {
 		return nil, []string{err.Error()}
-	}
-	if c, ok := target.(*core.Chain); ok && c.TypeName() == "LoraAdapter" {
-		target = c.Target() // more branches on an adapted layer
 	}
 	var desc map[string]any
 	if err := json.Unmarshal([]byte(p.GetBranchJson()), &desc); err != nil {
@@ -184,7 +182,7 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 	if !ok || !core.IsLora(branch) {
 		return nil, []string{fmt.Sprintf("branch %s is not a LoRA branch", core.Describe(built))}
 	}
-	if _, err := core.NewLoraAdapter(target, branch); err != nil {
+	if err := core.CheckLoraFit(target, branch); err != nil {
 		return nil, []string{err.Error()}
 	}
 	w := &patchWork{patch: p, target: target, branch: branch, params: map[string]core.Entry{}}

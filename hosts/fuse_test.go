@@ -127,3 +127,86 @@ func firstParam(i int, branch map[string]any) string {
 	}
 	return fmt.Sprintf("%s_%d.weight", kind, i+1)
 }
+
+// TestStackedPlansEjectInAnyOrder applies two plans to the same layer (the
+// second extends the first's adapter), checks that the output is the sum of
+// both branches, and ejects them in either order back to the exact model.
+func TestStackedPlansEjectInAnyOrder(t *testing.T) {
+	for _, order := range []string{"last first", "first first"} {
+		t.Run(order, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "lora.safetensors")
+			err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				m := core.NewChain(core.NewLinear(4, 3, true))
+				if err := core.InitRandom(s, m, 3); err != nil {
+					return err
+				}
+				defer core.ReleaseParams(m)
+				ts := map[string]*tensor.Tensor{}
+				for i, shape := range [][]int64{{2, 4}, {3, 2}, {1, 4}, {3, 1}} {
+					p := core.NewParameter(shape...)
+					core.InitRandom(s, p, int64(20+i))
+					ts[fmt.Sprint("t", i)] = s.ShallowCopy(p.Weight)
+					core.ReleaseParams(p)
+				}
+				if err := weights.Save(s, path, ts, nil); err != nil {
+					return err
+				}
+				f, err := weights.Open(path)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				files := map[string]*weights.File{"f": f}
+				plan := func(name string, rank int, down, up string) *pb.PlanResponse {
+					b, _ := json.Marshal(map[string]any{"type": "LinearLora", "name": name, "in_features": 4, "out_features": 3, "rank": rank})
+					return &pb.PlanResponse{Report: &pb.Report{}, Patches: []*pb.Patch{{Target: "Linear", BranchJson: string(b),
+						Bindings: []*pb.Binding{{File: "f", Key: down, Param: "Linear_1.weight"}, {File: "f", Key: up, Param: "Linear_2.weight"}}}}}
+				}
+				x := s.FromFloat32([]float32{1, -2, 0.5, 3}, 1, 4)
+				tree, before := print(s, m)
+				base, _ := core.Forward(s, m, x)
+				a, err := Apply(s, m, plan("a", 2, "t0", "t1"), files)
+				if err != nil {
+					return err
+				}
+				withA, _ := core.Forward(s, m, x)
+				b, err := Apply(s, m, plan("b", 1, "t2", "t3"), files)
+				if err != nil {
+					return err
+				}
+				if got := len(m.Layers("LinearLora")); got != 2 {
+					t.Errorf("%d LoRA branches after stacking, want 2 in one adapter", got)
+				}
+				both, _ := core.Forward(s, m, x)
+				onlyB := s.Sub(both[0], withA[0])
+				want := s.Add(s.Add(base[0], s.Sub(withA[0], base[0])), onlyB)
+				if !s.AllClose(both[0], want, 1e-6, 1e-6) || s.AllClose(both[0], withA[0], 1e-6, 1e-6) {
+					t.Error("the second plan did not add its branch")
+				}
+				first, second := b, a
+				if order == "first first" {
+					first, second = a, b
+				}
+				if err := first.Eject(); err != nil {
+					return err
+				}
+				if err := second.Eject(); err != nil {
+					return err
+				}
+				after, params := print(s, m)
+				if after != tree {
+					t.Errorf("tree after ejecting both:\n%s\nbefore:\n%s", after, tree)
+				}
+				for k, v := range before {
+					if !bytes.Equal(v, params[k]) {
+						t.Errorf("%s changed", k)
+					}
+				}
+				return s.Err()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

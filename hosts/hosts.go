@@ -258,7 +258,7 @@ func (h *Host) call(ctx context.Context, name, what string, f func(context.Conte
 	case r.client.Exited():
 		h.stop(name)
 		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
 		h.stop(name)
 		return fmt.Errorf("plugin %s did not answer %s within %v; it was stopped and will be restarted on the next call", name, what, h.opts.CallTimeout)
 	}
