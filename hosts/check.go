@@ -13,6 +13,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 	"github.com/refiners-go/refiners/sdk"
+	"github.com/refiners-go/refiners/spec"
 )
 
 // CheckResult is one conformance check of a plugin binary.
@@ -59,6 +60,9 @@ func Check(ctx context.Context, binary string) ([]CheckResult, error) {
 		return results, nil
 	}
 	add("description: name, semantic version, protocol, operations", checkDescription(d))
+	for _, lt := range d.LayerTypes {
+		add(fmt.Sprintf("layer type %q: its spec defines the block", lt.Name), checkLayerType(d.Name, lt))
+	}
 	for _, op := range d.Operations {
 		add(fmt.Sprintf("operation %q: params_schema is a JSON Schema object", op.Name), checkSchema(op.ParamsSchema))
 		if op.Example == nil {
@@ -151,6 +155,21 @@ func checkDescription(d *pb.Description) error {
 		return fmt.Errorf("%s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// checkLayerType parses a contributed layer type's spec as a block library
+// and builds a model made of that block with its defaults.
+func checkLayerType(plugin string, lt *pb.LayerType) error {
+	use := fmt.Sprintf("refiners: 1\nlayers:\n  - %s/%s\n", plugin, lt.Name)
+	s, err := spec.Parse("kit", []byte(use))
+	if err != nil {
+		return err
+	}
+	if err := s.AddLibrary(plugin, "layer type "+lt.Name, []byte(lt.Spec)); err != nil {
+		return err
+	}
+	_, err = s.Build(nil)
+	return err
 }
 
 func checkSchema(s string) error {

@@ -337,6 +337,7 @@ func (b *builder) instance(file string, typeNode *yaml.Node, name string, args m
 	if !ok {
 		if plugin, _, namespaced := strings.Cut(name, "/"); namespaced {
 			b.errf(file, typeNode, CodePluginMissing, "layer type %q is provided by plugin %q, which is not installed (see `refinersd plugins list`)", name, plugin)
+			b.errs[len(b.errs)-1].Plugin = plugin
 			return nil
 		}
 		candidates := core.LayerTypes()

@@ -36,6 +36,25 @@ type Error struct {
 	Line, Col int
 	Code      string
 	Msg       string
+	Plugin    string // with CodePluginMissing: the plugin that provides the type
+}
+
+// MissingPlugins lists the plugins whose layer types a build could not
+// find, so a caller can load their libraries and build again.
+func MissingPlugins(err error) []string {
+	es, ok := err.(Errors)
+	if !ok {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range es {
+		if e.Code == CodePluginMissing && !seen[e.Plugin] {
+			seen[e.Plugin] = true
+			out = append(out, e.Plugin)
+		}
+	}
+	return out
 }
 
 func (e *Error) Error() string {

@@ -358,3 +358,22 @@ func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
 		}
 	}
 }
+
+// AddLibrary makes the blocks of a block library (a spec file without
+// layers, given as YAML) available to this spec under "namespace/Name" —
+// how layer types contributed by a plugin become usable in specs.
+func (s *Spec) AddLibrary(namespace, file string, src []byte) error {
+	l := &loader{loading: map[string]bool{}}
+	lib := l.parse(file, src, true)
+	if len(l.errs) > 0 {
+		return l.errs.sorted()
+	}
+	for name, b := range lib.Blocks {
+		full := namespace + "/" + name
+		if _, dup := s.Blocks[full]; dup {
+			return fmt.Errorf("%s: block %s is defined twice", file, full)
+		}
+		s.Blocks[full] = b
+	}
+	return nil
+}

@@ -25,3 +25,30 @@ func TestViTSpecBuilds(t *testing.T) {
 	}
 	t.Log("\n" + m.String())
 }
+
+func TestPluginLayerTypes(t *testing.T) {
+	src := []byte("refiners: 1\nlayers:\n  - demo/Scaled: {factor: 3}\n")
+	s, err := Parse("model.yaml", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Before the plugin's library is added, the type is a missing plugin.
+	if _, err := s.Build(nil); err == nil || !strings.Contains(err.Error(), `provided by plugin "demo", which is not installed`) {
+		t.Errorf("without the library: %v", err)
+	}
+	lib := []byte("refiners: 1\nblocks:\n  Scaled:\n    params: {factor: 2}\n    layers:\n      - Multiply: {scale: \"${factor}\"}\n")
+	if err := s.AddLibrary("demo", "demo-plugin", lib); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Build(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := core.Tree(m, -1); !strings.Contains(got, "(CHAIN) Scaled()") || !strings.Contains(got, "Multiply(scale=3.0)") {
+		t.Errorf("tree:\n%s", got)
+	}
+	bad := []byte("refiners: 1\nblocks:\n  Scaled:\n    layer: []\n")
+	if err := s.AddLibrary("demo2", "bad-plugin", bad); err == nil || !strings.Contains(err.Error(), "bad-plugin:4:5: RFN-S003") {
+		t.Errorf("bad library: %v", err)
+	}
+}

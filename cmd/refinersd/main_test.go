@@ -90,4 +90,15 @@ func TestRunWithAdapterThroughAPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = os.Remove(lora)
+
+	// A spec using the plugin's layer type builds once the plugin is installed.
+	specPath := filepath.Join(dir, "scaled.yaml")
+	os.WriteFile(specPath, []byte("refiners: 1\nlayers:\n  - example/Scaled: {factor: 5}\n"), 0o644)
+	if tree := refinersd("inspect", specPath, "--plugins-dir", plugins); !strings.Contains(tree, "(CHAIN) Scaled()") || !strings.Contains(tree, "Multiply(scale=5.0)") {
+		t.Errorf("inspect with the plugin's layer type:\n%s", tree)
+	}
+	out, err := exec.Command(bin, "inspect", specPath, "--plugins-dir", filepath.Join(dir, "none")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `RFN-S011 layer type "example/Scaled" is provided by plugin "example", which is not installed`) {
+		t.Errorf("without the plugin: %v\n%s", err, out)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/hosts"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -31,10 +32,11 @@ func (s setFlags) Set(v string) error {
 
 // specFlags are the flags every spec verb shares.
 type specFlags struct {
-	fs      *flag.FlagSet
-	sets    setFlags
-	weights *string
-	prefix  *string
+	fs         *flag.FlagSet
+	sets       setFlags
+	weights    *string
+	prefix     *string
+	pluginsDir *string
 }
 
 func newSpecFlags(verb string) *specFlags {
@@ -43,6 +45,7 @@ func newSpecFlags(verb string) *specFlags {
 	fs.Var(f.sets, "set", "override a spec parameter: name=value (repeatable)")
 	f.weights = fs.String("weights", "", "safetensors weights file")
 	f.prefix = fs.String("prefix", "", "prefix of the model's keys in the weights file")
+	f.pluginsDir = fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for plugin/Type layers and --adapter)")
 	return f
 }
 
@@ -78,10 +81,33 @@ func (f *specFlags) parse(args []string) (string, error) {
 	return "", fmt.Errorf("%s: one spec at a time, got %q", f.fs.Name(), pos)
 }
 
+// build builds the spec; layer types of installed plugins (plugin/Type)
+// are fetched from those plugins only when the spec uses them.
 func (f *specFlags) build(path string) (*core.Chain, error) {
 	s, err := spec.Load(path)
 	if err != nil {
 		return nil, err
+	}
+	m, err := s.Build(f.sets)
+	missing := spec.MissingPlugins(err)
+	if len(missing) == 0 {
+		return m, err
+	}
+	h, herr := hosts.New(*f.pluginsDir, hosts.Options{})
+	if herr != nil {
+		return nil, herr
+	}
+	defer h.Close()
+	for _, name := range missing {
+		d, derr := h.Describe(context.Background(), name)
+		if derr != nil {
+			return nil, err // not installed: the spec error says so
+		}
+		for _, lt := range d.LayerTypes {
+			if aerr := s.AddLibrary(name, "plugin "+name+" layer type "+lt.Name, []byte(lt.Spec)); aerr != nil {
+				return nil, aerr
+			}
+		}
 	}
 	return s.Build(f.sets)
 }
@@ -145,7 +171,6 @@ func runSpec(args []string, out io.Writer) error {
 	var adapters adapterFlags
 	f.fs.Var(&adapters, "adapter", "PLUGIN:FILE[:PARAMS_JSON] — plan with an installed plugin and apply to the model for this run (repeatable)")
 	fused := f.fs.Bool("fuse", false, "merge adapters into the weights instead of running them as branches")
-	pluginsDir := f.fs.String("plugins-dir", defaultPluginsDir(), "plugins directory")
 	path, err := f.parse(args)
 	if err != nil {
 		return err
@@ -185,7 +210,7 @@ func runSpec(args []string, out io.Writer) error {
 			return err
 		}
 		defer core.ReleaseParams(m)
-		undo, err := applyAdapters(s, m, adapters, *pluginsDir, *fused, out)
+		undo, err := applyAdapters(s, m, adapters, *f.pluginsDir, *fused, out)
 		if err != nil {
 			return err
 		}

@@ -32,11 +32,21 @@ var example = &pb.PlanRequest{
 		{Key: "down", Dtype: "float32", Shape: []int64{2, 4}}, {Key: "up", Dtype: "float32", Shape: []int64{8, 2}}}}},
 }
 
+// scaled is a layer type this plugin contributes: specs use it as example/Scaled.
+const scaled = `refiners: 1
+blocks:
+  Scaled:
+    params: {factor: 2}
+    layers:
+      - Multiply: {scale: "${factor}"}
+`
+
 type planner struct{}
 
 func (planner) Describe(context.Context) (*pb.Description, error) {
 	return &pb.Description{Name: "example", Version: "1.0.0", Protocol: sdk.ProtocolVersion,
-		Operations: []*pb.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema, Example: example}}}, nil
+		Operations: []*pb.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema, Example: example}},
+		LayerTypes: []*pb.LayerType{{Name: "Scaled", Doc: "multiplies by a factor", Spec: scaled}}}, nil
 }
 
 func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
