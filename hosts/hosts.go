@@ -141,7 +141,7 @@ func (h *Host) lookup(name string) (Entry, error) {
 // describe itself, and records its name, version, protocol and sha256. A
 // plugin with the same name is replaced.
 func (h *Host) Install(ctx context.Context, path string) (Entry, error) {
-	sum, err := fileSHA256(path)
+	sum, err := FileSHA256(path)
 	if err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
@@ -286,7 +286,7 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 		return nil, err
 	}
 	path := filepath.Join(h.dir, e.File)
-	sum, err := fileSHA256(path)
+	sum, err := FileSHA256(path)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}
@@ -390,7 +390,8 @@ func (h *Host) PID(name string) int {
 	return 0
 }
 
-func fileSHA256(path string) (string, error) {
+// FileSHA256 is the hex sha256 of a file's contents.
+func FileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err

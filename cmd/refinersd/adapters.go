@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
 	"io"
-	"os"
+	"fmt"
 	"strings"
 
 	"github.com/refiners-go/refiners/core"
@@ -59,7 +56,7 @@ func applyAdapters(s *tensor.Scope, m *core.Chain, adapters adapterFlags, dir st
 			return nil, err
 		}
 		defer f.Close()
-		sum, err := fileDigest(a.file)
+		sum, err := hosts.FileSHA256(a.file)
 		if err != nil {
 			undo()
 			return nil, err
@@ -101,17 +98,4 @@ func applyAdapters(s *tensor.Scope, m *core.Chain, adapters adapterFlags, dir st
 			a.file, a.plugin, r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched()), len(r.GetUnmatched()), len(r.GetShapeMismatched()))
 	}
 	return undo, nil
-}
-
-func fileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
