@@ -19,7 +19,6 @@ tokenizer has no parameters and its removal renames no sibling).
 """
 
 import importlib.metadata
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ import refiners.fluxion.layers as fl
 import torch
 from refiners.foundationals.clip.text_encoder import CLIPTextEncoder, CLIPTextEncoderL
 from refiners.foundationals.clip.tokenizer import CLIPTokenizer
-from safetensors.torch import save_file
+
+from golden import save_spec_case, tree_print
 
 SPEC = "specs/clip_text.yaml"
 
@@ -57,11 +57,6 @@ def without_tokenizer(encoder):
     assert isinstance(tokenizer, CLIPTokenizer), type(tokenizer)
     assert isinstance(encoder[0], fl.Converter) and not encoder[0].set_dtype
     return encoder
-
-
-def tree_print(module):
-    tree = fl.module.ModuleTree(module)
-    return tree._generate_tree_repr(tree.root, is_root=True, depth=-1)
 
 
 def randomize(model, gen):
@@ -102,25 +97,13 @@ def generate(name, out_dir, full):
     with torch.no_grad():
         y = model(ids)
     took = time.perf_counter() - start
-    tensors = {f"param.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    tensors["input.0"] = ids.contiguous()
-    tensors["output.0"] = y.clone().contiguous()
-    tree = tree_print(model)
-    meta = {
-        "spec": SPEC,
-        "overrides": json.dumps({k: str(v) for k, v in params.items()}),
-        "dtype": "float32",
-        "atol": "1e-5",
-        "rtol": "1e-4",
-        "reference": f"torch {torch.__version__}, refiners {importlib.metadata.version('refiners')}: "
-        f"{type(model).__name__} without its CLIPTokenizer",
-    }
     # The tree is left out: PositionalEncoder holds a Lambda, printed by
     # Refiners with its Python signature (get_position_ids(x: torch.Tensor) ->
     # torch.Tensor).
-    assert "Lambda(" in tree
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / f"{name}.safetensors"), metadata=meta)
+    assert "Lambda(" in tree_print(model)
+    save_spec_case(out_dir, name, spec=SPEC, overrides={k: str(v) for k, v in params.items()}, model=model,
+                   inputs={"input.0": ids}, outputs=[y],
+                   reference=f"refiners {importlib.metadata.version('refiners')}: {type(model).__name__} without its CLIPTokenizer")
     print(f"{name}: forward {took:.3f}s, input {tuple(ids.shape)}, output {tuple(y.shape)}, |y| max {y.abs().max():.3g}")
 
 

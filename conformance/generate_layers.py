@@ -22,6 +22,8 @@ import torch
 from refiners.fluxion.layers.activations import GeLUApproximation
 from safetensors.torch import save_file
 
+from golden import save_spec_case, tree_print
+
 # Tolerances per dtype: (atol, rtol). Go runs the same libtorch kernels, so
 # float32 agrees to rounding noise; reduced precision gets one ulp's worth.
 TOL = {
@@ -81,12 +83,6 @@ def has_lambda(module):
     """Refiners prints a Lambda by its Python function's signature, which has
     no Go counterpart; such trees are not compared."""
     return any(isinstance(m, fl.Lambda) for m in module.modules())
-
-
-def tree_print(module):
-    """The whole tree, as Refiners prints it (repr stops at depth 7)."""
-    tree = fl.module.ModuleTree(module)
-    return tree._generate_tree_repr(tree.root, is_root=True, depth=-1)
 
 
 def as_tuple(out):

@@ -22,7 +22,6 @@ context.cross_attention_block.clip_text_embedding, the contexts and keys
 Refiners reads them from.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ from refiners.foundationals.latent_diffusion.cross_attention import CrossAttenti
 from refiners.foundationals.latent_diffusion.range_adapter import RangeAdapter2d, RangeEncoder
 from refiners.foundationals.latent_diffusion.stable_diffusion_1 import unet as sd1
 from refiners.foundationals.latent_diffusion.unet import ResidualAccumulator, ResidualBlock, ResidualConcatenator
-from safetensors.torch import save_file
+
+from golden import save_spec_case, tree_print
 
 FULL = dict(
     in_channels=4, out_channels=4, channels_1=320, channels_2=640, channels_3=1280,
@@ -150,11 +150,6 @@ def sized_unet(p):
     return SD1UNet(p.in_channels)
 
 
-def tree_print(module):
-    tree = fl.module.ModuleTree(module)
-    return tree._generate_tree_repr(tree.root, is_root=True, depth=-1)
-
-
 def check_sized_unet():
     """The parameterised copy at the real sizes is SD1UNet(in_channels=4)."""
     with torch.device("meta"):
@@ -194,24 +189,12 @@ def generate(name, out_dir, params, latents_shape, tokens, timestep, model=None)
         model.set_clip_text_embedding(clip_text_embedding)
         y = model(x)
     took = time.perf_counter() - start
-    tensors = {f"param.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    tensors["input.0"] = x
-    tensors["context.diffusion.timestep"] = t
-    tensors["context.cross_attention_block.clip_text_embedding"] = clip_text_embedding
-    tensors["output.0"] = y.clone().contiguous()
-    meta = {
-        "spec": "specs/sd15_unet.yaml",
-        "overrides": json.dumps({k: str(v) for k, v in params.items()}),
-        "dtype": "float32",
-        "atol": "1e-5",
-        "rtol": "1e-4",
-        "reference": f"torch {torch.__version__}, refiners 0.4.0 SD1UNet",
-        # No "tree": it holds Lambda layers (RangeEncoder's sinusoidal
-        # embedding), whose Python signatures cannot match.
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.safetensors"
-    save_file(tensors, str(path), metadata=meta)
+    # No tree: it holds a Lambda (RangeEncoder's sinusoidal embedding),
+    # whose Python signature cannot match.
+    path = save_spec_case(out_dir, name, spec="specs/sd15_unet.yaml", overrides={k: str(v) for k, v in params.items()},
+                          model=model, outputs=[y], reference="refiners 0.4.0 SD1UNet",
+                          inputs={"input.0": x, "context.diffusion.timestep": t,
+                                  "context.cross_attention_block.clip_text_embedding": clip_text_embedding})
     size = path.stat().st_size
     print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)} std {y.std():.3f}, "
           f"{sum(v.numel() for v in model.state_dict().values())} parameters, file {size / 1e3:.0f} KB")

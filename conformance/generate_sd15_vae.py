@@ -22,7 +22,6 @@ The spec trees contain Lambda layers (Downsample's zero padding,
 SelfAttention2d's reshapes, Upsample's static shape), so no `tree` is stored.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ import refiners.fluxion.layers as fl
 import torch
 from refiners.foundationals.latent_diffusion.auto_encoder import Decoder, Encoder, Resnet
 from refiners.foundationals.latent_diffusion.stable_diffusion_1.model import SD1Autoencoder
-from safetensors.torch import save_file
+
+from golden import save_spec_case, tree_print
 
 
 def mid_block(c, groups):
@@ -92,11 +92,6 @@ def decoder(widths, groups):
     return dec
 
 
-def tree_print(module):
-    tree = fl.module.ModuleTree(module)
-    return tree._generate_tree_repr(tree.root, is_root=True, depth=-1)
-
-
 def check_same_as_refiners():
     """The builders above at SD's widths are Refiners' own Encoder and Decoder."""
     for mine, theirs in ((encoder([128, 256, 512, 512], 32), Encoder()), (decoder([128, 256, 512, 512], 32), Decoder())):
@@ -118,20 +113,8 @@ def randomize(model, gen):
 
 
 def write(name, out_dir, spec, overrides, model, x, y, took):
-    tensors = {f"param.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    tensors["input.0"] = x.contiguous()
-    tensors["output.0"] = y.clone().contiguous()
-    meta = {
-        "spec": spec,
-        "overrides": json.dumps(overrides),
-        "dtype": "float32",
-        "atol": "1e-5",
-        "rtol": "1e-4",
-        "reference": f"torch {torch.__version__}, refiners 0.4.0 (latent_diffusion.auto_encoder)",
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.safetensors"
-    save_file(tensors, str(path), metadata=meta)
+    path = save_spec_case(out_dir, name, spec=spec, overrides=overrides, model=model, inputs={"input.0": x}, outputs=[y],
+                          reference="refiners 0.4.0 (latent_diffusion.auto_encoder)")
     print(f"{name}: forward {took:.2f}s, {tuple(x.shape)} -> {tuple(y.shape)}, |y| max {y.abs().max():.3g}, "
           f"{path.stat().st_size / 1e3:.0f} KB")
 

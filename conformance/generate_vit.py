@@ -7,7 +7,6 @@ Tiny (committed): 32 px images, 8 px patches, width 16, 2 layers, 2 heads.
 Full (--full, testdata/full): ViT-B/16 at 224 px, the spec's defaults.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import refiners
 import refiners.fluxion.layers as fl
 import torch
-from safetensors.torch import save_file
+
+from golden import save_spec_case, tree_print
 
 
 def vit(embedding_dim, patch_size, image_size, num_layers, num_heads):
@@ -46,11 +46,6 @@ def vit(embedding_dim, patch_size, image_size, num_layers, num_heads):
     )
 
 
-def tree_print(module):
-    tree = fl.module.ModuleTree(module)
-    return tree._generate_tree_repr(tree.root, is_root=True, depth=-1)
-
-
 def generate(name, out_dir, params, batch):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -64,20 +59,8 @@ def generate(name, out_dir, params, batch):
     with torch.no_grad():
         y = model(x)
     took = time.perf_counter() - start
-    tensors = {f"param.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    tensors["input.0"] = x
-    tensors["output.0"] = y.clone().contiguous()
-    meta = {
-        "spec": "specs/vit.yaml",
-        "overrides": json.dumps({k: str(v) for k, v in params.items()}),
-        "dtype": "float32",
-        "atol": "1e-5",
-        "rtol": "1e-4",
-        "reference": f"torch {torch.__version__}, refiners 0.4.0 layers",
-        "tree": tree_print(model),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / f"{name}.safetensors"), metadata=meta)
+    save_spec_case(out_dir, name, spec="specs/vit.yaml", overrides={k: str(v) for k, v in params.items()}, model=model,
+                   inputs={"input.0": x}, outputs=[y], reference="refiners 0.4.0 layers", tree=tree_print(model))
     print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)}")
 
 
