@@ -33,12 +33,17 @@ func Summarize(m *core.Chain) []*pb.Layer {
 	return out
 }
 
-// Header describes a weights file for a plugin.
+// Header describes a weights file for a plugin: keys, dtypes, shapes,
+// metadata, and the values of one-element tensors (LoRA alphas).
 func Header(id, sha256 string, f *weights.File) *pb.WeightFile {
 	wf := &pb.WeightFile{Id: id, Sha256: sha256, Metadata: f.Metadata()}
 	for _, k := range f.Keys() {
 		info, _ := f.Info(k)
-		wf.Tensors = append(wf.Tensors, &pb.TensorInfo{Key: k, Dtype: info.DType.String(), Shape: info.Shape})
+		ti := &pb.TensorInfo{Key: k, Dtype: info.DType.String(), Shape: info.Shape}
+		if v, err := f.Scalar(k); err == nil {
+			ti.Value = &v
+		}
+		wf.Tensors = append(wf.Tensors, ti)
 	}
 	return wf
 }

@@ -179,6 +179,64 @@ func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
 	return s.FromBytes(view.Data(), info.DType, info.Shape...)
 }
 
+// Scalar reads the value of a one-element tensor (a LoRA's alpha, say)
+// without libtorch: hosts hand such values to plugins, which never see
+// tensor data.
+func (f *File) Scalar(key string) (float64, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.data == nil {
+		return 0, keyErrorf(f.path, key, "file is closed")
+	}
+	info, ok := f.infos[key]
+	if !ok {
+		return 0, keyErrorf(f.path, key, "not in file (or of an unsupported dtype)")
+	}
+	if n, _ := numel(toUint(info.Shape)); n != 1 {
+		return 0, keyErrorf(f.path, key, "has shape %v, not one element", info.Shape)
+	}
+	view, _ := f.st.Tensor(key)
+	b := view.Data()
+	switch info.DType {
+	case tensor.Float32:
+		return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), nil
+	case tensor.Float16:
+		return halfToFloat(binary.LittleEndian.Uint16(b)), nil
+	case tensor.BFloat16:
+		return float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(b)) << 16)), nil
+	case tensor.Int64:
+		return float64(int64(binary.LittleEndian.Uint64(b))), nil
+	}
+	return 0, keyErrorf(f.path, key, "dtype %s has no numeric value", info.DType)
+}
+
+func toUint(shape []int64) []uint64 {
+	out := make([]uint64, len(shape))
+	for i, d := range shape {
+		out[i] = uint64(d)
+	}
+	return out
+}
+
+// halfToFloat decodes an IEEE 754 half-precision value.
+func halfToFloat(h uint16) float64 {
+	sign := 1.0
+	if h&0x8000 != 0 {
+		sign = -1
+	}
+	exp, frac := int(h>>10)&0x1f, float64(h&0x3ff)
+	switch exp {
+	case 0:
+		return sign * math.Ldexp(frac, -24)
+	case 0x1f:
+		if frac == 0 {
+			return sign * math.Inf(1)
+		}
+		return math.NaN()
+	}
+	return sign * math.Ldexp(1+frac/1024, exp-15)
+}
+
 // Close unmaps the file. Closing again does nothing; Load after Close fails.
 func (f *File) Close() error {
 	f.mu.Lock()

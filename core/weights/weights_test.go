@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -490,4 +491,36 @@ func FuzzOpen(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestScalar(t *testing.T) {
+	var data []byte
+	data = binary.LittleEndian.AppendUint32(data, math.Float32bits(8)) // a: F32 []
+	data = binary.LittleEndian.AppendUint16(data, 0x3800)              // h: F16 [1], 0.5
+	data = binary.LittleEndian.AppendUint16(data, 0xC000)              // m: F16 [1], -2
+	data = binary.LittleEndian.AppendUint16(data, 0x4180)              // b: BF16 [1,1], 16
+	data = binary.LittleEndian.AppendUint64(data, 4)                   // i: I64 [], 4
+	data = binary.LittleEndian.AppendUint32(data, math.Float32bits(1)) // v: F32 [2]
+	data = binary.LittleEndian.AppendUint32(data, math.Float32bits(2)) //
+	data = binary.LittleEndian.AppendUint16(data, 0x0001)              // s: F16 [1], smallest subnormal
+	header := `{"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},` +
+		`"h":{"dtype":"F16","shape":[1],"data_offsets":[4,6]},` +
+		`"m":{"dtype":"F16","shape":[1],"data_offsets":[6,8]},` +
+		`"b":{"dtype":"BF16","shape":[1,1],"data_offsets":[8,10]},` +
+		`"i":{"dtype":"I64","shape":[],"data_offsets":[10,18]},` +
+		`"v":{"dtype":"F32","shape":[2],"data_offsets":[18,26]},` +
+		`"s":{"dtype":"F16","shape":[1],"data_offsets":[26,28]}}`
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
+	f := mustOpen(t, writeTemp(t, "scalars.safetensors", append(append(b, header...), data...)))
+	for key, want := range map[string]float64{"a": 8, "h": 0.5, "m": -2, "b": 16, "i": 4, "s": math.Ldexp(1, -24)} {
+		got, err := f.Scalar(key)
+		if err != nil || got != want {
+			t.Errorf("Scalar(%q) = %v, %v; want %v", key, got, err, want)
+		}
+	}
+	for key, msg := range map[string]string{"v": "not one element", "nope": "not in file"} {
+		if _, err := f.Scalar(key); err == nil || !strings.Contains(err.Error(), msg) || !strings.Contains(err.Error(), key) {
+			t.Errorf("Scalar(%q) error = %v; want one naming the key and %q", key, err, msg)
+		}
+	}
 }

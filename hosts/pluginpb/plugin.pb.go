@@ -535,10 +535,14 @@ func (x *WeightFile) GetMetadata() map[string]string {
 }
 
 type TensorInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Dtype         string                 `protobuf:"bytes,2,opt,name=dtype,proto3" json:"dtype,omitempty"`
-	Shape         []int64                `protobuf:"varint,3,rep,packed,name=shape,proto3" json:"shape,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Dtype string                 `protobuf:"bytes,2,opt,name=dtype,proto3" json:"dtype,omitempty"`
+	Shape []int64                `protobuf:"varint,3,rep,packed,name=shape,proto3" json:"shape,omitempty"`
+	// The value of a one-element tensor (a LoRA's alpha), which the host
+	// reads so that plugins can scale without tensor data. Absent for
+	// larger tensors.
+	Value         *float64 `protobuf:"fixed64,4,opt,name=value,proto3,oneof" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +596,13 @@ func (x *TensorInfo) GetShape() []int64 {
 		return x.Shape
 	}
 	return nil
+}
+
+func (x *TensorInfo) GetValue() float64 {
+	if x != nil && x.Value != nil {
+		return *x.Value
+	}
+	return 0
 }
 
 type PlanResponse struct {
@@ -948,12 +959,14 @@ const file_plugin_proto_rawDesc = "" +
 	"\bmetadata\x18\x04 \x03(\v2,.refiners.plugin.v1.WeightFile.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"J\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
 	"\n" +
 	"TensorInfo\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05dtype\x18\x02 \x01(\tR\x05dtype\x12\x14\n" +
-	"\x05shape\x18\x03 \x03(\x03R\x05shape\"w\n" +
+	"\x05shape\x18\x03 \x03(\x03R\x05shape\x12\x19\n" +
+	"\x05value\x18\x04 \x01(\x01H\x00R\x05value\x88\x01\x01B\b\n" +
+	"\x06_value\"w\n" +
 	"\fPlanResponse\x123\n" +
 	"\apatches\x18\x01 \x03(\v2\x19.refiners.plugin.v1.PatchR\apatches\x122\n" +
 	"\x06report\x18\x02 \x01(\v2\x1a.refiners.plugin.v1.ReportR\x06report\"\x8d\x01\n" +
@@ -1045,6 +1058,7 @@ func file_plugin_proto_init() {
 	if File_plugin_proto != nil {
 		return
 	}
+	file_plugin_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -80,7 +80,7 @@ func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, e
 	for _, f := range req.Files {
 		mf := mapping.File{ID: f.Id, Metadata: f.Metadata}
 		for _, t := range f.Tensors {
-			mf.Tensors = append(mf.Tensors, mapping.Tensor{Key: t.Key, DType: t.Dtype, Shape: t.Shape})
+			mf.Tensors = append(mf.Tensors, mapping.Tensor{Key: t.Key, DType: t.Dtype, Shape: t.Shape, Value: t.Value})
 		}
 		files = append(files, mf)
 	}
