@@ -53,9 +53,10 @@ type File struct {
 
 	// mu is held shared while Load reads mapped memory, so that Close
 	// cannot unmap it underneath.
-	mu   sync.RWMutex
-	data []byte // the mapping; nil once closed
-	st   safetensors.SafeTensors
+	mu     sync.RWMutex
+	data   []byte // the mapping (or the bytes given to Parse); nil once closed
+	st     safetensors.SafeTensors
+	mapped bool // data is an mmap to undo on Close
 }
 
 // header is what parseHeader learns from a file's JSON header.
@@ -126,7 +127,29 @@ func Open(path string) (*File, error) {
 		_ = syscall.Munmap(data) // the parse error is the one worth reporting
 		return nil, err
 	}
-	return &File{path: path, header: h, data: data, st: st}, nil
+	return &File{path: path, header: h, data: data, st: st, mapped: true}, nil
+}
+
+// Parse reads a safetensors file held in memory (an uploaded request body,
+// say); name stands for it in errors. The File reads data in place: data
+// must not change until the File is closed.
+func Parse(name string, data []byte) (*File, error) {
+	if len(data) < 8 {
+		return nil, errorf(name, "%d bytes: too short for a safetensors header", len(data))
+	}
+	n := binary.LittleEndian.Uint64(data)
+	if n > maxHeaderLen || n > uint64(len(data)-8) {
+		return nil, errorf(name, "header length %d does not fit in %d bytes (limit %d)", n, len(data), maxHeaderLen)
+	}
+	h, err := parseHeader(name, int64(len(data))-8-int64(n), data[8:8+n])
+	if err != nil {
+		return nil, err
+	}
+	st, err := safetensors.Deserialize(data)
+	if err != nil {
+		return nil, errorf(name, "invalid safetensors file: %w", err)
+	}
+	return &File{path: name, header: h, data: data, st: st}, nil
 }
 
 // Path is the path the file was opened with.
@@ -244,7 +267,10 @@ func (f *File) Close() error {
 	if f.data == nil {
 		return nil
 	}
-	err := syscall.Munmap(f.data)
+	var err error
+	if f.mapped {
+		err = syscall.Munmap(f.data)
+	}
 	f.data, f.st = nil, safetensors.SafeTensors{}
 	if err != nil {
 		return errorf(f.path, "munmap: %w", err)
@@ -612,6 +638,53 @@ func writeFile(f *os.File, s *tensor.Scope, views map[string]view, metadata map[
 	}
 	return f.Close()
 }
+
+// Raw is a tensor's bytes in Go memory, little-endian and row-major.
+type Raw struct {
+	DType tensor.DType
+	Shape []int64
+	Data  []byte
+}
+
+// Encode writes tensors held in Go memory as a safetensors file to w (an
+// HTTP response, say).
+func Encode(w io.Writer, tensors map[string]Raw, metadata map[string]string) error {
+	views := make(map[string]safetensors.View, len(tensors))
+	for key, r := range tensors {
+		if key == metadataKey {
+			return fmt.Errorf("weights: encode: key %q is reserved for metadata", key)
+		}
+		shape := make([]uint64, len(r.Shape))
+		n := uint64(r.DType.Size())
+		for i, d := range r.Shape {
+			if d < 0 {
+				return fmt.Errorf("weights: encode: %s: negative dimension in %v", key, r.Shape)
+			}
+			shape[i] = uint64(d)
+			n *= uint64(d)
+		}
+		if n != uint64(len(r.Data)) {
+			return fmt.Errorf("weights: encode: %s: %d bytes for %s %v (want %d)", key, len(r.Data), r.DType, r.Shape, n)
+		}
+		views[key] = rawView{r: r, dtype: stDTypes[r.DType], shape: shape}
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if err := safetensors.SerializeToWriter(views, metadata, bw); err != nil {
+		return fmt.Errorf("weights: encode: %w", err)
+	}
+	return bw.Flush()
+}
+
+type rawView struct {
+	r     Raw
+	dtype safetensors.DType
+	shape []uint64
+}
+
+func (v rawView) DType() safetensors.DType { return v.dtype }
+func (v rawView) Shape() []uint64          { return v.shape }
+func (v rawView) Data() []byte             { return v.r.Data }
+func (v rawView) DataLen() uint64          { return uint64(len(v.r.Data)) }
 
 // view is the safetensors.View of a tensor. Its bytes are copied out of
 // libtorch only when SerializeToWriter writes them, so saving holds a single
