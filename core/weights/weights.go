@@ -224,9 +224,9 @@ func (f *File) Scalar(key string) (float64, error) {
 	case tensor.Float32:
 		return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), nil
 	case tensor.Float16:
-		return halfToFloat(binary.LittleEndian.Uint16(b)), nil
+		return float64(tensor.Float16FromBits(binary.LittleEndian.Uint16(b))), nil
 	case tensor.BFloat16:
-		return float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(b)) << 16)), nil
+		return float64(tensor.BFloat16FromBits(binary.LittleEndian.Uint16(b))), nil
 	case tensor.Int64:
 		return float64(int64(binary.LittleEndian.Uint64(b))), nil
 	}
@@ -239,25 +239,6 @@ func toUint(shape []int64) []uint64 {
 		out[i] = uint64(d)
 	}
 	return out
-}
-
-// halfToFloat decodes an IEEE 754 half-precision value.
-func halfToFloat(h uint16) float64 {
-	sign := 1.0
-	if h&0x8000 != 0 {
-		sign = -1
-	}
-	exp, frac := int(h>>10)&0x1f, float64(h&0x3ff)
-	switch exp {
-	case 0:
-		return sign * math.Ldexp(frac, -24)
-	case 0x1f:
-		if frac == 0 {
-			return sign * math.Inf(1)
-		}
-		return math.NaN()
-	}
-	return sign * math.Ldexp(1+frac/1024, exp-15)
 }
 
 // Close unmaps the file. Closing again does nothing; Load after Close fails.
