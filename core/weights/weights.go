@@ -202,6 +202,20 @@ func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
 	return s.FromBytes(view.Data(), info.DType, info.Shape...)
 }
 
+// Bytes returns a copy of the tensor's raw little-endian bytes.
+func (f *File) Bytes(key string) ([]byte, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.data == nil {
+		return nil, keyErrorf(f.path, key, "file is closed")
+	}
+	if _, ok := f.infos[key]; !ok {
+		return nil, keyErrorf(f.path, key, "not in file (or of an unsupported dtype)")
+	}
+	view, _ := f.st.Tensor(key)
+	return bytes.Clone(view.Data()), nil
+}
+
 // Scalar reads the value of a one-element tensor (a LoRA's alpha, say)
 // without libtorch: hosts hand such values to plugins, which never see
 // tensor data.
