@@ -150,9 +150,12 @@ func (b *DeltaBranch) checkTarget() error {
 	return nil
 }
 
+// add declares a factor; only constructors call it, before Params hands
+// out pointers into values.
 func (b *DeltaBranch) add(role string, shape ...int64) {
 	b.roles = append(b.roles, role)
 	b.shapes = append(b.shapes, shape)
+	b.values = append(b.values, nil)
 }
 
 func numel(shape []int64) int64 {
@@ -167,9 +170,6 @@ func (b *DeltaBranch) TypeName() string { return b.typeName }
 
 // Params are the factors, named by role.
 func (b *DeltaBranch) Params() []Param {
-	if b.values == nil {
-		b.values = make([]*tensor.Tensor, len(b.roles)) // never grows: Params hand out pointers into it
-	}
 	ps := make([]Param, len(b.roles))
 	for i, r := range b.roles {
 		ps[i] = Param{Name: r, Shape: b.shapes[i], DType: b.DType, Value: &b.values[i]}
@@ -178,7 +178,6 @@ func (b *DeltaBranch) Params() []Param {
 }
 
 func (b *DeltaBranch) factor(role string) *tensor.Tensor {
-	b.Params()
 	if i := slices.Index(b.roles, role); i >= 0 {
 		return b.values[i]
 	}
