@@ -12,6 +12,7 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -73,7 +74,22 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
-	return d.authenticate(mux)
+	return d.authenticate(refuseDotSegments(mux))
+}
+
+// refuseDotSegments answers 400 to paths with "." or ".." segments (also
+// percent-encoded), instead of letting the router clean them into another
+// route.
+func refuseDotSegments(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, seg := range strings.Split(r.URL.EscapedPath(), "/") {
+			if u, err := url.PathUnescape(seg); err != nil || u == "." || u == ".." || strings.Contains(u, "/") && strings.Contains(u, "..") {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("path %q: dot segments and escaped traversal are not allowed", r.URL.EscapedPath()))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // authenticate requires the bearer token, when one is configured, on
