@@ -52,7 +52,7 @@ type AdapterReport struct {
 type Event struct {
 	Seq      int             `json:"seq"`
 	Time     time.Time       `json:"time"`
-	Type     string          `json:"type"` // queued, loading, adapters, started, progress, done, failed, canceled
+	Type     string          `json:"type"` // queued, started, adapters, progress, done, failed, canceled
 	Position int             `json:"position,omitempty"`
 	Done     int             `json:"done,omitempty"`
 	Total    int             `json:"total,omitempty"`

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -407,6 +408,14 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 	}
 	if _, ok := inputs["input.0"]; !ok {
 		return nil, "", errorf(http.StatusBadRequest, "no input.0 tensor")
+	}
+	for name := range inputs {
+		if n, ok := strings.CutPrefix(name, "input."); ok {
+			i, _ := strconv.Atoi(n)
+			if _, prev := inputs[fmt.Sprintf("input.%d", i-1)]; i > 0 && !prev || n != strconv.Itoa(i) {
+				return nil, "", errorf(http.StatusBadRequest, "input %s: inputs are numbered input.0, input.1, ... without gaps or leading zeros", name)
+			}
+		}
 	}
 	if req.Model == "" {
 		return nil, "", errorf(http.StatusBadRequest, "model: missing")

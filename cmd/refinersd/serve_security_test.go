@@ -107,6 +107,8 @@ func TestServeSecurity(t *testing.T) {
 		"unknown field":   `{"model":"clip","inputz":{}}`,
 		"no input":        `{"model":"clip"}`,
 		"not an integer":  `{"model":"clip","inputs":{"input.0":{"dtype":"int64","shape":[1],"data":[1.5]}}}`,
+		"input gap":       `{"model":"clip","inputs":{"input.0":{"dtype":"int64","shape":[1],"data":[1]},"input.2":{"dtype":"int64","shape":[1],"data":[1]}}}`,
+		"leading zero":    `{"model":"clip","inputs":{"input.0":{"dtype":"int64","shape":[1],"data":[1]},"input.01":{"dtype":"int64","shape":[1],"data":[1]}}}`,
 		"unknown outputs": `{"model":"clip","outputs":"xml","inputs":{"input.0":{"dtype":"int64","shape":[1],"data":[1]}}}`,
 	} {
 		if code, _, b := s.do(t, "POST", "/v1/run", "application/json", strings.NewReader(body)); code != 400 {
