@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench golden conformance conformance-full
+.PHONY: setup demo test vet bench loadtest golden conformance conformance-full
 
 setup:
 	@scripts/setup.sh
@@ -26,6 +26,11 @@ test: vet
 bench: setup
 	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./core/tensor
 	$(GO) run ./cmd/refiners-bench
+
+# A bounded load test of `refinersd serve` on loopback: prints throughput,
+# latency percentiles, 429s and adapter grouping.
+loadtest: setup
+	$(GO) test -count=1 -run TestServeLoad -v ./cmd/refinersd
 
 # The pinned Python reference (torch 2.1.2, refiners 0.4.0) lives in
 # conformance/.venv; it is only needed to regenerate golden vectors.
