@@ -453,3 +453,79 @@ func TestPluginKilledMidRequest(t *testing.T) {
 		t.Errorf("restart not counted")
 	}
 }
+
+// TestModelLifecycleAndCancel: load and unload on request, unloading after
+// keep-alive, and canceling a job that is stuck in a plugin call.
+func TestModelLifecycleAndCancel(t *testing.T) {
+	f := newDaemonFixture(t)
+	s := f.serve(t, nil, "--addr", "127.0.0.1:0", "--keep-alive", "1s")
+	state := func() (loaded bool) {
+		t.Helper()
+		_, _, b := s.do(t, "GET", "/v1/models/clip", "", nil)
+		var m struct {
+			State struct{ Loaded bool }
+			Tree  string
+		}
+		json.Unmarshal(b, &m)
+		if !strings.Contains(m.Tree, "CLIPTextEncoder") {
+			t.Errorf("show model: no tree in %.200s", b)
+		}
+		return m.State.Loaded
+	}
+	if state() {
+		t.Fatal("loaded before any request")
+	}
+	if code, _, b := s.do(t, "POST", "/v1/models/clip/load", "", nil); code != 200 || !state() {
+		t.Fatalf("load: %d %s", code, b)
+	}
+	if code, _, b := s.do(t, "POST", "/v1/models/clip/unload", "", nil); code != 200 {
+		t.Fatalf("unload: %d %s", code, b)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if state() {
+		t.Error("still loaded after unload")
+	}
+	ct, body := multipartRun(t, map[string]any{"model": "clip"}, f.inputs["clip"])
+	if code, _, b := s.do(t, "POST", "/v1/run", ct, body); code != 200 {
+		t.Fatalf("run: %d %s", code, b)
+	}
+	if !state() {
+		t.Error("a run did not load the model")
+	}
+	time.Sleep(2 * time.Second)
+	if state() {
+		t.Error("still loaded after 2 s idle with a 1 s keep-alive")
+	}
+
+	// A job stuck in a plugin call is canceled at once.
+	ct, body = multipartRun(t, map[string]any{"model": "clip", "adapters": []map[string]any{{"plugin": "faulty", "file": "ff-lora", "operation": "hang"}}}, f.inputs["clip"])
+	code, _, b := s.do(t, "POST", "/v1/jobs", ct, body)
+	if code != 202 {
+		t.Fatalf("submit: %d %s", code, b)
+	}
+	var st struct{ ID, State, Error string }
+	json.Unmarshal(b, &st)
+	for deadline := time.Now().Add(20 * time.Second); st.State != "running" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, _, b = s.do(t, "GET", "/v1/jobs/"+st.ID, "", nil)
+		json.Unmarshal(b, &st)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if code, _, b := s.do(t, "DELETE", "/v1/jobs/"+st.ID, "", nil); code != 202 {
+		t.Fatalf("cancel: %d %s", code, b)
+	}
+	for deadline := time.Now().Add(5 * time.Second); st.State == "running" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, _, b = s.do(t, "GET", "/v1/jobs/"+st.ID, "", nil)
+		json.Unmarshal(b, &st)
+	}
+	if st.State != "canceled" {
+		t.Errorf("after cancel: %+v", st)
+	}
+	if code, _, b := s.do(t, "GET", "/v1/jobs/"+st.ID+"/result", "", nil); code != http.StatusConflict {
+		t.Errorf("result of a canceled job: %d %s", code, b)
+	}
+	// The model serves again right after.
+	ct, body = multipartRun(t, map[string]any{"model": "clip", "adapters": loraAdapter(0.7)}, f.inputs["clip"])
+	if code, _, b := s.do(t, "POST", "/v1/run", ct, body); code != 200 {
+		t.Errorf("run after cancel: %d %s", code, b)
+	}
+}
