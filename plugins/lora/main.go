@@ -16,7 +16,7 @@ import (
 )
 
 // version is the plugin's version; bump it with every behaviour change.
-const version = "0.1.0"
+const version = "0.2.0"
 
 type params struct {
 	Scale       float64            `json:"scale"`
