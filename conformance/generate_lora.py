@@ -76,7 +76,8 @@ import refiners.fluxion.layers as fl
 import torch
 from refiners.fluxion.adapters.lora import Conv2dLora, LinearLora, LoraAdapter
 from refiners.fluxion.model_converter import ModelConverter
-from refiners.foundationals.clip.text_encoder import CLIPTextEncoder, CLIPTextEncoderL
+from refiners.foundationals.clip import text_encoder as clip
+from refiners.foundationals.clip.text_encoder import CLIPTextEncoder
 from refiners.foundationals.latent_diffusion.stable_diffusion_1 import unet as sd1
 from safetensors.torch import load_file, save_file
 
@@ -108,7 +109,7 @@ def refiners_unet(full):
 
 def refiners_text(full):
     if full:
-        return without_tokenizer(CLIPTextEncoderL()).eval()
+        return without_tokenizer(clip.CLIPTextEncoderL()).eval()
 
     # Named CLIPTextEncoderL: Refiners-format keys start with the root class.
     class CLIPTextEncoderL(CLIPTextEncoder):
