@@ -238,7 +238,10 @@ def randomise_community(model, gen):
 
 
 def convert(source, target, source_args, target_args):
-    conv = ModelConverter(source_model=source, target_model=target, threshold=1e-4, verbose=False)
+    # threshold bounds the norm of each layer's output difference (over the
+    # whole tensor, so it grows with the size); the outputs' max abs
+    # difference is measured and stored separately (base_max_abs).
+    conv = ModelConverter(source_model=source, target_model=target, threshold=1e-3, verbose=False)
     if not conv.run(source_args=source_args, target_args=target_args):
         raise SystemExit(f"ModelConverter could not copy {type(source).__name__} to {type(target).__name__}")
 
