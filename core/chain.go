@@ -369,6 +369,9 @@ func (c *Chain) call(f *Frame, i int, in Tensors) (Tensors, error) {
 		return nil, inLayer(c.keys[i], err)
 	}
 	cf.Close(out...)
+	if f.parent == nil && f.run.progress != nil {
+		f.run.progress(Progress{Done: i + 1, Total: len(c.children), Layer: c.keys[i]})
+	}
 	return out, nil
 }
 

@@ -497,3 +497,27 @@ func TestBasePathsSeeThroughAdapters(t *testing.T) {
 		t.Error("an adapter's live key resolved as a base path")
 	}
 }
+
+func TestProgressReportsEachTopLevelChild(t *testing.T) {
+	m := runnable()
+	run(t, func(s *tensor.Scope) error {
+		if err := InitRandom(s, m, 1); err != nil {
+			return err
+		}
+		defer ReleaseParams(m)
+		var got []Progress
+		call := Call{Progress: func(p Progress) { got = append(got, p) }}
+		if _, err := call.Forward(s, m, s.FromFloat32([]float32{1, 2, 3, 4}, 1, 4)); err != nil {
+			return err
+		}
+		if len(got) != len(m.Children()) {
+			t.Fatalf("%d progress reports for %d children: %v", len(got), len(m.Children()), got)
+		}
+		for i, p := range got {
+			if p.Done != i+1 || p.Total != len(m.Children()) || p.Layer != m.Keys()[i] {
+				t.Errorf("report %d = %+v", i, p)
+			}
+		}
+		return nil
+	})
+}

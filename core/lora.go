@@ -9,8 +9,8 @@ import (
 // layer's output. As in Refiners, a Lora is a chain of the down layer (to
 // the rank), the up layer (back to the target's width) and a Multiply by
 // the scale; a LoraAdapter is a Sum of the target and any number of named
-// Loras, so several LoRAs share one target and can be added, removed and
-// rescaled by name.
+// branches (LoRAs, or the weight-delta branches of delta.go), so several
+// share one target and can be added, removed and rescaled by name.
 
 // NewLinearLora makes a LoRA branch for a Linear(in, out).
 func NewLinearLora(name string, in, out, rank int64, scale float64) *Chain {
@@ -61,84 +61,128 @@ func IsLora(m Module) bool {
 	return ok && (c.typeName == "LinearLora" || c.typeName == "Conv2dLora")
 }
 
-// LoraScale returns a LoRA branch's scale.
-func LoraScale(lora *Chain) float64 {
-	for _, m := range lora.children {
-		if mul, ok := m.(*Multiply); ok {
-			return mul.Scale
+// IsBranch reports whether m is a branch a LoraAdapter holds: a LoRA, or a
+// weight-delta branch (WeightDelta, LoHa, LoKr).
+func IsBranch(m Module) bool {
+	_, delta := m.(*DeltaBranch)
+	return delta || IsLora(m)
+}
+
+// BranchName is a branch's name in its adapter.
+func BranchName(branch Module) string {
+	switch b := branch.(type) {
+	case *Chain:
+		return b.Label
+	case *DeltaBranch:
+		return b.Label
+	}
+	return ""
+}
+
+// LoraScale returns a branch's scale.
+func LoraScale(branch Module) float64 {
+	switch b := branch.(type) {
+	case *DeltaBranch:
+		return b.Scale
+	case *Chain:
+		for _, m := range b.children {
+			if mul, ok := m.(*Multiply); ok {
+				return mul.Scale
+			}
 		}
 	}
 	return 1
 }
 
-// SetLoraScale changes a LoRA branch's scale.
-func SetLoraScale(lora *Chain, scale float64) {
-	for _, m := range lora.children {
-		if mul, ok := m.(*Multiply); ok {
-			mul.Scale = scale
+// SetLoraScale changes a branch's scale.
+func SetLoraScale(branch Module, scale float64) {
+	switch b := branch.(type) {
+	case *DeltaBranch:
+		b.Scale = scale
+	case *Chain:
+		for _, m := range b.children {
+			if mul, ok := m.(*Multiply); ok {
+				mul.Scale = scale
+			}
 		}
 	}
 }
 
-// NewLoraAdapter wraps target with LoRA branches; Inject it to apply them.
-func NewLoraAdapter(target Module, loras ...*Chain) (*Chain, error) {
-	if err := loraFits(target, loras...); err != nil {
+// NewLoraAdapter wraps target with branches (LoRAs, weight deltas); Inject
+// it to apply them.
+func NewLoraAdapter(target Module, branches ...Module) (*Chain, error) {
+	if err := loraFits(target, branches...); err != nil {
 		return nil, err
 	}
 	children := []Module{target}
-	for _, l := range loras {
-		children = append(children, l)
+	for _, b := range branches {
+		attach(target, b)
+		children = append(children, b)
 	}
 	return NewAdapter("LoraAdapter", Sum, target, children...)
 }
 
+// attach gives a weight-delta branch its target's geometry.
+func attach(target, branch Module) {
+	if d, ok := branch.(*DeltaBranch); ok {
+		d.attach(target)
+	}
+}
+
 // AddLora adds a branch to a LoraAdapter; its name must be new.
-func AddLora(adapter *Chain, lora *Chain) error {
+func AddLora(adapter *Chain, branch Module) error {
 	if adapter.TypeName() != "LoraAdapter" {
 		return fmt.Errorf("AddLora: %s is not a LoraAdapter", adapter.TypeName())
 	}
+	name := BranchName(branch)
 	for _, m := range adapter.children[1:] {
-		if m.(*Chain).Label == lora.Label {
-			return fmt.Errorf("LoraAdapter already has a LoRA named %q", lora.Label)
+		if BranchName(m) == name {
+			return fmt.Errorf("LoraAdapter already has a branch named %q", name)
 		}
 	}
-	if err := loraFits(adapter.Target(), lora); err != nil {
+	if err := loraFits(adapter.Target(), branch); err != nil {
 		return err
 	}
-	return adapter.Append(lora)
+	attach(adapter.Target(), branch)
+	return adapter.Append(branch)
 }
 
 // RemoveLora takes the named branch out of a LoraAdapter and returns it.
-func RemoveLora(adapter *Chain, name string) (*Chain, error) {
+func RemoveLora(adapter *Chain, name string) (Module, error) {
 	for _, m := range adapter.children[1:] {
-		if l := m.(*Chain); l.Label == name {
-			return l, adapter.Remove(l)
+		if BranchName(m) == name {
+			return m, adapter.Remove(m)
 		}
 	}
-	return nil, fmt.Errorf("LoraAdapter has no LoRA named %q (it has: %s)", name, strings.Join(LoraNames(adapter), ", "))
+	return nil, fmt.Errorf("LoraAdapter has no branch named %q (it has: %s)", name, strings.Join(LoraNames(adapter), ", "))
 }
 
 // LoraNames lists a LoraAdapter's branch names in order.
 func LoraNames(adapter *Chain) []string {
 	var names []string
 	for _, m := range adapter.children[1:] {
-		if l, ok := m.(*Chain); ok {
-			names = append(names, l.Label)
-		}
+		names = append(names, BranchName(m))
 	}
 	return names
 }
 
-// CheckLoraFit reports whether LoRA branches fit a target layer, without
+// CheckLoraFit reports whether branches fit a target layer, without
 // touching either.
-func CheckLoraFit(target Module, loras ...*Chain) error { return loraFits(target, loras...) }
+func CheckLoraFit(target Module, branches ...Module) error { return loraFits(target, branches...) }
 
 // loraFits checks that each branch's shapes fit the target layer.
-func loraFits(target Module, loras ...*Chain) error {
-	for _, l := range loras {
-		if !IsLora(l) {
-			return fmt.Errorf("%s is not a LoRA branch", Describe(l))
+func loraFits(target Module, branches ...Module) error {
+	for _, b := range branches {
+		if d, ok := b.(*DeltaBranch); ok {
+			if err := d.fits(target); err != nil {
+				return err
+			}
+			continue
 		}
+		if !IsLora(b) {
+			return fmt.Errorf("%s is not a LoRA or weight-delta branch", Describe(b))
+		}
+		l := b.(*Chain)
 		down, up := l.children[0], l.children[1]
 		switch t := target.(type) {
 		case *Linear:
@@ -189,19 +233,16 @@ func init() {
 	})
 	// In a description, a LoraAdapter lists its target first, then its
 	// branches: the tree as it is after injection.
-	chainKind("LoraAdapter", "a target plus LoRA branches, summed", nil, func(a *Args, children []Module) (Module, error) {
+	chainKind("LoraAdapter", "a target plus LoRA or weight-delta branches, summed", nil, func(a *Args, children []Module) (Module, error) {
 		if len(children) < 1 {
 			return nil, fmt.Errorf("LoraAdapter: the first child is the target")
 		}
-		var loras []*Chain
 		for _, m := range children[1:] {
-			l, ok := m.(*Chain)
-			if !ok || !IsLora(l) {
-				return nil, fmt.Errorf("LoraAdapter: %s is not a LoRA branch", Describe(m))
+			if !IsBranch(m) {
+				return nil, fmt.Errorf("LoraAdapter: %s is not a LoRA or weight-delta branch", Describe(m))
 			}
-			loras = append(loras, l)
 		}
-		c, err := NewLoraAdapter(children[0], loras...)
+		c, err := NewLoraAdapter(children[0], children[1:]...)
 		if err != nil {
 			return nil, err
 		}

@@ -97,6 +97,16 @@ type Call struct {
 	// Contexts seed the root's context store, as Chain.SetContext does but
 	// for this call only.
 	Contexts Contexts
+	// Progress, if set, is called on the calling goroutine after each child
+	// of the called chain returns: a long pass reports where it is.
+	Progress func(Progress)
+}
+
+// Progress says how far a pass has come: Done of the called chain's Total
+// children have run, the last one being Layer.
+type Progress struct {
+	Done, Total int
+	Layer       string
 }
 
 // Forward runs m on in with no extra options.
@@ -114,7 +124,7 @@ func (c Call) Forward(s *tensor.Scope, m Module, in ...*tensor.Tensor) (Tensors,
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	run := &runState{stores: map[*Chain]Contexts{}}
+	run := &runState{stores: map[*Chain]Contexts{}, progress: c.Progress}
 	defer run.release()
 	root := &Frame{Scope: s.Child(), ctx: ctx, run: run}
 	for name, kv := range c.Contexts {
@@ -145,7 +155,8 @@ type runState struct {
 	// for the root of the call).
 	stores map[*Chain]Contexts
 	// owned are tensor handles the stores hold; dropped when the pass ends.
-	owned []*tensor.Tensor
+	owned    []*tensor.Tensor
+	progress func(Progress)
 }
 
 func (r *runState) release() {

@@ -53,7 +53,7 @@ type Applied struct {
 	model    *core.Chain
 	created  []*core.Chain            // adapters this application injected
 	extended map[*core.Chain][]string // existing adapters -> branch names added
-	branches []*core.Chain
+	branches []core.Module
 	Report   *pb.Report
 }
 
@@ -61,7 +61,7 @@ type Applied struct {
 type patchWork struct {
 	patch  *pb.Patch
 	target core.Module
-	branch *core.Chain
+	branch core.Module           // a LoRA or weight-delta branch
 	params map[string]core.Entry // branch parameter path -> slot
 }
 
@@ -79,7 +79,7 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[stri
 		a.branches = append(a.branches, w.branch)
 	}
 	// Inject, grouping branches by target; undo on failure.
-	byTarget := map[core.Module][]*core.Chain{}
+	byTarget := map[core.Module][]core.Module{}
 	var order []core.Module
 	for _, w := range work {
 		if byTarget[w.target] == nil {
@@ -113,11 +113,12 @@ func prepare(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[st
 		if names[p.Target] == nil {
 			names[p.Target] = map[string]bool{}
 		}
-		if names[p.Target][w.branch.Label] {
-			problems = append(problems, fmt.Sprintf("patch %d (%s): two branches named %q", i, p.Target, w.branch.Label))
+		name := core.BranchName(w.branch)
+		if names[p.Target][name] {
+			problems = append(problems, fmt.Sprintf("patch %d (%s): two branches named %q", i, p.Target, name))
 			continue
 		}
-		names[p.Target][w.branch.Label] = true
+		names[p.Target][name] = true
 		work = append(work, w)
 	}
 	if len(problems) > 0 {
@@ -168,8 +169,13 @@ func prepare(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[st
 // binding against the branch's parameters and the files' headers.
 func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patchWork, []string) {
 	var errs []string
-	if k := p.GetKind(); k != "" && k != "lora" {
-		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: lora)", k)}
+	kind := p.GetKind()
+	if kind == "" {
+		kind = "lora"
+	}
+	types, ok := branchTypes[kind]
+	if !ok {
+		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: lora, diff, loha, lokr)", kind)}
 	}
 	target, err := m.BaseLayer(p.GetTarget())
 	if err != nil {
@@ -183,10 +189,10 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 	if err != nil {
 		return nil, []string{fmt.Sprintf("branch: %v", err)}
 	}
-	branch, ok := built.(*core.Chain)
-	if !ok || !core.IsLora(branch) {
-		return nil, []string{fmt.Sprintf("branch %s is not a LoRA branch", core.Describe(built))}
+	if !slices.Contains(types, core.TypeName(built)) || !core.IsBranch(built) {
+		return nil, []string{fmt.Sprintf("branch %s is not a %s branch (%s)", core.Describe(built), kind, strings.Join(types, ", "))}
 	}
+	branch := built
 	if err := core.CheckLoraFit(target, branch); err != nil {
 		return nil, []string{err.Error()}
 	}
@@ -234,6 +240,14 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 	return w, nil
 }
 
+// branchTypes are the layer types a patch of each kind may describe.
+var branchTypes = map[string][]string{
+	"lora": {"LinearLora", "Conv2dLora"},
+	"diff": {"WeightDelta"},
+	"loha": {"LoHa"},
+	"lokr": {"LoKr"},
+}
+
 func keys(m map[string]core.Entry) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -243,13 +257,13 @@ func keys(m map[string]core.Entry) []string {
 	return out
 }
 
-func (a *Applied) inject(target core.Module, branches []*core.Chain) error {
+func (a *Applied) inject(target core.Module, branches []core.Module) error {
 	if parent, ok := a.model.ParentOf(target); ok && parent.TypeName() == "LoraAdapter" && parent.Target() == target {
 		for _, b := range branches {
 			if err := core.AddLora(parent, b); err != nil {
 				return err
 			}
-			a.extended[parent] = append(a.extended[parent], b.Label)
+			a.extended[parent] = append(a.extended[parent], core.BranchName(b))
 		}
 		return nil
 	}

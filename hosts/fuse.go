@@ -18,10 +18,12 @@ type Fused struct {
 	Report    *pb.Report
 }
 
-// Fuse adds each patch's low-rank product, scale·up·down, to its target's
-// weight. Linear targets, and Conv2d targets whose branch has a 1×1 down or
-// up convolution, can be fused; other plans are refused before anything
-// changes.
+// Fuse adds each patch's weight change to its target's weight: a LoRA's
+// low-rank product scale·up·down, or a weight-delta branch's scale·ΔW (and
+// a WeightDelta's scale·Δb to the bias). LoRAs on Linear targets, and on
+// Conv2d targets whose branch has a 1×1 down or up convolution, can be
+// fused, as can every weight-delta branch; other plans are refused before
+// anything changes.
 func Fuse(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) (*Fused, error) {
 	work, err := prepare(s, m, plan, files)
 	if err != nil {
@@ -40,11 +42,7 @@ func Fuse(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[strin
 	}
 	var updates []update
 	pending := map[**tensor.Tensor]*tensor.Tensor{} // several branches on one weight add up
-	for _, w := range work {
-		slot, delta, err := loraDelta(c, w.target, w.branch)
-		if err != nil {
-			return nil, fmt.Errorf("fuse %s: %w", w.patch.Target, err)
-		}
+	add := func(slot **tensor.Tensor, delta *tensor.Tensor) {
 		base, seen := pending[slot]
 		if !seen {
 			base = *slot
@@ -54,6 +52,25 @@ func Fuse(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[strin
 			updates = append(updates, update{slot: slot})
 		}
 		pending[slot] = next
+	}
+	for _, w := range work {
+		if d, ok := w.branch.(*core.DeltaBranch); ok {
+			weight, bias, err := targetSlots(w.target)
+			if err != nil {
+				return nil, fmt.Errorf("fuse %s: %w", w.patch.Target, err)
+			}
+			dw, db := d.Delta(c)
+			add(weight, c.Scale(dw, d.Scale))
+			if db != nil {
+				add(bias, c.Scale(db, d.Scale))
+			}
+			continue
+		}
+		slot, delta, err := loraDelta(c, w.target, w.branch.(*core.Chain))
+		if err != nil {
+			return nil, fmt.Errorf("fuse %s: %w", w.patch.Target, err)
+		}
+		add(slot, delta)
 	}
 	if err := c.TakeErr(); err != nil {
 		return nil, fmt.Errorf("fuse: %w", err)
@@ -77,6 +94,17 @@ func (f *Fused) Unfuse() error {
 	}
 	f.originals = nil
 	return nil
+}
+
+// targetSlots are a Linear's or Conv2d's weight and bias fields.
+func targetSlots(target core.Module) (weight, bias **tensor.Tensor, err error) {
+	switch t := target.(type) {
+	case *core.Linear:
+		return &t.Weight, &t.Bias, nil
+	case *core.Conv2d:
+		return &t.Weight, &t.Bias, nil
+	}
+	return nil, nil, fmt.Errorf("cannot fuse into %s", core.Describe(target))
 }
 
 // loraDelta is the weight change a LoRA branch stands for, and the target

@@ -58,6 +58,7 @@ type Host struct {
 
 	mu      sync.Mutex
 	running map[string]*running
+	started map[string]int // launches per plugin
 	closed  bool
 }
 
@@ -87,7 +88,7 @@ func New(dir string, o Options) (*Host, error) {
 	if o.StartTimeout == 0 {
 		o.StartTimeout = 20 * time.Second
 	}
-	return &Host{dir: dir, opts: o, log: o.Logger.Named("plugins"), running: map[string]*running{}}, nil
+	return &Host{dir: dir, opts: o, log: o.Logger.Named("plugins"), running: map[string]*running{}, started: map[string]int{}}, nil
 }
 
 // List returns the installed plugins, by name.
@@ -300,7 +301,20 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 	r.entry = e
 	r.lastUsed = time.Now()
 	h.running[name] = r
+	h.started[name]++
 	return r, nil
+}
+
+// Restarts counts, per plugin, the launches after its first: each follows
+// a crash, a hang or a failed health check.
+func (h *Host) Restarts() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]int{}
+	for name, n := range h.started {
+		out[name] = max(n-1, 0)
+	}
+	return out
 }
 
 // launch starts a plugin binary whose sha256 go-plugin checks again just

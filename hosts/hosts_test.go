@@ -130,6 +130,9 @@ func TestCrashedOrHungPluginFailsOneCall(t *testing.T) {
 	if alive(hung) {
 		t.Errorf("the hung plugin (pid %d) is still running", hung)
 	}
+	if n := h.Restarts()["faulty"]; n != 2 {
+		t.Errorf("Restarts = %d, want 2 (after the crash and after the hang)", n)
+	}
 }
 
 func TestPluginLogsAreRelevelled(t *testing.T) {

@@ -35,8 +35,11 @@ package spec
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -67,6 +70,9 @@ type Spec struct {
 	File   string
 	Name   string
 	Blocks map[string]*Block
+	// Files lists every file read to make this spec: its own first, then
+	// its imports, each once, as the loader named them.
+	Files []string
 }
 
 // Param is a declared parameter.
@@ -95,6 +101,30 @@ var kinds = map[string]core.Kind{
 type loader struct {
 	errs    Errors
 	loading map[string]bool // files being read, for import cycles
+	fsys    fs.FS           // where imports are read from; nil: the OS
+	files   []string        // every file read, in order
+}
+
+// resolve names the file rel imports from file, and the key that detects
+// cycles. Inside an fs.FS, imports cannot leave the file system's root.
+func (l *loader) resolve(file, rel string) (string, string, error) {
+	if l.fsys == nil {
+		p := filepath.Join(filepath.Dir(file), rel)
+		abs, _ := filepath.Abs(p)
+		return p, abs, nil
+	}
+	p := path.Join(path.Dir(file), rel)
+	if path.IsAbs(rel) || !fs.ValidPath(p) {
+		return "", "", fmt.Errorf("import %s leaves the spec's file set", rel)
+	}
+	return p, p, nil
+}
+
+func (l *loader) read(p string) ([]byte, error) {
+	if l.fsys == nil {
+		return os.ReadFile(p)
+	}
+	return fs.ReadFile(l.fsys, p)
 }
 
 func (l *loader) errf(file string, n *yaml.Node, code, format string, args ...any) {
@@ -115,22 +145,42 @@ func Load(path string) (*Spec, error) {
 	return Parse(path, src)
 }
 
+// LoadFS reads the spec file name from fsys, and its imports from fsys
+// too: a spec stored as a set of files cannot reach outside that set.
+func LoadFS(fsys fs.FS, name string) (*Spec, error) {
+	src, err := fs.ReadFile(fsys, name)
+	if err != nil {
+		return nil, Errors{{File: name, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
+	}
+	return parseWith(&loader{loading: map[string]bool{}, fsys: fsys}, name, src)
+}
+
 // Parse reads a spec from src; path names it in errors and anchors imports.
 func Parse(path string, src []byte) (*Spec, error) {
-	l := &loader{loading: map[string]bool{}}
-	s := l.parse(path, src, false)
+	return parseWith(&loader{loading: map[string]bool{}}, path, src)
+}
+
+func parseWith(l *loader, name string, src []byte) (*Spec, error) {
+	s := l.parse(name, src, false)
 	if len(l.errs) > 0 {
 		return nil, l.errs.sorted()
 	}
+	s.Files = l.files
 	return s, nil
 }
 
 // parse reads one file. An imported file is a block library: it needs no
 // layers of its own.
 func (l *loader) parse(path string, src []byte, imported bool) *Spec {
-	abs, _ := filepath.Abs(path)
+	abs := path
+	if l.fsys == nil {
+		abs, _ = filepath.Abs(path)
+	}
 	l.loading[abs] = true
 	defer delete(l.loading, abs)
+	if !slices.Contains(l.files, path) {
+		l.files = append(l.files, path)
+	}
 
 	var doc yaml.Node
 	if err := yaml.Unmarshal(src, &doc); err != nil {
@@ -334,13 +384,16 @@ func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
 		if rel == "" {
 			continue
 		}
-		path := filepath.Join(filepath.Dir(file), rel)
-		abs, _ := filepath.Abs(path)
+		path, abs, err := l.resolve(file, rel)
+		if err != nil {
+			l.errf(file, item, CodeImport, "%v", err)
+			continue
+		}
 		if l.loading[abs] {
 			l.errf(file, item, CodeImport, "import cycle: %s imports itself through %s", rel, file)
 			continue
 		}
-		src, err := os.ReadFile(path)
+		src, err := l.read(path)
 		if err != nil {
 			l.errf(file, item, CodeImport, "cannot import %s: %v", rel, err)
 			continue

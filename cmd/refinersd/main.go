@@ -39,6 +39,12 @@ func run(args []string, out io.Writer) error {
 		return runSpec(args, out)
 	case "plugins":
 		return pluginsVerb(args, out)
+	case "serve":
+		return serve(args, out)
+	case "models":
+		return modelsVerb(args, out)
+	case "adapters":
+		return adaptersVerb(args, out)
 	case "schema":
 		b, err := spec.Schema()
 		if err != nil {
@@ -62,6 +68,13 @@ const usage = `usage: refinersd VERB [flags]
   plugins install PATH|DIR      install plugin binaries (pinned by sha256 in plugins.lock.json)
   plugins list | remove NAME    show or uninstall installed plugins
   plugins check BINARY          run the plugin conformance kit against a binary
+  serve [--addr A] [--config F]  the daemon: HTTP API on 127.0.0.1:8642 by default (docs/api.md);
+                                off loopback it needs a token (REFINERSD_TOKEN)
+  models add NAME --spec S --weights W [--set k=v]... [--prefix P]
+  models list | show NAME | rm NAME
+                                the daemon's model store ($REFINERSD_STORE)
+  adapters add NAME FILE | list | rm NAME
+                                adapter files in the store, for per-request adapters
   run SPEC --weights W --input IN --output OUT [--adapter PLUGIN:FILE[:PARAMS]]... [--fuse]
                                 run a model: IN holds input.0, input.1, ... and
                                 context.<name>.<key> tensors; OUT gets output.0, ...;

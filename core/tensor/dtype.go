@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -139,4 +140,67 @@ func (d Device) gotch() gotch.Device {
 		return gotch.CudaBuilder(uint(d.index))
 	}
 	return gotch.CPU
+}
+
+// BFloat16Bits rounds f to bfloat16 (to nearest, ties to even, as torch
+// does) and returns its bits.
+func BFloat16Bits(f float32) uint16 {
+	if f != f {
+		return 0x7fc0
+	}
+	b := math.Float32bits(f)
+	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
+}
+
+// BFloat16FromBits is the float32 value of bfloat16 bits (exact).
+func BFloat16FromBits(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// Float16Bits rounds f to IEEE 754 half precision (to nearest, ties to
+// even) and returns its bits.
+func Float16Bits(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp := int(b>>23&0xff) - 127 + 15
+	mant := b & 0x7fffff
+	round := func(r, rem, half uint32) uint32 {
+		if rem > half || (rem == half && r&1 == 1) {
+			r++
+		}
+		return r
+	}
+	switch {
+	case f != f:
+		return 0x7e00
+	case exp >= 0x1f:
+		return sign | 0x7c00
+	case exp <= 0: // subnormal (or zero)
+		if exp < -10 {
+			return sign
+		}
+		mant |= 0x800000
+		shift := uint32(14 - exp)
+		return sign | uint16(round(mant>>shift, mant&(1<<shift-1), 1<<(shift-1)))
+	}
+	// A carry out of the mantissa correctly bumps the exponent (to Inf at
+	// the top).
+	return sign | uint16(round(uint32(exp)<<10|mant>>13, mant&0x1fff, 0x1000))
+}
+
+// Float16FromBits is the float32 value of half-precision bits (exact).
+func Float16FromBits(h uint16) float32 {
+	sign := float32(1)
+	if h&0x8000 != 0 {
+		sign = -1
+	}
+	exp, frac := int(h>>10)&0x1f, float64(h&0x3ff)
+	switch exp {
+	case 0:
+		return sign * float32(math.Ldexp(frac, -24))
+	case 0x1f:
+		if frac == 0 {
+			return sign * float32(math.Inf(1))
+		}
+		return float32(math.NaN())
+	}
+	return sign * float32(math.Ldexp(1+frac/1024, exp-15))
 }

@@ -2,7 +2,10 @@ package tensor
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 )
@@ -172,6 +175,49 @@ func TestDeviceIsStable(t *testing.T) {
 				t.Fatalf("read %d: device %v, want cpu", i, d)
 			}
 			_ = fmt.Sprint(i, x.Shape()) // churn the stack between reads
+		}
+		return s.Err()
+	})
+}
+
+// TestHalfConversionsMatchLibtorch checks the pure-Go float16 and bfloat16
+// conversions against libtorch's own rounding, on edge cases (ties,
+// subnormals, overflow, signed zero) and a million random bit patterns.
+func TestHalfConversionsMatchLibtorch(t *testing.T) {
+	values := []float32{0, float32(math.Copysign(0, -1)), 1, -1, 0.1, 65504, 65520, 65519.99, 1e6, -1e6, 6e-8, 3e-8, 2.9e-8, 6.1e-5, 1e-40,
+		float32(math.Inf(1)), float32(math.Inf(-1)), 1 + 1.0/2048, 1 + 3.0/2048, 1 + 1.0/256, 1 + 3.0/256}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 1 << 20 {
+		values = append(values, math.Float32frombits(rng.Uint32()))
+	}
+	finite := values[:0:0]
+	for _, v := range values {
+		if v == v { // NaN payloads differ between implementations; both keep NaN
+			finite = append(finite, v)
+		}
+	}
+	run(t, func(s *Scope) error {
+		x := s.FromFloat32(finite, int64(len(finite)))
+		for _, c := range []struct {
+			dt     DType
+			bits   func(float32) uint16
+			decode func(uint16) float32
+		}{{Float16, Float16Bits, Float16FromBits}, {BFloat16, BFloat16Bits, BFloat16FromBits}} {
+			want := s.Bytes(s.ToDType(x, c.dt))
+			back := s.Bytes(s.ToDType(s.ToDType(x, c.dt), Float32))
+			bad := 0
+			for i, v := range finite {
+				w := binary.LittleEndian.Uint16(want[2*i:])
+				if got := c.bits(v); got != w && bad < 5 {
+					bad++
+					t.Errorf("%s(%g): bits %#04x, libtorch %#04x", c.dt, v, got, w)
+				}
+				wb := math.Float32frombits(binary.LittleEndian.Uint32(back[4*i:]))
+				if got := c.decode(w); math.Float32bits(got) != math.Float32bits(wb) && bad < 5 {
+					bad++
+					t.Errorf("%s bits %#04x: decoded %g, libtorch %g", c.dt, w, got, wb)
+				}
+			}
 		}
 		return s.Err()
 	})

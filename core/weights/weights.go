@@ -53,9 +53,10 @@ type File struct {
 
 	// mu is held shared while Load reads mapped memory, so that Close
 	// cannot unmap it underneath.
-	mu   sync.RWMutex
-	data []byte // the mapping; nil once closed
-	st   safetensors.SafeTensors
+	mu     sync.RWMutex
+	data   []byte // the mapping (or the bytes given to Parse); nil once closed
+	st     safetensors.SafeTensors
+	mapped bool // data is an mmap to undo on Close
 }
 
 // header is what parseHeader learns from a file's JSON header.
@@ -126,7 +127,29 @@ func Open(path string) (*File, error) {
 		_ = syscall.Munmap(data) // the parse error is the one worth reporting
 		return nil, err
 	}
-	return &File{path: path, header: h, data: data, st: st}, nil
+	return &File{path: path, header: h, data: data, st: st, mapped: true}, nil
+}
+
+// Parse reads a safetensors file held in memory (an uploaded request body,
+// say); name stands for it in errors. The File reads data in place: data
+// must not change until the File is closed.
+func Parse(name string, data []byte) (*File, error) {
+	if len(data) < 8 {
+		return nil, errorf(name, "%d bytes: too short for a safetensors header", len(data))
+	}
+	n := binary.LittleEndian.Uint64(data)
+	if n > maxHeaderLen || n > uint64(len(data)-8) {
+		return nil, errorf(name, "header length %d does not fit in %d bytes (limit %d)", n, len(data), maxHeaderLen)
+	}
+	h, err := parseHeader(name, int64(len(data))-8-int64(n), data[8:8+n])
+	if err != nil {
+		return nil, err
+	}
+	st, err := safetensors.Deserialize(data)
+	if err != nil {
+		return nil, errorf(name, "invalid safetensors file: %w", err)
+	}
+	return &File{path: name, header: h, data: data, st: st}, nil
 }
 
 // Path is the path the file was opened with.
@@ -179,6 +202,20 @@ func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
 	return s.FromBytes(view.Data(), info.DType, info.Shape...)
 }
 
+// Bytes returns a copy of the tensor's raw little-endian bytes.
+func (f *File) Bytes(key string) ([]byte, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.data == nil {
+		return nil, keyErrorf(f.path, key, "file is closed")
+	}
+	if _, ok := f.infos[key]; !ok {
+		return nil, keyErrorf(f.path, key, "not in file (or of an unsupported dtype)")
+	}
+	view, _ := f.st.Tensor(key)
+	return bytes.Clone(view.Data()), nil
+}
+
 // Scalar reads the value of a one-element tensor (a LoRA's alpha, say)
 // without libtorch: hosts hand such values to plugins, which never see
 // tensor data.
@@ -201,9 +238,9 @@ func (f *File) Scalar(key string) (float64, error) {
 	case tensor.Float32:
 		return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))), nil
 	case tensor.Float16:
-		return halfToFloat(binary.LittleEndian.Uint16(b)), nil
+		return float64(tensor.Float16FromBits(binary.LittleEndian.Uint16(b))), nil
 	case tensor.BFloat16:
-		return float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(b)) << 16)), nil
+		return float64(tensor.BFloat16FromBits(binary.LittleEndian.Uint16(b))), nil
 	case tensor.Int64:
 		return float64(int64(binary.LittleEndian.Uint64(b))), nil
 	}
@@ -218,25 +255,6 @@ func toUint(shape []int64) []uint64 {
 	return out
 }
 
-// halfToFloat decodes an IEEE 754 half-precision value.
-func halfToFloat(h uint16) float64 {
-	sign := 1.0
-	if h&0x8000 != 0 {
-		sign = -1
-	}
-	exp, frac := int(h>>10)&0x1f, float64(h&0x3ff)
-	switch exp {
-	case 0:
-		return sign * math.Ldexp(frac, -24)
-	case 0x1f:
-		if frac == 0 {
-			return sign * math.Inf(1)
-		}
-		return math.NaN()
-	}
-	return sign * math.Ldexp(1+frac/1024, exp-15)
-}
-
 // Close unmaps the file. Closing again does nothing; Load after Close fails.
 func (f *File) Close() error {
 	f.mu.Lock()
@@ -244,7 +262,10 @@ func (f *File) Close() error {
 	if f.data == nil {
 		return nil
 	}
-	err := syscall.Munmap(f.data)
+	var err error
+	if f.mapped {
+		err = syscall.Munmap(f.data)
+	}
 	f.data, f.st = nil, safetensors.SafeTensors{}
 	if err != nil {
 		return errorf(f.path, "munmap: %w", err)
@@ -612,6 +633,53 @@ func writeFile(f *os.File, s *tensor.Scope, views map[string]view, metadata map[
 	}
 	return f.Close()
 }
+
+// Raw is a tensor's bytes in Go memory, little-endian and row-major.
+type Raw struct {
+	DType tensor.DType
+	Shape []int64
+	Data  []byte
+}
+
+// Encode writes tensors held in Go memory as a safetensors file to w (an
+// HTTP response, say).
+func Encode(w io.Writer, tensors map[string]Raw, metadata map[string]string) error {
+	views := make(map[string]safetensors.View, len(tensors))
+	for key, r := range tensors {
+		if key == metadataKey {
+			return fmt.Errorf("weights: encode: key %q is reserved for metadata", key)
+		}
+		shape := make([]uint64, len(r.Shape))
+		n := uint64(r.DType.Size())
+		for i, d := range r.Shape {
+			if d < 0 {
+				return fmt.Errorf("weights: encode: %s: negative dimension in %v", key, r.Shape)
+			}
+			shape[i] = uint64(d)
+			n *= uint64(d)
+		}
+		if n != uint64(len(r.Data)) {
+			return fmt.Errorf("weights: encode: %s: %d bytes for %s %v (want %d)", key, len(r.Data), r.DType, r.Shape, n)
+		}
+		views[key] = rawView{r: r, dtype: stDTypes[r.DType], shape: shape}
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if err := safetensors.SerializeToWriter(views, metadata, bw); err != nil {
+		return fmt.Errorf("weights: encode: %w", err)
+	}
+	return bw.Flush()
+}
+
+type rawView struct {
+	r     Raw
+	dtype safetensors.DType
+	shape []uint64
+}
+
+func (v rawView) DType() safetensors.DType { return v.dtype }
+func (v rawView) Shape() []uint64          { return v.shape }
+func (v rawView) Data() []byte             { return v.r.Data }
+func (v rawView) DataLen() uint64          { return uint64(len(v.r.Data)) }
 
 // view is the safetensors.View of a tensor. Its bytes are copied out of
 // libtorch only when SerializeToWriter writes them, so saving holds a single

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"math"
@@ -304,6 +305,12 @@ func TestBrokenFiles(t *testing.T) {
 			if herr == nil || herr.Error() != err.Error() {
 				t.Errorf("ReadHeader: %v\nOpen:       %v", herr, err)
 			}
+			if pf, perr := Parse("body", tc.content); perr == nil {
+				pf.Close()
+				t.Errorf("Parse accepted what Open refused (%v)", err)
+			} else if !strings.HasPrefix(perr.Error(), "weights: body: ") {
+				t.Errorf("Parse: %v: want an error naming the body", perr)
+			}
 		})
 	}
 }
@@ -521,6 +528,51 @@ func TestScalar(t *testing.T) {
 	for key, msg := range map[string]string{"v": "not one element", "nope": "not in file"} {
 		if _, err := f.Scalar(key); err == nil || !strings.Contains(err.Error(), msg) || !strings.Contains(err.Error(), key) {
 			t.Errorf("Scalar(%q) error = %v; want one naming the key and %q", key, err, msg)
+		}
+	}
+}
+
+func TestEncodeThenParseRoundTrips(t *testing.T) {
+	f32 := make([]byte, 0, 24)
+	for _, v := range []float32{1, -2, 3.5, 0, 1e-3, 6} {
+		f32 = binary.LittleEndian.AppendUint32(f32, math.Float32bits(v))
+	}
+	in := map[string]Raw{
+		"output.0": {DType: tensor.Float32, Shape: []int64{2, 3}, Data: f32},
+		"output.1": {DType: tensor.Int64, Shape: []int64{}, Data: binary.LittleEndian.AppendUint64(nil, 7)},
+		"empty":    {DType: tensor.BFloat16, Shape: []int64{0, 4}, Data: nil},
+	}
+	var buf bytes.Buffer
+	if err := Encode(&buf, in, map[string]string{"k": "v"}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Parse("response", buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Metadata()["k"] != "v" {
+		t.Errorf("metadata %v", f.Metadata())
+	}
+	for key, r := range in {
+		info, ok := f.Info(key)
+		if !ok || info.DType != r.DType || !slices.Equal(info.Shape, r.Shape) {
+			t.Errorf("%s: %+v", key, info)
+		}
+	}
+	run(t, func(s *tensor.Scope) error {
+		got := s.Bytes(f.Load(s, "output.0"))
+		if !bytes.Equal(got, f32) {
+			t.Errorf("output.0 bytes differ")
+		}
+		return s.Err()
+	})
+	for name, bad := range map[string]Raw{
+		"short data":   {DType: tensor.Float32, Shape: []int64{2}, Data: make([]byte, 4)},
+		"negative dim": {DType: tensor.Float32, Shape: []int64{-1}, Data: nil},
+	} {
+		if err := Encode(io.Discard, map[string]Raw{"x": bad}, nil); err == nil || !strings.Contains(err.Error(), "x:") {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 }

@@ -265,7 +265,10 @@ func (pl *planner) buildLoha(f *File, m *module, layer *Layer, name string) (*Pa
 // ([a, c]), w2 = lokr_w2 ([b, d] or [b, d, kh, kw]) or lokr_w2_a·lokr_w2_b
 // ([b, r]·[r, d·kh·kw]; with lokr_t2 [r, r, kh, kw]: [r, b], [r, d]); out =
 // a·b, in·kh·kw = c·d·kh·kw. rank is w1_b's (else w2_b's) first dimension;
-// with neither, alpha is not used.
+// with neither, alpha is not used. The branch carries the layout (w1_shape,
+// which factors are products, Tucker), so the host knows every factor's
+// shape; a whole lokr_w2 is reshaped to the weight's rank ([b, d, kh, kw]
+// for a Conv2d) when the file flattens it.
 func (pl *planner) buildLokr(f *File, m *module, layer *Layer, name string) (*Patch, float64, string, bool) {
 	has := func(r string) bool { _, ok := m.tensors[r]; return ok }
 	sh := func(r string) []int64 { return m.tensors[r].Shape }
@@ -324,7 +327,7 @@ func (pl *planner) buildLokr(f *File, m *module, layer *Layer, name string) (*Pa
 	default:
 		return nil, 0, "lokr_w2 (or lokr_w2_a and lokr_w2_b)", false
 	}
-	if !ok || a*b != w[0] || c*dFlat != numel(w[1:]) {
+	if !ok || a*b != w[0] || c*dFlat != numel(w[1:]) || w[1]%c != 0 {
 		return nil, 0, "", true
 	}
 	scale := 1.0
@@ -333,12 +336,20 @@ func (pl *planner) buildLokr(f *File, m *module, layer *Layer, name string) (*Pa
 	}
 	p := &Patch{Branch: deltaBranch("LoKr", name, layer)}
 	p.Branch["rank"] = rank
+	p.Branch["w1_shape"] = []int64{a, c}
+	p.Branch["w1_factored"] = !has("lokr_w1")
+	p.Branch["w2_factored"] = !has("lokr_w2")
+	p.Branch["tucker"] = slices.Contains(roles, "lokr_t2")
 	for i, r := range roles {
 		s := 1.0
 		if i == 0 {
 			s = scale
 		}
-		p.Bindings = append(p.Bindings, pl.binding(f, m, r, r, s, nil))
+		var reshape []int64
+		if want := append([]int64{b, w[1] / c}, w[2:]...); r == "lokr_w2" && !slices.Equal(sh(r), want) {
+			reshape = want
+		}
+		p.Bindings = append(p.Bindings, pl.binding(f, m, r, r, s, reshape))
 	}
 	sort.SliceStable(p.Bindings, func(i, j int) bool { return p.Bindings[i].Param < p.Bindings[j].Param })
 	return p, scale, "", false

@@ -84,10 +84,10 @@ type Binding struct {
 // Patch adapts one layer.
 type Patch struct {
 	Target string
-	// Branch describes the branch for core.BuildLayer (LinearLora,
-	// Conv2dLora); for the other kinds it describes the delta for the host
-	// (type WeightDelta, LoHa or LoKr, with the target's type and weight
-	// shape).
+	// Branch describes the branch for core.BuildLayer: LinearLora or
+	// Conv2dLora, or for the LyCORIS kinds WeightDelta, LoHa or LoKr (with
+	// the target's type and weight shape; the host supplies a convolution's
+	// geometry).
 	Branch   map[string]any
 	Bindings []Binding
 	Kind     string // "lora", "diff", "loha", "lokr"

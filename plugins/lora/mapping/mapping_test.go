@@ -105,15 +105,13 @@ func summary(m *core.Chain, prefix string) []Layer {
 	return out
 }
 
-// checkBranches builds each LoRA branch with core's registry, checks it
-// fits its target and that every binding's shape (after reshape) is the
-// branch parameter's: what the host checks before applying a plan.
+// checkBranches builds each branch (LoRA, WeightDelta, LoHa, LoKr) with
+// core's registry, checks it fits its target and that every binding's
+// shape (after reshape) is the branch parameter's: what the host checks
+// before applying a plan.
 func checkBranches(t *testing.T, m *core.Chain, prefix string, ps []Patch, shapes map[string][]int64) {
 	t.Helper()
 	for _, p := range ps {
-		if p.Kind != "lora" {
-			continue
-		}
 		target, err := m.BaseLayer(strings.TrimPrefix(p.Target, prefix))
 		if err != nil {
 			t.Fatalf("%s: %v", p.Target, err)
@@ -122,12 +120,11 @@ func checkBranches(t *testing.T, m *core.Chain, prefix string, ps []Patch, shape
 		if err != nil {
 			t.Fatalf("%s: branch %v: %v", p.Target, p.Branch, err)
 		}
-		branch := built.(*core.Chain)
-		if err := core.CheckLoraFit(target, branch); err != nil {
+		if err := core.CheckLoraFit(target, built); err != nil {
 			t.Errorf("%s: %v", p.Target, err)
 		}
 		params := map[string][]int64{}
-		for _, e := range core.StateDict(branch) {
+		for _, e := range core.StateDict(built) {
 			params[e.Key] = e.Shape
 		}
 		if len(p.Bindings) != len(params) {

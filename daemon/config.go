@@ -1,0 +1,157 @@
+// Package daemon is refinersd's server: warm models from the store, a
+// bounded job queue per daemon, adapters applied per request on the warm
+// base (grouped so that requests sharing adapters apply them once), and
+// the HTTP API over it (docs/api.md).
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the daemon's configuration. Fields come from defaults, then a
+// YAML file, then REFINERSD_* environment variables, then flags.
+type Config struct {
+	Addr            string        `yaml:"addr"`             // listen address; loopback by default
+	Token           string        `yaml:"token"`            // bearer token; required off loopback
+	Store           string        `yaml:"store"`            // model store directory
+	PluginsDir      string        `yaml:"plugins_dir"`      // installed plugins
+	QueueSize       int           `yaml:"queue_size"`       // queued jobs beyond which requests get 429
+	MaxBody         int64         `yaml:"max_body"`         // bytes of a run request
+	MaxUpload       int64         `yaml:"max_upload"`       // bytes of an uploaded blob
+	KeepAlive       time.Duration `yaml:"keep_alive"`       // idle time before a model is unloaded (0: never)
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"` // for in-flight jobs on SIGTERM
+	JobTTL          time.Duration `yaml:"job_ttl"`          // how long finished jobs stay readable
+	MaxJobs         int           `yaml:"max_jobs"`         // finished jobs kept at most
+	GroupLimit      int           `yaml:"group_limit"`      // same-adapter jobs run in a row before older ones get a turn
+	PluginTimeout   time.Duration `yaml:"plugin_timeout"`   // per plugin call
+	LogLevel        string        `yaml:"log_level"`
+	LogJSON         bool          `yaml:"log_json"`
+}
+
+// Defaults are the settings of a daemon with no configuration.
+func Defaults() Config {
+	return Config{
+		Addr:            "127.0.0.1:8642",
+		QueueSize:       64,
+		MaxBody:         64 << 20,
+		MaxUpload:       8 << 30,
+		KeepAlive:       5 * time.Minute,
+		ShutdownTimeout: 30 * time.Second,
+		JobTTL:          10 * time.Minute,
+		MaxJobs:         1000,
+		GroupLimit:      16,
+		PluginTimeout:   30 * time.Second,
+		LogLevel:        "info",
+	}
+}
+
+// LoadFile reads a YAML configuration file over c. Unknown keys are errors.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadEnv reads REFINERSD_* variables over c.
+func (c *Config) LoadEnv(getenv func(string) string) error {
+	str := map[string]*string{"ADDR": &c.Addr, "TOKEN": &c.Token, "STORE": &c.Store, "PLUGINS_DIR": &c.PluginsDir, "LOG_LEVEL": &c.LogLevel}
+	for k, p := range str {
+		if v := getenv("REFINERSD_" + k); v != "" {
+			*p = v
+		}
+	}
+	ints := map[string]*int{"QUEUE_SIZE": &c.QueueSize, "MAX_JOBS": &c.MaxJobs, "GROUP_LIMIT": &c.GroupLimit}
+	for k, p := range ints {
+		if v := getenv("REFINERSD_" + k); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("REFINERSD_%s: %w", k, err)
+			}
+			*p = n
+		}
+	}
+	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload}
+	for k, p := range sizes {
+		if v := getenv("REFINERSD_" + k); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return fmt.Errorf("REFINERSD_%s: %w", k, err)
+			}
+			*p = n
+		}
+	}
+	durs := map[string]*time.Duration{"KEEP_ALIVE": &c.KeepAlive, "SHUTDOWN_TIMEOUT": &c.ShutdownTimeout, "JOB_TTL": &c.JobTTL, "PLUGIN_TIMEOUT": &c.PluginTimeout}
+	for k, p := range durs {
+		if v := getenv("REFINERSD_" + k); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("REFINERSD_%s: %w", k, err)
+			}
+			*p = d
+		}
+	}
+	if v := getenv("REFINERSD_LOG_JSON"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("REFINERSD_LOG_JSON: %w", err)
+		}
+		c.LogJSON = b
+	}
+	return nil
+}
+
+// Validate checks the configuration, in particular that a daemon reachable
+// from other machines cannot run without a token.
+func (c *Config) Validate() error {
+	host, _, err := net.SplitHostPort(c.Addr)
+	if err != nil {
+		return fmt.Errorf("addr %q: %w", c.Addr, err)
+	}
+	if !IsLoopback(host) && c.Token == "" {
+		return fmt.Errorf("addr %s is not a loopback address: set a token (--token, REFINERSD_TOKEN or token: in the config file) so that clients must authenticate", c.Addr)
+	}
+	if c.Token != "" && len(c.Token) < 16 {
+		return errors.New("token: use at least 16 characters")
+	}
+	switch {
+	case c.Store == "":
+		return errors.New("store: no store directory")
+	case c.PluginsDir == "":
+		return errors.New("plugins_dir: no plugins directory")
+	case c.QueueSize < 1:
+		return fmt.Errorf("queue_size %d: want at least 1", c.QueueSize)
+	case c.MaxBody < 1024 || c.MaxUpload < 1024:
+		return errors.New("max_body and max_upload: want at least 1024 bytes")
+	case c.GroupLimit < 1:
+		return fmt.Errorf("group_limit %d: want at least 1", c.GroupLimit)
+	case c.MaxJobs < 1:
+		return fmt.Errorf("max_jobs %d: want at least 1", c.MaxJobs)
+	}
+	return nil
+}
+
+// IsLoopback reports whether a listen host only accepts local connections.
+// An empty host (all interfaces) is not loopback.
+func IsLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,715 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/hosts"
+	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/store"
+)
+
+// Daemon runs jobs on warm models. It is safe for concurrent use.
+type Daemon struct {
+	cfg     Config
+	store   *store.Store
+	host    *hosts.Host
+	log     hclog.Logger
+	metrics *metrics
+	jobs    *jobTable
+
+	mu       sync.Mutex
+	models   map[string]*warm
+	queued   int // jobs waiting, across models
+	draining bool
+	workers  sync.WaitGroup
+	stop     chan struct{}
+}
+
+// warm is a model kept in memory, with its own worker: jobs on one model
+// run one at a time, since adapters change its tree.
+type warm struct {
+	name     string
+	manifest *store.Model
+	ready    chan struct{} // closed when loading ends
+	loadErr  error
+	chain    *core.Chain
+	file     *weights.File
+
+	// guarded by Daemon.mu
+	pending  []*Job
+	busy     bool
+	lastUsed time.Time
+	wake     chan struct{}
+	quit     chan struct{}
+	applied  *appliedSet
+	streak   int
+}
+
+// appliedSet is the adapter set currently on a warm model.
+type appliedSet struct {
+	key     string
+	undo    []func() error
+	reports []AdapterReport
+}
+
+// resolvedAdapter is an adapter request checked against the store and the
+// plugins: its file's digest and path, and its parameters as JSON.
+type resolvedAdapter struct {
+	req    AdapterRequest
+	digest string
+	path   string
+	params string
+}
+
+// New opens the store and the plugins directory.
+func New(cfg Config, log hclog.Logger) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	h, err := hosts.New(cfg.PluginsDir, hosts.Options{Logger: log, CallTimeout: cfg.PluginTimeout})
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
+		models: map[string]*warm{}, stop: make(chan struct{})}
+	d.metrics = newMetrics(d)
+	go d.reaper()
+	return d, nil
+}
+
+// apiError is an error with the HTTP status it maps to.
+type apiError struct {
+	code int
+	err  error
+}
+
+func (e *apiError) Error() string { return e.err.Error() }
+func (e *apiError) Unwrap() error { return e.err }
+
+func errorf(code int, format string, args ...any) error {
+	return &apiError{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// statusOf maps an error to an HTTP status.
+func statusOf(err error) int {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		return ae.code
+	case errors.Is(err, store.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, store.ErrNotFound):
+		return http.StatusNotFound
+	}
+	return http.StatusInternalServerError
+}
+
+var pluginNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+
+// resolve checks a job's adapters: plugin names, files (adapter names or
+// digests, which never leave the store), parameters; and computes the key
+// that groups jobs sharing the same adapter set.
+func (d *Daemon) resolve(j *Job) error {
+	installed, err := d.host.List()
+	if err != nil {
+		return err
+	}
+	var keyParts []string
+	for i, a := range j.Adapters {
+		if !pluginNameRE.MatchString(a.Plugin) {
+			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q: want a plugin name ([a-z0-9_-])", i, a.Plugin)
+		}
+		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
+			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
+		}
+		if a.Operation != "" && !pluginNameRE.MatchString(a.Operation) {
+			return errorf(http.StatusBadRequest, "adapters[%d].operation %q: want [a-z0-9_-]", i, a.Operation)
+		}
+		var digest string
+		if strings.HasPrefix(a.File, "sha256:") {
+			if err := store.CheckDigest(a.File); err != nil {
+				return errorf(http.StatusBadRequest, "adapters[%d].file: %w", i, err)
+			}
+			digest = a.File
+		} else {
+			if err := store.CheckName(a.File); err != nil {
+				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
+			}
+			ad, err := d.store.Adapter(a.File)
+			if err != nil {
+				return fmt.Errorf("adapters[%d].file: %w", i, err)
+			}
+			digest = ad.File.Digest
+		}
+		path, err := d.store.BlobPath(digest)
+		if err != nil {
+			return fmt.Errorf("adapters[%d].file: %w", i, err)
+		}
+		params := map[string]any{}
+		for k, v := range a.Params {
+			params[k] = v
+		}
+		if a.Scale != nil {
+			params["scale"] = *a.Scale
+		}
+		pj, err := json.Marshal(params) // map keys sorted: a stable key
+		if err != nil {
+			return errorf(http.StatusBadRequest, "adapters[%d].params: %v", i, err)
+		}
+		j.resolved = append(j.resolved, resolvedAdapter{req: a, digest: digest, path: path, params: string(pj)})
+		keyParts = append(keyParts, a.Plugin+"|"+a.Operation+"|"+digest+"|"+string(pj))
+	}
+	j.key = strings.Join(keyParts, "\n")
+	if j.Fuse {
+		j.key = "fuse\n" + j.key
+	}
+	return nil
+}
+
+// Submit queues a job. It fails at once (429) when the queue is full and
+// (503) when the daemon is shutting down.
+func (d *Daemon) Submit(j *Job) error {
+	if err := store.CheckName(j.Model); err != nil {
+		return err
+	}
+	m, err := d.store.Model(j.Model)
+	if err != nil {
+		return err
+	}
+	if err := d.resolve(j); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.draining {
+		return errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
+	}
+	if d.queued >= d.cfg.QueueSize {
+		d.metrics.rejected.Inc()
+		return errorf(http.StatusTooManyRequests, "the queue is full (%d jobs waiting); retry later", d.queued)
+	}
+	w := d.warmLocked(j.Model, m)
+	w.pending = append(w.pending, j)
+	d.queued++
+	d.metrics.queueDepth.Set(float64(d.queued))
+	d.jobs.add(j)
+	j.emit(Event{Type: "queued", Position: d.queued})
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// warmLocked returns the warm model, starting to load it if needed.
+func (d *Daemon) warmLocked(name string, m *store.Model) *warm {
+	if w, ok := d.models[name]; ok {
+		return w
+	}
+	w := &warm{name: name, manifest: m, ready: make(chan struct{}), wake: make(chan struct{}, 1), quit: make(chan struct{}), lastUsed: time.Now()}
+	d.models[name] = w
+	d.workers.Add(1)
+	go d.worker(w)
+	return w
+}
+
+// Load makes a model warm and waits until it is.
+func (d *Daemon) Load(ctx context.Context, name string) error {
+	if err := store.CheckName(name); err != nil {
+		return err
+	}
+	m, err := d.store.Model(name)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if d.draining {
+		d.mu.Unlock()
+		return errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
+	}
+	w := d.warmLocked(name, m)
+	w.lastUsed = time.Now()
+	d.mu.Unlock()
+	select {
+	case <-w.ready:
+		return w.loadErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Unload stops a model's worker: queued jobs fail, the running one
+// finishes, adapters are ejected and the weights released.
+func (d *Daemon) Unload(name string) error {
+	if err := store.CheckName(name); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	w, ok := d.models[name]
+	if !ok {
+		d.mu.Unlock()
+		return errorf(http.StatusNotFound, "model %q is not loaded", name)
+	}
+	d.retireLocked(w, errorf(http.StatusServiceUnavailable, "model %s was unloaded", name))
+	d.mu.Unlock()
+	return nil
+}
+
+// retireLocked removes a warm model from the table and tells its worker to
+// stop after failing its queued jobs with err.
+func (d *Daemon) retireLocked(w *warm, err error) {
+	if err == nil {
+		err = errorf(http.StatusServiceUnavailable, "model %s was unloaded", w.name)
+	}
+	delete(d.models, w.name)
+	for _, j := range w.pending {
+		j.finish(nil, err, statusOf(err))
+		d.queued--
+	}
+	w.pending = nil
+	d.metrics.queueDepth.Set(float64(d.queued))
+	close(w.quit)
+}
+
+// worker loads a model, then runs its jobs until told to quit.
+func (d *Daemon) worker(w *warm) {
+	defer d.workers.Done()
+	d.load(w)
+	defer d.release(w)
+	for {
+		j := d.next(w)
+		if j == nil {
+			return
+		}
+		d.execute(w, j)
+		d.mu.Lock()
+		w.busy = false
+		w.lastUsed = time.Now()
+		d.mu.Unlock()
+	}
+}
+
+// next picks the model's next job: one sharing the adapters already
+// applied, while fewer than GroupLimit such jobs ran in a row, else the
+// oldest. It returns nil when the worker must quit.
+func (d *Daemon) next(w *warm) *Job {
+	for {
+		d.mu.Lock()
+		select {
+		case <-w.quit:
+			d.mu.Unlock()
+			return nil
+		default:
+		}
+		if len(w.pending) > 0 {
+			i := 0
+			if w.applied != nil && w.streak < d.cfg.GroupLimit {
+				if k := slices.IndexFunc(w.pending, func(j *Job) bool { return j.key == w.applied.key }); k >= 0 {
+					i = k
+				}
+			}
+			j := w.pending[i]
+			w.pending = slices.Delete(w.pending, i, i+1)
+			d.queued--
+			d.metrics.queueDepth.Set(float64(d.queued))
+			w.busy = true
+			d.mu.Unlock()
+			return j
+		}
+		d.mu.Unlock()
+		select {
+		case <-w.wake:
+		case <-w.quit:
+		}
+	}
+}
+
+// load builds the model from its spec and loads its weights (strictly).
+func (d *Daemon) load(w *warm) {
+	defer close(w.ready)
+	start := time.Now()
+	err := func() error {
+		sp, err := d.store.LoadSpec(w.manifest)
+		if err != nil {
+			return err
+		}
+		m, err := sp.Build(w.manifest.Overrides)
+		if err != nil {
+			return err
+		}
+		path, err := d.store.BlobPath(w.manifest.Weights.Digest)
+		if err != nil {
+			return err
+		}
+		f, err := weights.Open(path)
+		if err != nil {
+			return err
+		}
+		err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+			_, err := core.LoadState(s, m, f, core.LoadOptions{Strict: true, Prefix: w.manifest.Prefix})
+			return err
+		})
+		if err != nil {
+			f.Close()
+			return err
+		}
+		w.chain, w.file = m, f
+		return nil
+	}()
+	if err != nil {
+		w.loadErr = fmt.Errorf("load model %s: %w", w.name, err)
+		d.log.Error("model failed to load", "model", w.name, "error", err)
+		d.mu.Lock()
+		if d.models[w.name] == w {
+			d.retireLocked(w, w.loadErr)
+		}
+		d.mu.Unlock()
+		return
+	}
+	d.metrics.modelLoads.Inc()
+	d.log.Info("model loaded", "model", w.name, "seconds", time.Since(start).Seconds())
+}
+
+// release ejects the adapters and frees the weights of a retired model.
+func (d *Daemon) release(w *warm) {
+	if w.chain == nil {
+		return
+	}
+	d.swap(w, nil)
+	core.ReleaseParams(w.chain)
+	w.file.Close()
+	w.chain = nil
+	d.log.Info("model unloaded", "model", w.name)
+}
+
+// swap removes the applied adapters and applies j's (nil: none). On
+// failure the model is left with no adapters.
+func (d *Daemon) swap(w *warm, j *Job) error {
+	if w.applied != nil {
+		var errs []error
+		for i := len(w.applied.undo) - 1; i >= 0; i-- {
+			errs = append(errs, w.applied.undo[i]())
+		}
+		w.applied = nil
+		if err := errors.Join(errs...); err != nil {
+			// The tree may no longer be the base model: retire it rather
+			// than serve wrong numbers.
+			d.log.Error("ejecting adapters failed; unloading the model", "model", w.name, "error", err)
+			d.mu.Lock()
+			if d.models[w.name] == w {
+				d.retireLocked(w, fmt.Errorf("model %s: ejecting adapters failed: %w", w.name, err))
+			}
+			d.mu.Unlock()
+			return fmt.Errorf("eject adapters: %w", err)
+		}
+	}
+	w.streak = 0
+	if j == nil || len(j.resolved) == 0 {
+		return nil
+	}
+	set := &appliedSet{key: j.key}
+	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
+		model := hosts.Summarize(w.chain)
+		for i, a := range j.resolved {
+			rep, undo, err := d.applyOne(j.ctx, s, w.chain, model, i, a, j.Fuse)
+			if err != nil {
+				return fmt.Errorf("adapters[%d] (%s %s): %w", i, a.req.Plugin, a.req.File, err)
+			}
+			set.undo = append(set.undo, undo)
+			set.reports = append(set.reports, rep)
+		}
+		return nil
+	})
+	if err != nil {
+		for i := len(set.undo) - 1; i >= 0; i-- {
+			set.undo[i]()
+		}
+		return err
+	}
+	w.applied = set
+	d.metrics.adapterSwaps.Inc()
+	return nil
+}
+
+func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, model []*pb.Layer, i int, a resolvedAdapter, fuse bool) (AdapterReport, func() error, error) {
+	rep := AdapterReport{Plugin: a.req.Plugin, File: a.req.File, Digest: a.digest}
+	f, err := weights.Open(a.path)
+	if err != nil {
+		return rep, nil, errorf(http.StatusBadRequest, "%v", err)
+	}
+	defer f.Close() // applied tensors are copies
+	op := a.req.Operation
+	if op == "" {
+		desc, err := d.host.Describe(ctx, a.req.Plugin)
+		if err != nil {
+			return rep, nil, errorf(http.StatusBadGateway, "%v", err)
+		}
+		if len(desc.Operations) == 0 {
+			return rep, nil, errorf(http.StatusBadGateway, "plugin %s has no operations", a.req.Plugin)
+		}
+		op = desc.Operations[0].Name
+	}
+	id := fmt.Sprintf("file%d", i)
+	plan, err := d.host.Plan(ctx, a.req.Plugin, &pb.PlanRequest{Operation: op, ParamsJson: a.params, Model: model,
+		Files: []*pb.WeightFile{hosts.Header(id, strings.TrimPrefix(a.digest, "sha256:"), f)}})
+	if err != nil {
+		code := http.StatusBadGateway
+		if strings.Contains(err.Error(), "InvalidArgument") {
+			code = http.StatusBadRequest
+		}
+		return rep, nil, errorf(code, "%v", err)
+	}
+	r := plan.GetReport()
+	rep.Format, rep.LayersAdapted, rep.Matched = r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched())
+	rep.Unmatched, rep.ShapeMismatched, rep.Warnings, rep.EffectiveScales = r.GetUnmatched(), r.GetShapeMismatched(), r.GetWarnings(), r.GetEffectiveScales()
+	files := map[string]*weights.File{id: f}
+	if fuse {
+		fu, err := hosts.Fuse(s, m, plan, files)
+		if err != nil {
+			return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
+		}
+		return rep, fu.Unfuse, nil
+	}
+	ap, err := hosts.Apply(s, m, plan, files)
+	if err != nil {
+		return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
+	}
+	return rep, ap.Eject, nil
+}
+
+// execute runs one job on a warm model.
+func (d *Daemon) execute(w *warm, j *Job) {
+	<-w.ready
+	if w.loadErr != nil {
+		j.finish(nil, w.loadErr, http.StatusInternalServerError)
+		return
+	}
+	if !j.start() {
+		return // canceled while queued
+	}
+	begin := time.Now()
+	defer func() {
+		d.metrics.jobs.WithLabelValues(j.status().State).Inc()
+		d.metrics.jobSeconds.Observe(time.Since(begin).Seconds())
+	}()
+	if err := j.ctx.Err(); err != nil {
+		j.finish(nil, err, 0)
+		return
+	}
+	reused := w.applied != nil && w.applied.key == j.key || w.applied == nil && len(j.resolved) == 0
+	if !reused {
+		if err := d.swap(w, j); err != nil {
+			j.finish(nil, err, statusOf(err))
+			return
+		}
+	}
+	w.streak++
+	var reports []AdapterReport
+	if w.applied != nil {
+		for _, r := range w.applied.reports {
+			r.Reused = reused
+			reports = append(reports, r)
+		}
+	}
+	j.mu.Lock()
+	j.reports = reports
+	j.mu.Unlock()
+	if len(reports) > 0 {
+		j.emit(Event{Type: "adapters", Adapters: reports})
+	}
+	outputs, err := d.forward(w, j)
+	if err != nil {
+		j.finish(nil, err, statusOf(err))
+		return
+	}
+	j.finish(outputs, nil, 0)
+}
+
+// forward runs the model on the job's inputs, named as `refinersd run`
+// names them (input.N, context.<name>.<key>), and returns output.N.
+func (d *Daemon) forward(w *warm, j *Job) (map[string]weights.Raw, error) {
+	outputs := map[string]weights.Raw{}
+	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
+		call := core.Call{Ctx: j.ctx, Contexts: core.Contexts{},
+			Progress: func(p core.Progress) { j.emit(Event{Type: "progress", Done: p.Done, Total: p.Total, Layer: p.Layer}) }}
+		var inputs []*tensor.Tensor
+		names := make([]string, 0, len(j.inputs))
+		for k := range j.inputs {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			r := j.inputs[k]
+			t := s.FromBytes(r.Data, r.DType, r.Shape...)
+			if ctxName, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), "."); ok && strings.HasPrefix(k, "context.") {
+				if call.Contexts[ctxName] == nil {
+					call.Contexts[ctxName] = map[string]any{}
+				}
+				call.Contexts[ctxName][key] = t
+			}
+		}
+		for i := 0; ; i++ {
+			r, ok := j.inputs[fmt.Sprintf("input.%d", i)]
+			if !ok {
+				break
+			}
+			inputs = append(inputs, s.FromBytes(r.Data, r.DType, r.Shape...))
+		}
+		if err := s.Err(); err != nil {
+			return errorf(http.StatusBadRequest, "inputs: %v", err)
+		}
+		outs, err := call.Forward(s, w.chain, inputs...)
+		if err != nil {
+			if j.ctx.Err() != nil {
+				return err
+			}
+			return errorf(http.StatusUnprocessableEntity, "%v", err)
+		}
+		for i, t := range outs {
+			outputs[fmt.Sprintf("output.%d", i)] = weights.Raw{DType: t.DType(), Shape: t.Shape(), Data: s.Bytes(s.Contiguous(t))}
+		}
+		return s.Err()
+	})
+	return outputs, err
+}
+
+// Cancel cancels a job: a queued one ends at once, a running one at its
+// next layer boundary.
+func (d *Daemon) Cancel(j *Job) {
+	d.mu.Lock()
+	for _, w := range d.models {
+		if i := slices.Index(w.pending, j); i >= 0 {
+			w.pending = slices.Delete(w.pending, i, i+1)
+			d.queued--
+			d.metrics.queueDepth.Set(float64(d.queued))
+		}
+	}
+	d.mu.Unlock()
+	j.cancel()
+	j.finish(nil, context.Canceled, 0)
+}
+
+// reaper unloads models idle for longer than KeepAlive.
+func (d *Daemon) reaper() {
+	if d.cfg.KeepAlive <= 0 {
+		return
+	}
+	tick := time.NewTicker(min(d.cfg.KeepAlive/4+time.Millisecond, 10*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-tick.C:
+		}
+		d.mu.Lock()
+		for _, w := range d.models {
+			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive {
+				d.log.Info("unloading idle model", "model", w.name, "idle", time.Since(w.lastUsed).Round(time.Second))
+				d.retireLocked(w, nil)
+			}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// ModelState is a model's place in memory.
+type ModelState struct {
+	Loaded   bool       `json:"loaded"`
+	Loading  bool       `json:"loading,omitempty"`
+	Queued   int        `json:"queued"`
+	LastUsed *time.Time `json:"last_used,omitempty"`
+	Adapters []string   `json:"adapters,omitempty"` // files of the applied adapters
+}
+
+func (d *Daemon) modelState(name string) ModelState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w, ok := d.models[name]
+	if !ok {
+		return ModelState{}
+	}
+	st := ModelState{Queued: len(w.pending)}
+	select {
+	case <-w.ready:
+		st.Loaded = w.loadErr == nil
+	default:
+		st.Loading = true
+	}
+	t := w.lastUsed
+	st.LastUsed = &t
+	if w.applied != nil && !w.busy {
+		for _, r := range w.applied.reports {
+			st.Adapters = append(st.Adapters, r.File)
+		}
+	}
+	return st
+}
+
+// Draining reports whether the daemon is shutting down.
+func (d *Daemon) Draining() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.draining
+}
+
+// Drain stops new work: Submit fails with 503 and queued jobs are failed.
+// Running jobs go on.
+func (d *Daemon) Drain() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.draining {
+		return
+	}
+	d.draining = true
+	err := errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
+	for _, w := range d.models {
+		for _, j := range w.pending {
+			j.finish(nil, err, http.StatusServiceUnavailable)
+			d.queued--
+		}
+		w.pending = nil
+	}
+	d.metrics.queueDepth.Set(float64(d.queued))
+}
+
+// CancelRunning cancels every running job (at its next layer boundary).
+func (d *Daemon) CancelRunning() {
+	for _, j := range d.jobs.list() {
+		j.cancel()
+	}
+}
+
+// Close drains, stops every worker (ejecting adapters and freeing weights)
+// and stops the plugins. Jobs still running are waited for: cancel them
+// first (CancelRunning) to bound the wait.
+func (d *Daemon) Close() {
+	d.Drain()
+	d.mu.Lock()
+	for _, w := range d.models {
+		d.retireLocked(w, nil)
+	}
+	d.mu.Unlock()
+	close(d.stop)
+	d.workers.Wait()
+	d.host.Close()
+}

@@ -1,0 +1,678 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/store"
+)
+
+// Media types the API speaks besides JSON.
+const (
+	mediaSafetensors = "application/vnd.safetensors"
+	mediaNDJSON      = "application/x-ndjson"
+	mediaSSE         = "text/event-stream"
+)
+
+// RunRequest is the body of POST /v1/run and POST /v1/jobs.
+type RunRequest struct {
+	Model    string                `json:"model"`
+	Inputs   map[string]JSONTensor `json:"inputs,omitempty"`
+	Adapters []AdapterRequest      `json:"adapters,omitempty"`
+	Fuse     bool                  `json:"fuse,omitempty"`
+	// Outputs is "json" (values), "base64" (JSON with data_base64) or
+	// "safetensors"; the Accept header can ask for safetensors too.
+	Outputs string `json:"outputs,omitempty"`
+}
+
+// RunResponse is a finished run, as JSON.
+type RunResponse struct {
+	ID       string          `json:"id"`
+	Model    string          `json:"model"`
+	Outputs  jsonOutputs     `json:"outputs"`
+	Adapters []AdapterReport `json:"adapters,omitempty"`
+	Seconds  float64         `json:"seconds"`
+}
+
+// Handler is the HTTP API.
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, h http.HandlerFunc) {
+		name := pattern[strings.Index(pattern, " ")+1:]
+		mux.Handle(pattern, d.instrument(name, h))
+	}
+	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	route("GET /readyz", d.readyz)
+	route("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP)
+	route("GET /v1/models", d.listModels)
+	route("GET /v1/models/{name}", d.showModel)
+	route("POST /v1/models/{name}/load", d.loadModel)
+	route("POST /v1/models/{name}/unload", d.unloadModel)
+	route("GET /v1/adapters", d.listAdapters)
+	route("PUT /v1/blobs/{digest}", d.putBlob)
+	route("GET /v1/plugins", d.listPlugins)
+	route("POST /v1/run", d.run)
+	route("POST /v1/jobs", d.submitJob)
+	route("GET /v1/jobs", d.listJobs)
+	route("GET /v1/jobs/{id}", d.jobStatus)
+	route("GET /v1/jobs/{id}/result", d.jobResult)
+	route("GET /v1/jobs/{id}/events", d.jobEvents)
+	route("DELETE /v1/jobs/{id}", d.cancelJob)
+	return d.authenticate(mux)
+}
+
+// authenticate requires the bearer token, when one is configured, on
+// everything but the health probes.
+func (d *Daemon) authenticate(next http.Handler) http.Handler {
+	if d.cfg.Token == "" {
+		return next
+	}
+	want := []byte("Bearer " + d.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+			got := []byte(r.Header.Get("Authorization"))
+			if subtle.ConstantTimeCompare(got, want) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="refinersd"`)
+				d.metrics.requests.WithLabelValues("unauthenticated", "401").Inc()
+				writeError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.code == 0 {
+		s.code = 200
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// instrument counts, times and logs requests, and turns panics into 500s.
+func (d *Daemon) instrument(route string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				d.log.Error("handler panic", "route", route, "panic", p)
+				if sw.code == 0 {
+					writeError(sw, 500, fmt.Errorf("internal error"))
+				}
+			}
+			code := sw.code
+			if code == 0 {
+				code = 200
+			}
+			d.metrics.requests.WithLabelValues(route, fmt.Sprint(code)).Inc()
+			d.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+			d.log.Debug("request", "method", r.Method, "path", r.URL.Path, "code", code, "seconds", time.Since(start).Seconds())
+		}()
+		h(sw, r)
+	})
+}
+
+type errorBody struct {
+	Error struct {
+		Status  int    `json:"status"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	var b errorBody
+	b.Error.Status, b.Error.Message = code, err.Error()
+	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, code, b)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (d *Daemon) fail(w http.ResponseWriter, err error) {
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body is larger than %d bytes", mb.Limit))
+		return
+	}
+	writeError(w, statusOf(err), err)
+}
+
+func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
+	if d.Draining() {
+		writeError(w, http.StatusServiceUnavailable, errors.New("shutting down"))
+		return
+	}
+	writeJSON(w, 200, map[string]string{"status": "ready"})
+}
+
+// ModelInfo is a model as GET /v1/models shows it.
+type ModelInfo struct {
+	*store.Model
+	State ModelState `json:"state"`
+	Tree  string     `json:"tree,omitempty"`
+	// Params counts the model's parameters (elements).
+	Params int64 `json:"params,omitempty"`
+}
+
+func (d *Daemon) listModels(w http.ResponseWriter, r *http.Request) {
+	ms, err := d.store.Models()
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	out := []ModelInfo{}
+	for _, m := range ms {
+		out = append(out, ModelInfo{Model: m, State: d.modelState(m.Name)})
+	}
+	writeJSON(w, 200, map[string]any{"models": out})
+}
+
+func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := store.CheckName(name); err != nil {
+		d.fail(w, err)
+		return
+	}
+	m, err := d.store.Model(name)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	info := ModelInfo{Model: m, State: d.modelState(name)}
+	sp, err := d.store.LoadSpec(m)
+	if err == nil {
+		var c *core.Chain
+		if c, err = sp.Build(m.Overrides); err == nil {
+			info.Tree = core.Tree(c, -1)
+			for _, e := range core.StateDict(c) {
+				n := int64(1)
+				for _, s := range e.Shape {
+					n *= s
+				}
+				info.Params += n
+			}
+		}
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, info)
+}
+
+func (d *Daemon) loadModel(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := d.Load(r.Context(), name); err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, ModelInfo{Model: &store.Model{Name: name}, State: d.modelState(name)})
+}
+
+func (d *Daemon) unloadModel(w http.ResponseWriter, r *http.Request) {
+	if err := d.Unload(r.PathValue("name")); err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, 200, map[string]string{"status": "unloading"})
+}
+
+func (d *Daemon) listAdapters(w http.ResponseWriter, r *http.Request) {
+	as, err := d.store.Adapters()
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	if as == nil {
+		as = []*store.Adapter{}
+	}
+	writeJSON(w, 200, map[string]any{"adapters": as})
+}
+
+// putBlob stores an uploaded file under its digest; the content must
+// match it, and nothing is kept otherwise.
+func (d *Daemon) putBlob(w http.ResponseWriter, r *http.Request) {
+	digest := r.PathValue("digest")
+	if err := store.CheckDigest(digest); err != nil {
+		d.fail(w, err)
+		return
+	}
+	if r.ContentLength > d.cfg.MaxUpload {
+		d.fail(w, &http.MaxBytesError{Limit: d.cfg.MaxUpload})
+		return
+	}
+	b, err := d.store.PutBlob(http.MaxBytesReader(w, r.Body, d.cfg.MaxUpload), digest, 0)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, 201, b)
+}
+
+func (d *Daemon) listPlugins(w http.ResponseWriter, r *http.Request) {
+	es, err := d.host.List()
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	restarts := d.host.Restarts()
+	type plugin struct {
+		Name     string `json:"name"`
+		Version  string `json:"version"`
+		SHA256   string `json:"sha256"`
+		PID      int    `json:"pid,omitempty"`
+		Restarts int    `json:"restarts"`
+	}
+	out := []plugin{}
+	for _, e := range es {
+		out = append(out, plugin{Name: e.Name, Version: e.Version, SHA256: e.SHA256, PID: d.host.PID(e.Name), Restarts: restarts[e.Name]})
+	}
+	writeJSON(w, 200, map[string]any{"plugins": out})
+}
+
+// parseRun reads a run request: JSON, or multipart/form-data with a
+// "request" JSON part and an "inputs" safetensors part (the file format of
+// `refinersd run --input`).
+func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string, error) {
+	if r.ContentLength > d.cfg.MaxBody {
+		return nil, "", &http.MaxBytesError{Limit: d.cfg.MaxBody}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, d.cfg.MaxBody)
+	var req RunRequest
+	inputs := map[string]weights.Raw{}
+	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch mt {
+	case "application/json", "":
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return nil, "", badBody(err)
+		}
+	case "multipart/form-data":
+		mr := multipart.NewReader(r.Body, params["boundary"])
+		for {
+			part, err := mr.NextPart()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, "", badBody(err)
+			}
+			data, err := io.ReadAll(part)
+			if err != nil {
+				return nil, "", badBody(err)
+			}
+			switch part.FormName() {
+			case "request":
+				dec := json.NewDecoder(bytes.NewReader(data))
+				dec.DisallowUnknownFields()
+				if err := dec.Decode(&req); err != nil {
+					return nil, "", badBody(err)
+				}
+			case "inputs":
+				f, err := weights.Parse("inputs", data)
+				if err != nil {
+					return nil, "", errorf(http.StatusBadRequest, "%v", err)
+				}
+				for _, k := range f.Keys() {
+					info, _ := f.Info(k)
+					raw, err := f.Bytes(k)
+					if err != nil {
+						return nil, "", errorf(http.StatusBadRequest, "%v", err)
+					}
+					inputs[k] = weights.Raw{DType: info.DType, Shape: info.Shape, Data: raw}
+				}
+				if u := f.Unsupported(); len(u) > 0 {
+					return nil, "", errorf(http.StatusBadRequest, "inputs: unsupported dtypes: %v", u)
+				}
+			default:
+				return nil, "", errorf(http.StatusBadRequest, "multipart part %q: want \"request\" and \"inputs\"", part.FormName())
+			}
+		}
+	default:
+		return nil, "", errorf(http.StatusUnsupportedMediaType, "Content-Type %q: send application/json or multipart/form-data", mt)
+	}
+	for name, jt := range req.Inputs {
+		if _, dup := inputs[name]; dup {
+			return nil, "", errorf(http.StatusBadRequest, "input %s is given twice", name)
+		}
+		raw, err := decodeTensor(name, &jt)
+		if err != nil {
+			return nil, "", errorf(http.StatusBadRequest, "inputs: %v", err)
+		}
+		inputs[name] = raw
+	}
+	for name := range inputs {
+		if !tensorNameRE.MatchString(name) {
+			return nil, "", errorf(http.StatusBadRequest, "input name %q: want input.N or context.<name>.<key>", name)
+		}
+	}
+	if _, ok := inputs["input.0"]; !ok {
+		return nil, "", errorf(http.StatusBadRequest, "no input.0 tensor")
+	}
+	if req.Model == "" {
+		return nil, "", errorf(http.StatusBadRequest, "model: missing")
+	}
+	if err := store.CheckName(req.Model); err != nil {
+		return nil, "", fmt.Errorf("model: %w", err)
+	}
+	out := req.Outputs
+	if out == "" {
+		out = "json"
+		if accepts(r, mediaSafetensors) {
+			out = "safetensors"
+		}
+	}
+	if out != "json" && out != "base64" && out != "safetensors" {
+		return nil, "", errorf(http.StatusBadRequest, "outputs %q: want json, base64 or safetensors", out)
+	}
+	j := newJob(context.Background())
+	j.Model, j.Adapters, j.Fuse, j.inputs = req.Model, req.Adapters, req.Fuse, inputs
+	return j, out, nil
+}
+
+func badBody(err error) error {
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		return err
+	}
+	return errorf(http.StatusBadRequest, "request body: %v", err)
+}
+
+func accepts(r *http.Request, media string) bool {
+	for _, a := range strings.Split(r.Header.Get("Accept"), ",") {
+		if mt, _, _ := mime.ParseMediaType(strings.TrimSpace(a)); mt == media {
+			return true
+		}
+	}
+	return false
+}
+
+// run runs a job and answers with its result; with Accept:
+// application/x-ndjson or text/event-stream it streams the job's events
+// first. A client that goes away cancels its job.
+func (d *Daemon) run(w http.ResponseWriter, r *http.Request) {
+	j, out, err := d.parseRun(w, r)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	if err := d.Submit(j); err != nil {
+		d.fail(w, err)
+		return
+	}
+	defer d.jobs.remove(j.ID)
+	if accepts(r, mediaNDJSON) || accepts(r, mediaSSE) {
+		d.stream(w, r, j, true)
+		return
+	}
+	if !j.wait(r.Context()) {
+		d.Cancel(j)
+		return
+	}
+	d.writeResult(w, j, out)
+}
+
+func (d *Daemon) submitJob(w http.ResponseWriter, r *http.Request) {
+	j, _, err := d.parseRun(w, r)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	if err := d.Submit(j); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/jobs/"+j.ID)
+	writeJSON(w, http.StatusAccepted, j.status())
+}
+
+func (d *Daemon) listJobs(w http.ResponseWriter, r *http.Request) {
+	out := []JobStatus{}
+	for _, j := range d.jobs.list() {
+		out = append(out, j.status())
+	}
+	writeJSON(w, 200, map[string]any{"jobs": out})
+}
+
+func (d *Daemon) job(w http.ResponseWriter, r *http.Request) (*Job, bool) {
+	id := r.PathValue("id")
+	if !jobIDRE.MatchString(id) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("job id %q: want 24 lower-case hex digits", id))
+		return nil, false
+	}
+	j, ok := d.jobs.get(id)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("job %s: not found (finished jobs are kept %v)", id, d.cfg.JobTTL))
+		return nil, false
+	}
+	return j, true
+}
+
+func (d *Daemon) jobStatus(w http.ResponseWriter, r *http.Request) {
+	if j, ok := d.job(w, r); ok {
+		writeJSON(w, 200, j.status())
+	}
+}
+
+func (d *Daemon) jobResult(w http.ResponseWriter, r *http.Request) {
+	j, ok := d.job(w, r)
+	if !ok {
+		return
+	}
+	if !j.terminal() {
+		writeError(w, http.StatusConflict, fmt.Errorf("job %s is %s", j.ID, j.status().State))
+		return
+	}
+	out := r.URL.Query().Get("outputs")
+	if out == "" {
+		out = "json"
+		if accepts(r, mediaSafetensors) {
+			out = "safetensors"
+		}
+	}
+	d.writeResult(w, j, out)
+}
+
+func (d *Daemon) jobEvents(w http.ResponseWriter, r *http.Request) {
+	if j, ok := d.job(w, r); ok {
+		d.stream(w, r, j, false)
+	}
+}
+
+func (d *Daemon) cancelJob(w http.ResponseWriter, r *http.Request) {
+	j, ok := d.job(w, r)
+	if !ok {
+		return
+	}
+	if j.terminal() {
+		d.jobs.remove(j.ID)
+		writeJSON(w, 200, j.status())
+		return
+	}
+	d.Cancel(j)
+	writeJSON(w, http.StatusAccepted, j.status())
+}
+
+// writeResult answers with a finished job's outputs or its error.
+func (d *Daemon) writeResult(w http.ResponseWriter, j *Job, out string) {
+	j.mu.Lock()
+	outputs, reports, jerr, code := j.outputs, j.reports, j.err, j.code
+	secs := j.finished.Sub(j.started).Seconds()
+	if j.started.IsZero() {
+		secs = 0
+	}
+	j.mu.Unlock()
+	if jerr != nil {
+		if code == 499 {
+			code = http.StatusConflict
+		}
+		writeError(w, code, fmt.Errorf("job %s: %w", j.ID, jerr))
+		return
+	}
+	if out == "safetensors" {
+		meta := map[string]string{"job": j.ID, "model": j.Model}
+		if len(reports) > 0 {
+			b, _ := json.Marshal(reports)
+			meta["adapters"] = string(b)
+		}
+		var buf bytes.Buffer
+		if err := weights.Encode(&buf, outputs, meta); err != nil {
+			writeError(w, 500, err)
+			return
+		}
+		w.Header().Set("Content-Type", mediaSafetensors)
+		w.Header().Set("Content-Length", fmt.Sprint(buf.Len()))
+		w.WriteHeader(200)
+		w.Write(buf.Bytes())
+		return
+	}
+	resp := RunResponse{ID: j.ID, Model: j.Model, Outputs: jsonOutputs{}, Adapters: reports, Seconds: secs}
+	for k, raw := range outputs {
+		resp.Outputs[k] = encodeTensor(raw, out == "base64")
+	}
+	b, err := json.Marshal(resp)
+	if err != nil {
+		writeError(w, http.StatusNotAcceptable, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	w.Write(append(b, '\n'))
+}
+
+// stream writes a job's events as NDJSON (default) or SSE until it ends;
+// withResult adds a final "result" event carrying the outputs as JSON.
+func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, j *Job, withResult bool) {
+	sse := accepts(r, mediaSSE)
+	if sse {
+		w.Header().Set("Content-Type", mediaSSE)
+		w.Header().Set("Cache-Control", "no-cache")
+	} else {
+		w.Header().Set("Content-Type", mediaNDJSON)
+	}
+	w.WriteHeader(200)
+	flusher, _ := w.(http.Flusher)
+	write := func(kind string, v any) {
+		b, _ := json.Marshal(v)
+		if sse {
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", kind, b)
+		} else {
+			w.Write(append(b, '\n'))
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	seq := 0
+	for {
+		events, changed, ended := j.eventsFrom(seq)
+		for _, e := range events {
+			write(e.Type, e)
+		}
+		seq += len(events)
+		if ended {
+			break
+		}
+		select {
+		case <-changed:
+		case <-r.Context().Done():
+			if withResult {
+				d.Cancel(j)
+			}
+			return
+		}
+	}
+	if withResult {
+		j.mu.Lock()
+		outputs, reports := j.outputs, j.reports
+		j.mu.Unlock()
+		if outputs != nil {
+			resp := RunResponse{ID: j.ID, Model: j.Model, Outputs: jsonOutputs{}, Adapters: reports}
+			for k, raw := range outputs {
+				resp.Outputs[k] = encodeTensor(raw, true)
+			}
+			write("result", map[string]any{"type": "result", "result": resp})
+		}
+	}
+}
+
+// Serve runs the API on l until ctx is canceled, then shuts down
+// gracefully: readiness fails, queued jobs are refused, running ones get
+// until ShutdownTimeout to finish (then are canceled), the listener
+// closes, models are released and plugins stopped.
+func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	d.log.Info("listening", "addr", l.Addr().String(), "auth", d.cfg.Token != "")
+	select {
+	case err := <-errc:
+		d.Close()
+		return err
+	case <-ctx.Done():
+	}
+	d.log.Info("shutting down", "deadline", d.cfg.ShutdownTimeout)
+	d.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		d.log.Warn("deadline reached; canceling running jobs", "error", err)
+		d.CancelRunning()
+		srv.Close()
+	}
+	// Jobs submitted asynchronously have no handler waiting for them.
+	for _, j := range d.jobs.list() {
+		if !j.wait(sctx) {
+			d.log.Warn("deadline reached; canceling running jobs")
+			d.CancelRunning()
+			break
+		}
+	}
+	d.Close()
+	d.log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,529 @@
+// Package store keeps models and adapter files on disk for the daemon.
+//
+// Files are content-addressed blobs (blobs/sha256/<hex>); a model is a
+// manifest (models/<name>.json) naming its spec files and its weights by
+// digest; an adapter is a manifest naming one file. Names and digests are
+// validated before they touch a path, so nothing a request says can reach
+// outside the store. Every write is atomic (a temporary file, fsync,
+// rename), so a crash leaves the old state or the new one, never half of
+// either; temporary files left by a crash are removed when the store opens.
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/spec"
+)
+
+// Model is a registered model: a spec (its main file and imports, by
+// digest, under paths relative to their common directory), spec parameter
+// overrides, and a safetensors weights file.
+type Model struct {
+	Name      string            `json:"name"`
+	Created   time.Time         `json:"created"`
+	Spec      string            `json:"spec"`       // main spec file, a key of SpecFiles
+	SpecFiles map[string]string `json:"spec_files"` // relative path -> digest
+	Overrides map[string]string `json:"overrides,omitempty"`
+	Prefix    string            `json:"prefix,omitempty"` // key prefix of the model in the weights file
+	Weights   Blob              `json:"weights"`
+}
+
+// Adapter is a registered adapter file (a LoRA, say), planned by a plugin.
+type Adapter struct {
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	File    Blob      `json:"file"`
+}
+
+// Blob is a file in the store.
+type Blob struct {
+	Digest string `json:"digest"` // sha256:<64 hex>
+	Size   int64  `json:"size"`
+	Source string `json:"source,omitempty"` // base name of the file it was added from
+}
+
+// Store is a store directory. Its methods are safe for concurrent use
+// within one process.
+type Store struct {
+	root string
+	mu   sync.Mutex
+}
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
+
+// ErrNotFound is returned (wrapped) for unknown models, adapters and blobs.
+var ErrNotFound = errors.New("not found")
+
+// ErrInvalid is returned (wrapped) for malformed names and digests.
+var ErrInvalid = errors.New("invalid")
+
+// CheckName validates a model or adapter name: lower-case letters, digits,
+// '.', '_' and '-', starting with a letter or digit, at most 64 bytes, and
+// not "." or "..".
+func CheckName(name string) error {
+	if !nameRE.MatchString(name) || strings.Contains(name, "..") {
+		return fmt.Errorf("%w name %q: want 1-64 of [a-z0-9._-], starting with a letter or digit, without \"..\"", ErrInvalid, name)
+	}
+	return nil
+}
+
+// CheckDigest validates a digest: "sha256:" and 64 lower-case hex digits.
+func CheckDigest(d string) error {
+	if !digestRE.MatchString(d) {
+		return fmt.Errorf("%w digest %q: want sha256:<64 lower-case hex digits>", ErrInvalid, d)
+	}
+	return nil
+}
+
+const tmpPrefix = ".tmp-"
+
+// Open opens (creating if needed) the store at root and removes temporary
+// files an interrupted write left behind.
+func Open(root string) (*Store, error) {
+	for _, d := range []string{"blobs/sha256", "models", "adapters"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("store %s: %w", root, err)
+		}
+	}
+	s := &Store{root: root}
+	for _, d := range []string{"blobs/sha256", "models", "adapters"} {
+		entries, err := os.ReadDir(filepath.Join(root, d))
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", root, err)
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), tmpPrefix) {
+				os.Remove(filepath.Join(root, d, e.Name()))
+			}
+		}
+	}
+	return s, nil
+}
+
+// Root is the store's directory.
+func (s *Store) Root() string { return s.root }
+
+// BlobPath is the path of a blob already in the store.
+func (s *Store) BlobPath(digest string) (string, error) {
+	if err := CheckDigest(digest); err != nil {
+		return "", err
+	}
+	p := filepath.Join(s.root, "blobs", "sha256", strings.TrimPrefix(digest, "sha256:"))
+	if _, err := os.Stat(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("blob %s: %w", digest, ErrNotFound)
+		}
+		return "", fmt.Errorf("blob %s: %w", digest, err)
+	}
+	return p, nil
+}
+
+// PutBlob copies r into the store. If want is not empty the content must
+// have that digest, or nothing is kept. At most limit bytes are read
+// (0: no limit); a longer stream is refused.
+func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
+	if want != "" {
+		if err := CheckDigest(want); err != nil {
+			return Blob{}, err
+		}
+	}
+	dir := filepath.Join(s.root, "blobs", "sha256")
+	tmp, err := os.CreateTemp(dir, tmpPrefix+"*")
+	if err != nil {
+		return Blob{}, fmt.Errorf("store blob: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // a no-op once renamed
+	h := sha256.New()
+	src := r
+	if limit > 0 {
+		src = io.LimitReader(r, limit+1)
+	}
+	n, err := io.Copy(io.MultiWriter(tmp, h), src)
+	if err == nil && limit > 0 && n > limit {
+		err = fmt.Errorf("blob is larger than %d bytes", limit)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Blob{}, fmt.Errorf("store blob: %w", err)
+	}
+	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if want != "" && got != want {
+		return Blob{}, fmt.Errorf("%w content: its digest is %s, not %s", ErrInvalid, got, want)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, strings.TrimPrefix(got, "sha256:"))); err != nil {
+		return Blob{}, fmt.Errorf("store blob: %w", err)
+	}
+	return Blob{Digest: got, Size: n}, syncDir(dir)
+}
+
+func (s *Store) putFile(p string) (Blob, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return Blob{}, err
+	}
+	defer f.Close()
+	b, err := s.PutBlob(f, "", 0)
+	if err != nil {
+		return Blob{}, fmt.Errorf("%s: %w", p, err)
+	}
+	b.Source = filepath.Base(p)
+	return b, nil
+}
+
+// AddModel registers a model under name from a spec file (its imports
+// come along) and a weights file, replacing any model of that name. The
+// spec must build with the overrides and the weights must fit it (a dry
+// run: every parameter present with its shape), so a stored model always
+// loads.
+func (s *Store) AddModel(name, specPath, weightsPath string, overrides map[string]string, prefix string) (*Model, error) {
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	sp, err := spec.Load(specPath)
+	if err != nil {
+		return nil, err
+	}
+	m, err := sp.Build(overrides)
+	if err != nil {
+		return nil, err
+	}
+	header, _, err := weights.ReadHeader(weightsPath)
+	if err != nil {
+		return nil, err
+	}
+	if rep := spec.Plan(m, header, prefix); !rep.OK() {
+		return nil, fmt.Errorf("%s does not fit %s: %w", weightsPath, specPath, rep.Errors(weightsPath))
+	}
+	rel, err := relativeSet(sp.Files)
+	if err != nil {
+		return nil, err
+	}
+	model := &Model{Name: name, Created: time.Now().UTC(), SpecFiles: map[string]string{}, Overrides: overrides, Prefix: prefix}
+	for i, f := range sp.Files {
+		b, err := s.putFile(f)
+		if err != nil {
+			return nil, err
+		}
+		model.SpecFiles[rel[i]] = b.Digest
+		if i == 0 {
+			model.Spec = rel[i]
+		}
+	}
+	if model.Weights, err = s.putFile(weightsPath); err != nil {
+		return nil, err
+	}
+	if err := s.writeManifest("models", name, model); err != nil {
+		return nil, err
+	}
+	return model, nil
+}
+
+// relativeSet names files relative to their deepest common directory, so
+// that imports keep resolving between them.
+func relativeSet(files []string) ([]string, error) {
+	abs := make([]string, len(files))
+	for i, f := range files {
+		a, err := filepath.Abs(f)
+		if err != nil {
+			return nil, err
+		}
+		abs[i] = filepath.ToSlash(a)
+	}
+	root := path.Dir(abs[0])
+	for _, a := range abs[1:] {
+		for !strings.HasPrefix(a, root+"/") && root != "/" {
+			root = path.Dir(root)
+		}
+	}
+	out := make([]string, len(abs))
+	for i, a := range abs {
+		out[i] = strings.TrimPrefix(strings.TrimPrefix(a, root), "/")
+	}
+	return out, nil
+}
+
+// AddAdapter registers an adapter file under name.
+func (s *Store) AddAdapter(name, filePath string) (*Adapter, error) {
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	if _, _, err := weights.ReadHeader(filePath); err != nil {
+		return nil, err
+	}
+	b, err := s.putFile(filePath)
+	if err != nil {
+		return nil, err
+	}
+	a := &Adapter{Name: name, Created: time.Now().UTC(), File: b}
+	if err := s.writeManifest("adapters", name, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Model reads a model's manifest.
+func (s *Store) Model(name string) (*Model, error) {
+	var m Model
+	if err := s.readManifest("models", "model", name, &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Adapter reads an adapter's manifest.
+func (s *Store) Adapter(name string) (*Adapter, error) {
+	var a Adapter
+	if err := s.readManifest("adapters", "adapter", name, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// Models lists the registered models, by name.
+func (s *Store) Models() ([]*Model, error) {
+	names, err := s.names("models")
+	if err != nil {
+		return nil, err
+	}
+	var out []*Model
+	for _, n := range names {
+		m, err := s.Model(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Adapters lists the registered adapters, by name.
+func (s *Store) Adapters() ([]*Adapter, error) {
+	names, err := s.names("adapters")
+	if err != nil {
+		return nil, err
+	}
+	var out []*Adapter
+	for _, n := range names {
+		a, err := s.Adapter(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// RemoveModel unregisters a model and deletes the blobs nothing else uses.
+func (s *Store) RemoveModel(name string) error { return s.remove("models", "model", name) }
+
+// RemoveAdapter unregisters an adapter and deletes its blob if unused.
+func (s *Store) RemoveAdapter(name string) error { return s.remove("adapters", "adapter", name) }
+
+func (s *Store) remove(dir, what, name string) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	var digests []string
+	switch dir {
+	case "models":
+		m, err := s.Model(name)
+		if err != nil {
+			return err
+		}
+		digests = append(digests, m.Weights.Digest)
+		for _, d := range m.SpecFiles {
+			digests = append(digests, d)
+		}
+	default:
+		a, err := s.Adapter(name)
+		if err != nil {
+			return err
+		}
+		digests = append(digests, a.File.Digest)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := os.Remove(filepath.Join(s.root, dir, name+".json")); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s %q: %w", what, name, ErrNotFound)
+		}
+		return fmt.Errorf("remove %s %q: %w", what, name, err)
+	}
+	if err := syncDir(filepath.Join(s.root, dir)); err != nil {
+		return err
+	}
+	return s.collect(digests)
+}
+
+// uploadGrace is how long an uploaded blob that no manifest names is kept,
+// so that it is not collected before the request that uses it arrives.
+const uploadGrace = time.Hour
+
+// collect deletes the blobs of a removed manifest that nothing else uses,
+// and unreferenced blobs older than uploadGrace.
+func (s *Store) collect(removed []string) error {
+	used := map[string]bool{}
+	models, err := s.Models()
+	if err != nil {
+		return err
+	}
+	for _, m := range models {
+		used[m.Weights.Digest] = true
+		for _, d := range m.SpecFiles {
+			used[d] = true
+		}
+	}
+	adapters, err := s.Adapters()
+	if err != nil {
+		return err
+	}
+	for _, a := range adapters {
+		used[a.File.Digest] = true
+	}
+	dir := filepath.Join(s.root, "blobs", "sha256")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		d := "sha256:" + e.Name()
+		if strings.HasPrefix(e.Name(), tmpPrefix) || used[d] {
+			continue
+		}
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) < uploadGrace && !slices.Contains(removed, d) {
+			continue
+		}
+		os.Remove(filepath.Join(dir, e.Name()))
+	}
+	return nil
+}
+
+// SpecFS serves a model's spec files from their blobs, under their
+// relative paths; spec.LoadFS reads the spec and its imports from it.
+func (s *Store) SpecFS(m *Model) (fs.FS, error) {
+	files := map[string]string{}
+	for rel, d := range m.SpecFiles {
+		p, err := s.BlobPath(d)
+		if err != nil {
+			return nil, fmt.Errorf("model %s: spec file %s: %w", m.Name, rel, err)
+		}
+		files[rel] = p
+	}
+	return specFS(files), nil
+}
+
+// LoadSpec reads a model's spec from the store.
+func (s *Store) LoadSpec(m *Model) (*spec.Spec, error) {
+	fsys, err := s.SpecFS(m)
+	if err != nil {
+		return nil, err
+	}
+	return spec.LoadFS(fsys, m.Spec)
+}
+
+type specFS map[string]string // relative path -> blob path
+
+func (f specFS) Open(name string) (fs.File, error) {
+	p, ok := f[name]
+	if !ok || !fs.ValidPath(name) {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	return os.Open(p)
+}
+
+func (s *Store) names(dir string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(s.root, dir))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		n, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && CheckName(n) == nil {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (s *Store) readManifest(dir, what, name string, v any) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(s.root, dir, name+".json"))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s %q: %w", what, name, ErrNotFound)
+		}
+		return fmt.Errorf("%s %q: %w", what, name, err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s %q: corrupt manifest: %w", what, name, err)
+	}
+	return nil
+}
+
+func (s *Store) writeManifest(dir, name string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return writeAtomic(filepath.Join(s.root, dir), name+".json", append(b, '\n'))
+}
+
+func writeAtomic(dir, name string, data []byte) error {
+	tmp, err := os.CreateTemp(dir, tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, name))
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
