@@ -249,17 +249,27 @@ def convert(source, target, source_args, target_args):
 # --- case files -----------------------------------------------------------------
 
 
-def save_case(out_dir, base, name, *, adapters, outputs, reference, fused_atol="1e-5", fused_rtol="1e-4", extra=None):
+# Tolerances (float32). Against Refiners itself: atol 1e-5, rtol 1e-4, as
+# every spec case. Against diffusers / PEFT / LyCORIS: atol 5e-5, because
+# the reference's own float32 rounding is that large: LyCORIS's diff_tiny
+# U-Net output is 2.1e-5 (max abs) away from the same computation in
+# float64, and the libraries order the sums differently (a merged weight
+# W + ΔW against a branch x·ΔW added to x·W).
+CROSS_LIBRARY_ATOL = "5e-5"
+
+
+def save_case(out_dir, base, name, *, adapters, outputs, reference, atol="1e-5", extra=None):
     """<name>.case.safetensors: expected outputs per component and, in the
     metadata, the base spec cases and the adapters (file + plugin
-    parameters), applied in order."""
+    parameters), applied in order. Fused mode is held to the same
+    tolerance."""
     meta = {
         "format": name.rsplit("_", 1)[0],
         "base": json.dumps(base.files),
         "adapters": json.dumps(adapters),
         "dtype": "float32",
-        "atol": "1e-5", "rtol": "1e-4",
-        "fused_atol": fused_atol, "fused_rtol": fused_rtol,
+        "atol": atol, "rtol": "1e-4",
+        "fused_atol": atol, "fused_rtol": "1e-4",
         "reference": reference,
         "base_max_abs": json.dumps(base.base_max_abs),
     }
@@ -441,6 +451,7 @@ def case_diffusers_like(base, out_dir, gen, fmt, scale):
     outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
+              atol=CROSS_LIBRARY_ATOL,
               reference=f"{refs('diffusers', 'peft', 'transformers')}: LoraLoaderMixin.lora_state_dict + "
                         f"load_lora_into_unet / load_lora_into_text_encoder, scale_lora_layers({scale})")
 
@@ -491,6 +502,7 @@ def case_kohya(base, out_dir, gen, scale=0.9):
     outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
+              atol=CROSS_LIBRARY_ATOL,
               reference=f"{refs('diffusers', 'peft', 'transformers')}: LoraLoaderMixin.lora_state_dict (kohya "
                         f"conversion, network alphas) + load_lora_into_unet / load_lora_into_text_encoder, "
                         f"scale_lora_layers({scale})")
@@ -511,6 +523,7 @@ def case_attnprocs(base, out_dir, gen, scale=1.1, rank=2):
     outputs = {"unet": outputs["unet"]}  # a U-Net-only layout
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
+              atol=CROSS_LIBRARY_ATOL,
               reference=f"{refs('diffusers', 'peft')}: LoraLoaderMixin.lora_state_dict (attention-processor layout) + "
                         f"load_lora_into_unet, scale_lora_layers({scale})")
 
@@ -592,6 +605,7 @@ def case_lycoris(base, out_dir, gen, kind, multiplier=0.75):
     del unet, text, network
     print(f"  {file}: {len(tensors)} tensors, LyCORIS modules {kinds} x {n}")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": multiplier}}], outputs=outputs,
+              atol=CROSS_LIBRARY_ATOL,
               reference=f"{refs('lycoris-lora', 'diffusers', 'transformers')}: lycoris.kohya.create_network_from_weights "
                         f"+ apply_to, multiplier {multiplier}")
 
