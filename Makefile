@@ -37,7 +37,7 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 
 conformance: setup
 	@report=$$(mktemp); CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
@@ -46,5 +46,5 @@ conformance: setup
 # not committed), then checked. Needs the reference environment.
 conformance-full: setup
 	conformance/setup-python.sh
-	for g in vit clip_text sd15_vae sd15_unet; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
-	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 60m -run TestSpecs ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
+	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 90m -run 'TestSpecs|TestLora' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status

@@ -118,12 +118,16 @@ func loraDelta(s *tensor.Scope, target core.Module, branch *core.Chain) (**tenso
 		return &t.Weight, s.Scale(s.Matmul(up.Weight, down.Weight), scale), nil
 	case *core.Conv2d:
 		down, up := kids[0].(*core.Conv2d), kids[1].(*core.Conv2d)
-		if down.Stride != [2]int64{1, 1} || up.Stride != [2]int64{1, 1} {
-			return nil, nil, fmt.Errorf("a strided LoRA convolution cannot be fused")
+		// The down convolution may carry the target's stride (LoCon on a
+		// downsampler) when the up one is 1x1: both then sample the same
+		// positions and the sum is one convolution.
+		one := [2]int64{1, 1}
+		if up.Stride != one || (down.Stride != one && (up.Kernel != one || down.Stride != t.Stride)) {
+			return nil, nil, fmt.Errorf("a strided LoRA convolution cannot be fused (down stride %v, up stride %v, target stride %v)", down.Stride, up.Stride, t.Stride)
 		}
 		r := down.Out
 		switch {
-		case down.Kernel == [2]int64{1, 1}:
+		case down.Kernel == one && down.Stride == one && t.Stride == one:
 			// delta[o,i,h,w] = Σr up[o,r,h,w]·down[r,i]
 			kh, kw := up.Kernel[0], up.Kernel[1]
 			if up.Kernel != t.Kernel || up.Padding != t.Padding {
@@ -133,11 +137,11 @@ func loraDelta(s *tensor.Scope, target core.Module, branch *core.Chain) (**tenso
 			d := s.Reshape(down.Weight, r, down.In)
 			delta := s.Permute(s.Reshape(s.Matmul(u, d), up.Out, kh, kw, down.In), 0, 3, 1, 2)
 			return &t.Weight, s.Scale(delta, scale), nil
-		case up.Kernel == [2]int64{1, 1}:
+		case up.Kernel == one:
 			// delta[o,i,h,w] = Σr up[o,r]·down[r,i,h,w]
 			kh, kw := down.Kernel[0], down.Kernel[1]
-			if down.Kernel != t.Kernel || down.Padding != t.Padding {
-				return nil, nil, fmt.Errorf("down kernel %v padding %v differ from the target's %v %v", down.Kernel, down.Padding, t.Kernel, t.Padding)
+			if down.Kernel != t.Kernel || down.Padding != t.Padding || down.Stride != t.Stride {
+				return nil, nil, fmt.Errorf("down kernel %v padding %v stride %v differ from the target's %v %v %v", down.Kernel, down.Padding, down.Stride, t.Kernel, t.Padding, t.Stride)
 			}
 			u := s.Reshape(up.Weight, up.Out, r)
 			d := s.Reshape(down.Weight, r, down.In*kh*kw)

@@ -41,6 +41,14 @@ func TestFusedAgreesWithRuntimeAndUnfusesExactly(t *testing.T) {
 			map[string]any{"type": "Conv2dLora", "name": "d", "in_channels": 3, "out_channels": 4, "rank": 2,
 				"kernel_size": []int{3, 1}, "padding": []int{1, 0}},
 			[]int64{2, 3, 3, 3}, []int64{4, 2, 1, 1}, []int64{1, 3, 5, 5}},
+		// LoCon on a downsampler: the down convolution takes the target's
+		// stride; odd sizes check the padding.
+		{"strided conv 3x3 down, 1x1 up", func() *core.Chain {
+			return core.NewChain(core.NewConv2d(3, 4, 3, core.ConvOptions{Stride: 2, Padding: 1}))
+		}, "Conv2d",
+			map[string]any{"type": "Conv2dLora", "name": "e", "in_channels": 3, "out_channels": 4, "rank": 2, "scale": 0.5,
+				"kernel_size": []int{3, 1}, "stride": []int{2, 1}, "padding": []int{1, 0}},
+			[]int64{2, 3, 3, 3}, []int64{4, 2, 1, 1}, []int64{2, 3, 7, 5}},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
