@@ -50,21 +50,7 @@ func runTable(t *testing.T, title string, files []string, run func(path string) 
 	}
 	sort.Strings(rows)
 	report := fmt.Sprintf("%-28s %-3s %-10s %-10s %s\n%s\n", title, "out", "max abs", "max rel", "result", strings.Join(rows, "\n"))
-	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
-		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			_, err = f.WriteString(report)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
-		if err != nil {
-			t.Error(err)
-		}
-	}
-	if testing.Verbose() {
-		fmt.Print(report)
-	}
+	publishReport(t, report)
 }
 
 // treeDiffers lists cases whose tree print knowingly differs from Refiners
@@ -163,4 +149,24 @@ func runCase(path string) ([]Diff, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return diffs, nil
+}
+
+// publishReport appends a results table to $CONFORMANCE_REPORT (what
+// `make conformance` prints) and shows it under -v.
+func publishReport(t *testing.T, report string) {
+	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
+		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = f.WriteString(report)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if testing.Verbose() {
+		fmt.Print(report)
+	}
 }

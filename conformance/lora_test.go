@@ -143,21 +143,7 @@ func TestLora(t *testing.T) {
 
 	sort.Strings(rows)
 	report := fmt.Sprintf("%-22s %-13s %-8s %-10s %-10s %s\n%s\n", "LoRA case", "model", "mode", "max abs", "max rel", "result", strings.Join(rows, "\n"))
-	if out := os.Getenv("CONFORMANCE_REPORT"); out != "" {
-		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			_, err = f.WriteString(report)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
-		if err != nil {
-			t.Error(err)
-		}
-	}
-	if testing.Verbose() {
-		fmt.Print(report)
-	}
+	publishReport(t, report)
 }
 
 func passFail(ok bool) string {

@@ -459,13 +459,8 @@ func accepts(r *http.Request, media string) bool {
 // application/x-ndjson or text/event-stream it streams the job's events
 // first. A client that goes away cancels its job.
 func (d *Daemon) run(w http.ResponseWriter, r *http.Request) {
-	j, out, err := d.parseRun(w, r)
-	if err != nil {
-		d.fail(w, err)
-		return
-	}
-	if err := d.Submit(j); err != nil {
-		d.fail(w, err)
+	j, out, ok := d.accept(w, r)
+	if !ok {
 		return
 	}
 	defer d.jobs.remove(j.ID)
@@ -480,14 +475,22 @@ func (d *Daemon) run(w http.ResponseWriter, r *http.Request) {
 	d.writeResult(w, j, out)
 }
 
-func (d *Daemon) submitJob(w http.ResponseWriter, r *http.Request) {
-	j, _, err := d.parseRun(w, r)
+// accept parses and queues a run request, answering the error if any.
+func (d *Daemon) accept(w http.ResponseWriter, r *http.Request) (*Job, string, bool) {
+	j, out, err := d.parseRun(w, r)
+	if err == nil {
+		err = d.Submit(j)
+	}
 	if err != nil {
 		d.fail(w, err)
-		return
+		return nil, "", false
 	}
-	if err := d.Submit(j); err != nil {
-		d.fail(w, err)
+	return j, out, true
+}
+
+func (d *Daemon) submitJob(w http.ResponseWriter, r *http.Request) {
+	j, _, ok := d.accept(w, r)
+	if !ok {
 		return
 	}
 	w.Header().Set("Location", "/v1/jobs/"+j.ID)
