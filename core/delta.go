@@ -68,7 +68,7 @@ func NewLoha(name, targetType string, weightShape []int64, rank int64, tucker bo
 	if err := b.checkTarget(); err != nil {
 		return nil, err
 	}
-	out, in := weightShape[0], numel(weightShape[1:])
+	out, in := weightShape[0], tensor.Numel(weightShape[1:])
 	for _, i := range []string{"1", "2"} {
 		if tucker {
 			b.add("hada_t"+i, rank, rank, weightShape[2], weightShape[3])
@@ -125,7 +125,7 @@ func NewLokr(name, targetType string, weightShape []int64, l LokrLayout, scale f
 		b.add("lokr_w2_b", l.Rank, d)
 	case l.W2Factored:
 		b.add("lokr_w2_a", bb, l.Rank)
-		b.add("lokr_w2_b", l.Rank, d*numel(k))
+		b.add("lokr_w2_b", l.Rank, d*tensor.Numel(k))
 	default:
 		b.add("lokr_w2", append([]int64{bb, d}, k...)...)
 	}
@@ -156,14 +156,6 @@ func (b *DeltaBranch) add(role string, shape ...int64) {
 	b.roles = append(b.roles, role)
 	b.shapes = append(b.shapes, shape)
 	b.values = append(b.values, nil)
-}
-
-func numel(shape []int64) int64 {
-	n := int64(1)
-	for _, d := range shape {
-		n *= d
-	}
-	return n
 }
 
 func (b *DeltaBranch) TypeName() string { return b.typeName }

@@ -183,6 +183,15 @@ func SaveState(s *tensor.Scope, m Module, path string, metadata map[string]strin
 	return weights.Save(s, path, ts, metadata)
 }
 
+// CountParams is the number of parameter elements of m.
+func CountParams(m Module) int64 {
+	var n int64
+	for _, e := range StateDict(m) {
+		n += tensor.Numel(e.Shape)
+	}
+	return n
+}
+
 // InitRandom gives every parameter of m deterministic random values from
 // seed: weights uniform in ±1/sqrt(fan-in), like PyTorch's defaults, and
 // norm scales near one. For tests and demos; real weights come from files.
@@ -191,10 +200,7 @@ func InitRandom(s *tensor.Scope, m Module, seed int64) error {
 	c := s.Child()
 	defer c.Close()
 	for _, e := range StateDict(m) {
-		n := int64(1)
-		for _, d := range e.Shape {
-			n *= d
-		}
+		n := tensor.Numel(e.Shape)
 		fanIn := int64(1)
 		if len(e.Shape) > 1 {
 			fanIn = n / e.Shape[0]

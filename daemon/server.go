@@ -243,13 +243,7 @@ func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
 		var c *core.Chain
 		if c, err = sp.Build(m.Overrides); err == nil {
 			info.Tree = core.Tree(c, -1)
-			for _, e := range core.StateDict(c) {
-				n := int64(1)
-				for _, s := range e.Shape {
-					n *= s
-				}
-				info.Params += n
-			}
+			info.Params = core.CountParams(c)
 		}
 	}
 	if err != nil {

@@ -183,14 +183,7 @@ func modelsVerb(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		var params int64
-		for _, e := range core.StateDict(c) {
-			n := int64(1)
-			for _, d := range e.Shape {
-				n *= d
-			}
-			params += n
-		}
+		params := core.CountParams(c)
 		fmt.Fprintf(out, "model %s\n  spec: %s\n", m.Name, m.Spec)
 		for rel, d := range m.SpecFiles {
 			fmt.Fprintf(out, "    %s %s\n", d, rel)

@@ -124,16 +124,7 @@ func inspect(args []string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(out, core.Tree(m, *depth))
-	var n int64
-	entries := core.StateDict(m)
-	for _, e := range entries {
-		c := int64(1)
-		for _, d := range e.Shape {
-			c *= d
-		}
-		n += c
-	}
-	fmt.Fprintf(out, "\n%d parameter tensors, %d parameters\n", len(entries), n)
+	fmt.Fprintf(out, "\n%d parameter tensors, %d parameters\n", len(core.StateDict(m)), core.CountParams(m))
 	return nil
 }
 

@@ -15,7 +15,7 @@ func (s *Scope) FromBytes(data []byte, dtype DType, shape ...int64) *Tensor {
 	if s.err != nil {
 		return nil
 	}
-	n := numel(shape)
+	n := Numel(shape)
 	for _, d := range shape {
 		if d < 0 {
 			s.Failf("from bytes: negative dimension in shape %v", shape)

@@ -60,7 +60,7 @@ func (t *Tensor) Dim() int {
 }
 
 // Numel is the number of elements.
-func (t *Tensor) Numel() int64 { return numel(t.Shape()) }
+func (t *Tensor) Numel() int64 { return Numel(t.Shape()) }
 
 // DType is the element type. It panics only if libtorch holds a type this
 // package never creates, which would be a bug here, not bad input.
@@ -92,7 +92,8 @@ func (t *Tensor) String() string {
 	return fmt.Sprintf("Tensor(shape=%v, dtype=%s, device=%s)", t.Shape(), t.DType(), t.Device())
 }
 
-func numel(shape []int64) int64 {
+// Numel is the number of elements of a tensor of the given shape.
+func Numel(shape []int64) int64 {
 	n := int64(1)
 	for _, d := range shape {
 		n *= d

@@ -229,7 +229,7 @@ func (f *File) Scalar(key string) (float64, error) {
 	if !ok {
 		return 0, keyErrorf(f.path, key, "not in file (or of an unsupported dtype)")
 	}
-	if n, _ := numel(toUint(info.Shape)); n != 1 {
+	if tensor.Numel(info.Shape) != 1 {
 		return 0, keyErrorf(f.path, key, "has shape %v, not one element", info.Shape)
 	}
 	view, _ := f.st.Tensor(key)
@@ -245,14 +245,6 @@ func (f *File) Scalar(key string) (float64, error) {
 		return float64(int64(binary.LittleEndian.Uint64(b))), nil
 	}
 	return 0, keyErrorf(f.path, key, "dtype %s has no numeric value", info.DType)
-}
-
-func toUint(shape []int64) []uint64 {
-	out := make([]uint64, len(shape))
-	for i, d := range shape {
-		out[i] = uint64(d)
-	}
-	return out
 }
 
 // Close unmaps the file. Closing again does nothing; Load after Close fails.
