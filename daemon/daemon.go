@@ -188,10 +188,7 @@ func (d *Daemon) resolve(j *Job) error {
 // Submit queues a job. It fails at once (429) when the queue is full and
 // (503) when the daemon is shutting down.
 func (d *Daemon) Submit(j *Job) error {
-	if err := store.CheckName(j.Model); err != nil {
-		return err
-	}
-	m, err := d.store.Model(j.Model)
+	m, err := d.store.Model(j.Model) // validates the name
 	if err != nil {
 		return err
 	}
@@ -234,10 +231,7 @@ func (d *Daemon) warmLocked(name string, m *store.Model) *warm {
 
 // Load makes a model warm and waits until it is.
 func (d *Daemon) Load(ctx context.Context, name string) error {
-	if err := store.CheckName(name); err != nil {
-		return err
-	}
-	m, err := d.store.Model(name)
+	m, err := d.store.Model(name) // validates the name
 	if err != nil {
 		return err
 	}
@@ -496,13 +490,9 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	return rep, ap.Eject, nil
 }
 
-// execute runs one job on a warm model.
+// execute runs one job on a warm model (loaded: a failed load retires the
+// worker before it takes any job).
 func (d *Daemon) execute(w *warm, j *Job) {
-	<-w.ready
-	if w.loadErr != nil {
-		j.finish(nil, w.loadErr, http.StatusInternalServerError)
-		return
-	}
 	if !j.start() {
 		return // canceled while queued
 	}
