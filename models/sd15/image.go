@@ -1,0 +1,268 @@
+package sd15
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"image/color"
+	_ "image/jpeg" // init images may be JPEG
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+)
+
+// RGB is an 8-bit RGB image, rows top to bottom, pixels left to right,
+// three bytes each: what Refiners' pipeline reads (PIL mode "RGB") and
+// writes.
+type RGB struct {
+	Width, Height int
+	Pix           []uint8
+}
+
+// Gray is an 8-bit one-channel image (PIL mode "L"): inpainting masks.
+type Gray struct {
+	Width, Height int
+	Pix           []uint8
+}
+
+// NewRGB makes a black image.
+func NewRGB(w, h int) *RGB { return &RGB{Width: w, Height: h, Pix: make([]uint8, 3*w*h)} }
+
+// ToRGB converts an image as PIL's convert("RGB") does: alpha is dropped
+// (not composited), gray is replicated, palette entries give their colour,
+// 16-bit samples keep their high byte. Images decoded from PNG convert
+// exactly as PIL's; JPEG decoders differ between Go and libjpeg by a few
+// levels.
+func ToRGB(img image.Image) *RGB {
+	b := img.Bounds()
+	out := NewRGB(b.Dx(), b.Dy())
+	i := 0
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl := rgbAt(img, x, y)
+			out.Pix[i], out.Pix[i+1], out.Pix[i+2] = r, g, bl
+			i += 3
+		}
+	}
+	return out
+}
+
+// rgbAt reads one pixel's colour without alpha, un-premultiplied.
+func rgbAt(img image.Image, x, y int) (r, g, b uint8) {
+	switch m := img.(type) {
+	case *image.NRGBA:
+		p := m.Pix[m.PixOffset(x, y):]
+		return p[0], p[1], p[2]
+	case *image.Gray:
+		v := m.Pix[m.PixOffset(x, y)]
+		return v, v, v
+	case *image.Paletted:
+		entry := m.Palette[m.ColorIndexAt(x, y)]
+		c, ok := entry.(color.NRGBA) // keeps the colour of transparent entries, as PIL does
+		if !ok {
+			c = color.NRGBAModel.Convert(entry).(color.NRGBA)
+		}
+		return c.R, c.G, c.B
+	case *image.NRGBA64:
+		p := m.Pix[m.PixOffset(x, y):]
+		return p[0], p[2], p[4]
+	case *image.Gray16:
+		v := m.Pix[m.PixOffset(x, y)]
+		return v, v, v
+	}
+	c := color.NRGBA64Model.Convert(img.At(x, y)).(color.NRGBA64)
+	return uint8(c.R >> 8), uint8(c.G >> 8), uint8(c.B >> 8)
+}
+
+// ToGray converts an image as PIL's convert("L") does: luma
+// (19595·R + 38470·G + 7471·B + 2^15) >> 16 of the RGB values, alpha
+// ignored.
+func ToGray(img image.Image) *Gray {
+	b := img.Bounds()
+	out := &Gray{Width: b.Dx(), Height: b.Dy(), Pix: make([]uint8, b.Dx()*b.Dy())}
+	i := 0
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if g, ok := img.(*image.Gray); ok {
+				out.Pix[i] = g.Pix[g.PixOffset(x, y)]
+			} else {
+				r, gr, bl := rgbAt(img, x, y)
+				out.Pix[i] = luma(r, gr, bl)
+			}
+			i++
+		}
+	}
+	return out
+}
+
+func luma(r, g, b uint8) uint8 {
+	return uint8((uint32(r)*19595 + uint32(g)*38470 + uint32(b)*7471 + 0x8000) >> 16)
+}
+
+// ReadImage decodes a PNG or JPEG file.
+func ReadImage(path string) (image.Image, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	img, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: not a PNG or JPEG image: %w", path, err)
+	}
+	return img, nil
+}
+
+// Image returns the picture as an opaque image.RGBA (PNG-encodes as 8-bit RGB).
+func (m *RGB) Image() *image.RGBA {
+	out := image.NewRGBA(image.Rect(0, 0, m.Width, m.Height))
+	for i, j := 0, 0; i < len(m.Pix); i, j = i+3, j+4 {
+		out.Pix[j], out.Pix[j+1], out.Pix[j+2], out.Pix[j+3] = m.Pix[i], m.Pix[i+1], m.Pix[i+2], 255
+	}
+	return out
+}
+
+// EncodePNG returns the image as PNG bytes (8-bit RGB, default compression):
+// the same pixels always give the same bytes.
+func (m *RGB) EncodePNG() ([]byte, error) {
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, m.Image()); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// WriteFileAtomic writes data to path through a temporary file in the same
+// directory, synced and renamed into place: readers see the old file or
+// the whole new one, and a failure leaves nothing behind.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Resize scales an image to w×h with PIL's Image.resize default for RGB
+// images (bicubic, a = −0.5, the filter widened by the scale factor when
+// shrinking, horizontal then vertical pass, each rounded to 8 bits with
+// 22-bit fixed-point weights), so that an init image of another size gives
+// Refiners' pixels. An image already w×h is returned as is (PIL copies it).
+func (m *RGB) Resize(w, h int) *RGB {
+	if w == m.Width && h == m.Height {
+		return m
+	}
+	out := m
+	if w != m.Width {
+		out = resample(out, w, true)
+	}
+	if h != m.Height {
+		out = resample(out, h, false)
+	}
+	return out
+}
+
+// resampleBits is the fixed-point precision of PIL's 8-bit resampling.
+const resampleBits = 22
+
+// bicubic is PIL's cubic convolution kernel with a = −0.5.
+func bicubic(x float64) float64 {
+	const a = -0.5
+	x = math.Abs(x)
+	switch {
+	case x < 1:
+		return ((a+2)*x-(a+3))*x*x + 1
+	case x < 2:
+		return (((x-5)*x+8)*x - 4) * a
+	}
+	return 0
+}
+
+// weights returns, for each output index, the first input index and the
+// fixed-point weights of the inputs it mixes.
+func resampleWeights(in, out int) (first []int, kernels [][]int32) {
+	scale := float64(in) / float64(out)
+	filterScale := math.Max(scale, 1)
+	support := 2 * filterScale
+	first = make([]int, out)
+	kernels = make([][]int32, out)
+	for o := range out {
+		center := (float64(o) + 0.5) * scale
+		lo := max(int(center-support+0.5), 0)
+		hi := min(int(center+support+0.5), in)
+		ws := make([]float64, hi-lo)
+		total := 0.0
+		for i := range ws {
+			ws[i] = bicubic((float64(i+lo) - center + 0.5) / filterScale)
+			total += ws[i]
+		}
+		k := make([]int32, len(ws))
+		for i, v := range ws {
+			if total != 0 {
+				v /= total
+			}
+			if v < 0 {
+				k[i] = int32(-0.5 + v*(1<<resampleBits))
+			} else {
+				k[i] = int32(0.5 + v*(1<<resampleBits))
+			}
+		}
+		first[o], kernels[o] = lo, k
+	}
+	return first, kernels
+}
+
+// resample scales one axis (the width when horizontal) to n pixels.
+func resample(m *RGB, n int, horizontal bool) *RGB {
+	var out *RGB
+	var in, lines, stride, step int // step: bytes between neighbours along the axis
+	if horizontal {
+		out, in, lines, stride, step = NewRGB(n, m.Height), m.Width, m.Height, 3*m.Width, 3
+	} else {
+		out, in, lines, stride, step = NewRGB(m.Width, n), m.Height, m.Width, 3, 3*m.Width
+	}
+	first, kernels := resampleWeights(in, n)
+	outStride, outStep := 3*n, 3
+	if !horizontal {
+		outStride, outStep = 3, 3*m.Width
+	}
+	for l := range lines {
+		for o := range n {
+			k := kernels[o]
+			for c := range 3 {
+				acc := int32(1 << (resampleBits - 1))
+				base := l*stride + first[o]*step + c
+				for i, w := range k {
+					acc += int32(m.Pix[base+i*step]) * w
+				}
+				v := acc >> resampleBits
+				out.Pix[l*outStride+o*outStep+c] = uint8(min(max(v, 0), 255))
+			}
+		}
+	}
+	return out
+}
