@@ -1,10 +1,6 @@
 package diffusion
 
-import (
-	"math"
-
-	"github.com/refiners-go/refiners/core/tensor"
-)
+import "github.com/refiners-go/refiners/core/tensor"
 
 // ddim is Refiners' DDIM solver (arXiv:2010.02502), deterministic (η = 0),
 // with leading timestep spacing and offset 1. With α = √ᾱ at the current
@@ -25,8 +21,8 @@ func (d *ddim) Step(s *tensor.Scope, x, predictedNoise *tensor.Tensor, step int)
 	if step < d.steps-1 {
 		nextScale = csf[int(d.timesteps[step+1])]
 	}
-	std := sqrtf(1 - float32(scale*scale))
-	noiseFactor := sqrtf(1 - float32(nextScale*nextScale))
+	std := sqrtf(s, 1-float32(scale*scale))
+	noiseFactor := sqrtf(s, 1-float32(nextScale*nextScale))
 	if step == d.steps-1 {
 		noiseFactor = 0 // no noise on the last step, to avoid artifacts
 	}
@@ -37,6 +33,5 @@ func (d *ddim) Step(s *tensor.Scope, x, predictedNoise *tensor.Tensor, step int)
 	}, x, predictedNoise)
 }
 
-// sqrtf is the correctly rounded float32 square root (libtorch's too): the
-// float64 root rounded to float32 is never double-rounded wrongly.
-func sqrtf(v float32) float32 { return float32(math.Sqrt(float64(v))) }
+// sqrtf is √v by libtorch's float32 sqrt (see scalarOp).
+func sqrtf(s *tensor.Scope, v float32) float32 { return scalarOp(s, v, (*tensor.Scope).Sqrt) }

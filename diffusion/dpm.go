@@ -1,6 +1,10 @@
 package diffusion
 
-import "github.com/refiners-go/refiners/core/tensor"
+import (
+	"math"
+
+	"github.com/refiners-go/refiners/core/tensor"
+)
 
 // dpm is Refiners' DPMSolver: DPM-Solver++ 2M for noise-predicting models
 // (arXiv:2211.01095). Each step first estimates the clean latents
@@ -79,14 +83,22 @@ func (d *dpm) Close() {
 	d.prev = nil
 }
 
-// expf is e^v rounded to float32 by libtorch's float32 exp on a one-element
-// CPU tensor, the kernel Refiners' 0-d tensor goes through.
-func expf(s *tensor.Scope, v float32) float32 {
+// expf is e^v rounded to float32 by libtorch's float32 exp, the kernel
+// Refiners' 0-d tensors go through.
+func expf(s *tensor.Scope, v float32) float32 { return scalarOp(s, v, (*tensor.Scope).Exp) }
+
+// scalarOp applies a float32 libtorch op to v on a one-element CPU tensor.
+// Refiners computes its step coefficients as 0-d float32 tensors, and
+// libtorch's sqrt and exp are not always the correctly rounded results Go
+// would give (sqrt(0.99246526) is one ulp above), so the solvers ask
+// libtorch for those; +, −, × and ÷ are exactly rounded on both sides and
+// stay Go float32 arithmetic.
+func scalarOp(s *tensor.Scope, v float32, op func(c *tensor.Scope, t *tensor.Tensor) *tensor.Tensor) float32 {
 	c := s.Child()
 	defer c.Close()
-	out := c.Float32s(c.Exp(c.FromFloat32([]float32{v}, 1)))
+	out := c.Float32s(op(c, c.FromFloat32([]float32{v}, 1)))
 	if len(out) != 1 {
-		return 0 // c failed; the error reaches s when c closes
+		return float32(math.NaN()) // c failed; the error reaches s when c closes
 	}
 	return out[0]
 }

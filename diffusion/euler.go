@@ -40,7 +40,8 @@ func (e *euler) ScaleModelInput(s *tensor.Scope, x *tensor.Tensor, step int) *te
 		return nil
 	}
 	sigma := e.sigmas[step]
-	denom := sqrtf(float32(sigma*sigma) + 1)
+	// (σ**2 + 1) ** 0.5, as Refiners writes it.
+	denom := scalarOp(s, float32(sigma*sigma)+1, func(c *tensor.Scope, t *tensor.Tensor) *tensor.Tensor { return c.Pow(t, 0.5) })
 	return inFloat32(s, func(c *tensor.Scope, v []*tensor.Tensor) *tensor.Tensor {
 		return c.DivScalar(v[0], float64(denom))
 	}, x)
