@@ -37,6 +37,8 @@ func run(args []string, out io.Writer) error {
 		return plan(args, out)
 	case "run":
 		return runSpec(args, out)
+	case "generate":
+		return generate(args, out)
 	case "plugins":
 		return pluginsVerb(args, out)
 	case "serve":
@@ -79,6 +81,9 @@ const usage = `usage: refinersd VERB [flags]
                                 run a model: IN holds input.0, input.1, ... and
                                 context.<name>.<key> tensors; OUT gets output.0, ...;
                                 each --adapter is planned by an installed plugin and applied
+  generate --prompt TEXT --output OUT.png --unet W --text-encoder W --autoencoder W [flags]
+                                Stable Diffusion 1.5: text to image, image to image, inpainting
+                                (refinersd generate -h; docs/generate.md)
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
 --prefix P reads weights under keys P<key>; --device cpu|cuda[:N];

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"image"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/hosts"
+	"github.com/refiners-go/refiners/models/sd15"
+	"github.com/refiners-go/refiners/store"
+)
+
+// componentSets collects --set MODEL.name=value for the three models.
+type componentSets map[string]map[string]string
+
+var components = []string{"unet", "text_encoder", "autoencoder"}
+
+func (c componentSets) String() string { return fmt.Sprint(map[string]map[string]string(c)) }
+
+func (c componentSets) Set(v string) error {
+	model, rest, ok := strings.Cut(v, ".")
+	name, val, ok2 := strings.Cut(rest, "=")
+	if !ok || !ok2 || name == "" || c[model] == nil {
+		return fmt.Errorf("--set wants MODEL.name=value with MODEL one of %s, got %q", strings.Join(components, ", "), v)
+	}
+	c[model][name] = val
+	return nil
+}
+
+const generateUsage = `usage: refinersd generate --prompt TEXT --output OUT.png
+         (--unet W --text-encoder W --autoencoder W | --model NAME) [flags]
+
+Stable Diffusion 1.5, as Refiners' StableDiffusion_1: text to image, image to
+image (--init-image), inpainting (--init-image and --mask with an inpainting
+U-Net). See docs/generate.md.
+
+`
+
+// generate is `refinersd generate`.
+func generate(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), generateUsage)
+		fs.PrintDefaults()
+	}
+	unet := fs.String("unet", "", "U-Net weights (Refiners' SD1UNet layout; in_channels 9 for inpainting)")
+	textEncoder := fs.String("text-encoder", "", "CLIP text encoder weights (Refiners' CLIPTextEncoderL layout)")
+	autoencoder := fs.String("autoencoder", "", "autoencoder weights (Refiners' SD1Autoencoder layout: Encoder.*, Decoder.*)")
+	model := fs.String("model", "", "take the three weight files from the store: models NAME-unet, NAME-text-encoder, NAME-autoencoder")
+	storeDir := fs.String("store", defaultStoreDir(), "model store directory (for --model)")
+	prompt := fs.String("prompt", "", "what to draw")
+	negative := fs.String("negative-prompt", "", "what to steer away from")
+	steps := fs.Int("steps", sd15.DefaultSteps, "denoising steps of the full schedule")
+	guidance := fs.Float64("guidance", sd15.DefaultGuidance, "classifier-free guidance scale")
+	seed := fs.Int64("seed", -1, "noise seed (-1: a random one, printed)")
+	width := fs.Int("width", 0, "image width, a multiple of 8 (default 512, or the init image's)")
+	height := fs.Int("height", 0, "image height, a multiple of 8 (default 512, or the init image's)")
+	solver := fs.String("solver", sd15.DefaultSolver, "dpm (DPM-Solver++ 2M), ddim or euler")
+	batch := fs.Int("batch", 1, "number of images, seeds SEED, SEED+1, ...")
+	initImage := fs.String("init-image", "", "PNG or JPEG to start from (image to image, or the image to inpaint)")
+	strength := fs.Float64("strength", 0, "image to image: how much to change, in (0, 1] (default 0.6; 1 with --mask)")
+	maskPath := fs.String("mask", "", "inpainting mask (PNG), white where to repaint, the output's size")
+	var adapters adapterFlags
+	fs.Var(&adapters, "adapter", "PLUGIN:FILE[:PARAMS_JSON], e.g. lora:style.safetensors:{\"scale\": 0.8} (repeatable)")
+	pluginsDir := fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for --adapter)")
+	device := fs.String("device", "cpu", "cpu, cuda or cuda:N")
+	dtype := fs.String("dtype", "float32", "float32, float16 or bfloat16")
+	output := fs.String("output", "", "PNG file to write (with --batch N: OUT-1.png ... OUT-N.png)")
+	sets := componentSets{"unet": {}, "text_encoder": {}, "autoencoder": {}}
+	fs.Var(sets, "set", "override a spec parameter of one model: MODEL.name=value, MODEL unet, text_encoder or autoencoder (repeatable)")
+	quiet := fs.Bool("quiet", false, "no progress output")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("generate: unexpected argument %q (flags only; quote the prompt: --prompt \"...\")", fs.Arg(0))
+	}
+
+	// Everything that can be checked before loading the models is.
+	if *prompt == "" {
+		return errors.New("generate: --prompt is required")
+	}
+	if *output == "" {
+		return errors.New("generate: --output is required")
+	}
+	if ext := strings.ToLower(filepath.Ext(*output)); ext != ".png" {
+		return fmt.Errorf("generate: --output %s: only PNG is written (use a .png name)", *output)
+	}
+	if st, err := os.Stat(filepath.Dir(*output)); err != nil || !st.IsDir() {
+		return fmt.Errorf("generate: --output %s: the directory %s does not exist", *output, filepath.Dir(*output))
+	}
+	dev, err := tensor.ParseDevice(*device)
+	if err != nil {
+		return err
+	}
+	dt, err := tensor.ParseDType(*dtype)
+	if err != nil {
+		return err
+	}
+	cfg := sd15.Config{UNet: *unet, TextEncoder: *textEncoder, Autoencoder: *autoencoder, Device: dev, DType: dt,
+		UNetParams: sets["unet"], TextEncoderParams: sets["text_encoder"], AutoencoderParams: sets["autoencoder"]}
+	if *model != "" {
+		if *unet != "" || *textEncoder != "" || *autoencoder != "" {
+			return errors.New("generate: --model or --unet/--text-encoder/--autoencoder, not both")
+		}
+		if err := fromStore(&cfg, *storeDir, *model); err != nil {
+			return err
+		}
+	}
+	for _, f := range []struct{ flag, path string }{{"--unet", cfg.UNet}, {"--text-encoder", cfg.TextEncoder}, {"--autoencoder", cfg.Autoencoder}} {
+		if f.path == "" {
+			return fmt.Errorf("generate: %s is required (or --model NAME)", f.flag)
+		}
+		if err := fileExists(f.flag, f.path); err != nil {
+			return err
+		}
+	}
+	for _, a := range adapters {
+		if err := fileExists("--adapter", a.file); err != nil {
+			return err
+		}
+	}
+
+	if *seed < -1 {
+		return fmt.Errorf("generate: --seed %d: want a seed ≥ 0 (or -1 for a random one)", *seed)
+	}
+	req := sd15.Request{Prompt: *prompt, NegativePrompt: *negative, Steps: *steps, Guidance: *guidance, Seed: uint64(*seed),
+		Width: *width, Height: *height, Solver: *solver, Batch: *batch, Strength: *strength}
+	if *initImage != "" {
+		img, err := readImageFlag("--init-image", *initImage)
+		if err != nil {
+			return err
+		}
+		req.InitImage = sd15.ToRGB(img)
+		if req.Width == 0 && req.Height == 0 {
+			req.Width, req.Height = req.InitImage.Width, req.InitImage.Height
+		}
+	}
+	if *maskPath != "" {
+		if *initImage == "" {
+			return errors.New("generate: --mask needs --init-image (the image to inpaint)")
+		}
+		img, err := readImageFlag("--mask", *maskPath)
+		if err != nil {
+			return err
+		}
+		req.Mask = sd15.ToGray(img)
+	}
+	if req.Width == 0 {
+		req.Width = sd15.DefaultSize
+	}
+	if req.Height == 0 {
+		req.Height = sd15.DefaultSize
+	}
+	if *seed == -1 {
+		req.Seed = rand.Uint64N(1 << 32)
+	}
+	if req, err = req.WithDefaults(); err != nil {
+		return fmt.Errorf("generate: %w", err)
+	}
+	for _, a := range adapters {
+		req.Adapters = append(req.Adapters, sd15.Adapter{Plugin: a.plugin, File: a.file, Params: a.params})
+	}
+	outputs := outputPaths(*output, req.Batch)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	var host *hosts.Host
+	if len(req.Adapters) > 0 {
+		if host, err = hosts.New(*pluginsDir, hosts.Options{}); err != nil {
+			return err
+		}
+		defer host.Close()
+		for _, a := range req.Adapters { // before the slow part
+			if _, err := host.Describe(ctx, a.Plugin); err != nil {
+				return fmt.Errorf("generate: --adapter %s: %w", a.Plugin, err)
+			}
+		}
+	}
+	stderr := os.Stderr
+	bar := newProgressBar(stderr, isTerminal(stderr), *quiet)
+	req.Progress = bar.update
+	return tensor.Run(ctx, func(s *tensor.Scope) error {
+		loadStart := time.Now()
+		m, err := sd15.Load(s, cfg)
+		if err != nil {
+			return err
+		}
+		defer m.Release()
+		m.Plugins = host
+		if !*quiet {
+			fmt.Fprintf(stderr, "loaded in %.1fs: U-Net in_channels %d, %s on %s; seed %d, %dx%d, %s, %d steps\n",
+				time.Since(loadStart).Seconds(), m.InChannels, dt, dev, req.Seed, req.Width, req.Height, req.Solver, req.Steps)
+		}
+		res, err := m.Generate(ctx, s, req)
+		bar.done()
+		if err != nil {
+			return fmt.Errorf("generate: %w", err)
+		}
+		for _, w := range res.Warnings {
+			fmt.Fprintln(stderr, "warning:", w)
+		}
+		for _, a := range res.Adapters {
+			fmt.Fprintf(out, "adapter %s (%s, format %s): %d U-Net layers, %d text encoder layers adapted; %d of %d keys matched\n",
+				a.File, a.Plugin, a.Format, a.UNetLayers, a.TextEncoderLayers, a.Matched, a.Keys)
+			if len(a.Unmatched) > 0 {
+				fmt.Fprintf(stderr, "warning: adapter %s: %d keys matched no layer, e.g. %s\n", a.File, len(a.Unmatched), a.Unmatched[0])
+			}
+		}
+		// Encode everything first, then write: a failure writes nothing.
+		var pngs [][]byte
+		for _, img := range res.Images {
+			b, err := img.EncodePNG()
+			if err != nil {
+				return err
+			}
+			pngs = append(pngs, b)
+		}
+		for i, b := range pngs {
+			if err := sd15.WriteFileAtomic(outputs[i], b); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%s (seed %d)\n", outputs[i], res.Seeds[i])
+		}
+		return nil
+	})
+}
+
+// outputPaths names the files of a batch: OUT.png alone, or OUT-1.png ... OUT-N.png.
+func outputPaths(output string, n int) []string {
+	if n == 1 {
+		return []string{output}
+	}
+	ext := filepath.Ext(output)
+	stem := strings.TrimSuffix(output, ext)
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("%s-%d%s", stem, i+1, ext))
+	}
+	return out
+}
+
+func fileExists(flag, path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("generate: %s %s: no such file", flag, path)
+		}
+		return fmt.Errorf("generate: %s: %w", flag, err)
+	}
+	if st.IsDir() {
+		return fmt.Errorf("generate: %s %s is a directory, not a file", flag, path)
+	}
+	return nil
+}
+
+func readImageFlag(flag, path string) (image.Image, error) {
+	if err := fileExists(flag, path); err != nil {
+		return nil, err
+	}
+	img, err := sd15.ReadImage(path)
+	if err != nil {
+		return nil, fmt.Errorf("generate: %s: %w", flag, err)
+	}
+	return img, nil
+}
+
+// fromStore fills the weight paths and parameters from the store's models
+// NAME-unet, NAME-text-encoder and NAME-autoencoder (added with
+// `refinersd models add`). The specs are the built-in ones.
+func fromStore(cfg *sd15.Config, dir, name string) error {
+	st, err := store.Open(dir)
+	if err != nil {
+		return err
+	}
+	for _, part := range []struct {
+		suffix string
+		path   *string
+		params *map[string]string
+	}{{"-unet", &cfg.UNet, &cfg.UNetParams}, {"-text-encoder", &cfg.TextEncoder, &cfg.TextEncoderParams}, {"-autoencoder", &cfg.Autoencoder, &cfg.AutoencoderParams}} {
+		m, err := st.Model(name + part.suffix)
+		if err != nil {
+			return fmt.Errorf("generate: --model %s: %w", name, err)
+		}
+		p, err := st.BlobPath(m.Weights.Digest)
+		if err != nil {
+			return err
+		}
+		*part.path = p
+		for k, v := range m.Overrides {
+			if _, set := (*part.params)[k]; !set {
+				(*part.params)[k] = v
+			}
+		}
+	}
+	return nil
+}

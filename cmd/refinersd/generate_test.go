@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/refiners-go/refiners/core/weights"
+)
+
+// The tiny Stable Diffusion of the pipeline conformance cases.
+const tinySD = "../../conformance/testdata/pipeline"
+
+// tinyArgs are the generate flags for the tiny models: weight files and
+// their spec sizes.
+func tinyArgs(t *testing.T, inpainting bool) []string {
+	t.Helper()
+	f, err := weights.Open(filepath.Join(tinySD, "txt2img_dpm.case.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var files map[string]string
+	var overrides map[string]map[string]string
+	if err := json.Unmarshal([]byte(f.Metadata()["weights"]), &files); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(f.Metadata()["overrides"]), &overrides); err != nil {
+		t.Fatal(err)
+	}
+	unet := files["unet"]
+	if inpainting {
+		unet = files["unet_inpainting"]
+	}
+	args := []string{"generate", "--unet", filepath.Join(tinySD, unet), "--text-encoder", filepath.Join(tinySD, files["text_encoder"]),
+		"--autoencoder", filepath.Join(tinySD, files["autoencoder"]), "--width", "64", "--height", "48", "--steps", "3"}
+	for _, model := range []string{"unet", "text_encoder", "autoencoder"} {
+		var keys []string
+		for k := range overrides[model] {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			args = append(args, "--set", fmt.Sprintf("%s.%s=%s", model, k, overrides[model][k]))
+		}
+	}
+	return args
+}
+
+func buildRefinersd(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "refinersd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestGenerate drives the real binary with tiny random weights: it writes
+// a PNG of the asked size, the same seed gives the same bytes, a batch
+// writes one file per seed, progress goes to stderr one line per step
+// when stderr is not a terminal, and a LoRA planned by the real plugin
+// changes the image.
+func TestGenerate(t *testing.T) {
+	bin := buildRefinersd(t)
+	dir := t.TempDir()
+	run := func(args ...string) (string, string) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("refinersd %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	base := append(tinyArgs(t, false), "--prompt", "a lighthouse at dusk", "--seed", "42")
+	read := func(path string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+
+	a, b := filepath.Join(dir, "a.png"), filepath.Join(dir, "b.png")
+	stdout, stderr := run(append(base, "--output", a)...)
+	run(append(base, "--output", b, "--quiet")...)
+	img, err := png.Decode(bytes.NewReader(read(a)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := img.Bounds(); got != image.Rect(0, 0, 64, 48) {
+		t.Errorf("image bounds %v, want 64x48", got)
+	}
+	if !bytes.Equal(read(a), read(b)) {
+		t.Error("the same seed wrote different files")
+	}
+	if !strings.Contains(stdout, a+" (seed 42)") {
+		t.Errorf("stdout %q does not name the file and seed", stdout)
+	}
+	for i := 1; i <= 3; i++ {
+		if !strings.Contains(stderr, fmt.Sprintf("step %d/3, ", i)) {
+			t.Errorf("stderr has no progress line for step %d:\n%s", i, stderr)
+		}
+	}
+	if strings.Contains(stderr, "\r") {
+		t.Error("a bar was drawn on a pipe")
+	}
+
+	// A batch of two: the second image is seed 43's.
+	batch := filepath.Join(dir, "batch.png")
+	stdout, _ = run(append(base, "--output", batch, "--batch", "2", "--quiet")...)
+	one := filepath.Join(dir, "one.png")
+	run(append(tinyArgs(t, false), "--prompt", "a lighthouse at dusk", "--seed", "43", "--output", one, "--quiet")...)
+	if !strings.Contains(stdout, "batch-2.png (seed 43)") {
+		t.Errorf("batch stdout %q", stdout)
+	}
+	if !bytes.Equal(read(filepath.Join(dir, "batch-1.png")), read(a)) {
+		t.Error("image 1 of the batch is not seed 42's")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "batch-2.png")); err != nil {
+		t.Error(err)
+	}
+
+	// Inpainting and image to image write PNGs too.
+	inpainted := filepath.Join(dir, "inpainted.png")
+	run(append(tinyArgs(t, true), "--prompt", "a boat", "--seed", "1", "--init-image", filepath.Join(tinySD, "init.png"),
+		"--mask", filepath.Join(tinySD, "mask.png"), "--output", inpainted, "--quiet")...)
+	img2img := filepath.Join(dir, "img2img.png")
+	run(append(tinyArgs(t, false), "--prompt", "a boat", "--seed", "1", "--init-image", filepath.Join(tinySD, "init.png"),
+		"--strength", "0.7", "--solver", "ddim", "--output", img2img, "--quiet")...)
+	for _, p := range []string{inpainted, img2img} {
+		if _, err := png.Decode(bytes.NewReader(read(p))); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+
+	// A LoRA through the installed plugin.
+	plug := filepath.Join(dir, "lora")
+	if out, err := exec.Command("go", "build", "-o", plug, "../../plugins/lora").CombinedOutput(); err != nil {
+		t.Fatalf("build the LoRA plugin: %v\n%s", err, out)
+	}
+	plugins := filepath.Join(dir, "plugins")
+	run("plugins", "install", plug, "--dir", plugins)
+	lora := filepath.Join(dir, "lora.png")
+	stdout, _ = run(append(base, "--output", lora, "--quiet", "--plugins-dir", plugins,
+		"--adapter", "lora:"+filepath.Join(tinySD, "lora.safetensors")+`:{"scale": 0.8}`)...)
+	if !strings.Contains(stdout, "format refiners") || !strings.Contains(stdout, "of 370 keys matched") {
+		t.Errorf("no adapter report: %q", stdout)
+	}
+	if bytes.Equal(read(lora), read(a)) {
+		t.Error("the LoRA did not change the image")
+	}
+}
+
+// TestGenerateErrors: each bad input fails with a named error and writes
+// nothing.
+func TestGenerateErrors(t *testing.T) {
+	bin := buildRefinersd(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.png")
+	small := filepath.Join(dir, "small.png")
+	f, err := os.Create(small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	png.Encode(f, image.NewGray(image.Rect(0, 0, 32, 48)))
+	f.Close()
+	notImage := filepath.Join(dir, "notes.png")
+	os.WriteFile(notImage, []byte("not an image"), 0o644)
+
+	tiny, inpaint := tinyArgs(t, false), tinyArgs(t, true)
+	with := func(base []string, extra ...string) []string {
+		return append(append(append([]string{}, base...), "--prompt", "a cat", "--seed", "1", "--output", out), extra...)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"width", with(tiny, "--width", "500"), "width 500 is not a positive multiple of 8 (the autoencoder works on 8×8 blocks): try 496 or 504"},
+		{"height", with(tiny, "--height", "4"), "height 4 is not a positive multiple of 8"},
+		{"missing weights", with(tiny, "--unet", filepath.Join(dir, "nope.safetensors")), "--unet " + filepath.Join(dir, "nope.safetensors") + ": no such file"},
+		{"no weights", []string{"generate", "--prompt", "x", "--output", out}, "--unet is required (or --model NAME)"},
+		{"no prompt", append(append([]string{}, tiny...), "--output", out), "--prompt is required"},
+		{"no output", append(append([]string{}, tiny...), "--prompt", "x"), "--output is required"},
+		{"not png", with(tiny, "--output", filepath.Join(dir, "out.jpg")), "only PNG is written"},
+		{"output dir", with(tiny, "--output", filepath.Join(dir, "missing", "out.png")), "the directory " + filepath.Join(dir, "missing") + " does not exist"},
+		{"missing init image", with(tiny, "--init-image", filepath.Join(dir, "nope.png")), "--init-image " + filepath.Join(dir, "nope.png") + ": no such file"},
+		{"not an image", with(tiny, "--init-image", notImage), "not a PNG or JPEG image"},
+		{"mask size", with(inpaint, "--init-image", filepath.Join(tinySD, "init.png"), "--mask", small), "the mask is 32x48, the image to generate 64x48"},
+		{"mask without image", with(inpaint, "--mask", small), "--mask needs --init-image"},
+		{"mask on a txt2img U-Net", with(tiny, "--init-image", filepath.Join(tinySD, "init.png"), "--mask", filepath.Join(tinySD, "mask.png")), "needs an inpainting U-Net"},
+		{"strength", with(tiny, "--init-image", filepath.Join(tinySD, "init.png"), "--strength", "2"), "strength 2: want a value in (0, 1]"},
+		{"solver", with(tiny, "--solver", "heun"), `unknown solver "heun"`},
+		{"dtype", with(tiny, "--dtype", "int8"), "int8"},
+		{"bad set", with(tiny, "--set", "vae.channels_1=4"), "--set wants MODEL.name=value"},
+		{"wrong sizes", with(tiny, "--set", "unet.channels_1=8"), "load"},
+		{"plugin missing", with(tiny, "--adapter", "nope:"+filepath.Join(tinySD, "lora.safetensors"), "--plugins-dir", t.TempDir()), `plugin "nope" is not installed`},
+	} {
+		cmd := exec.Command(bin, c.args...)
+		msg, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%s: succeeded:\n%s", c.name, msg)
+			continue
+		}
+		if !strings.Contains(string(msg), c.want) {
+			t.Errorf("%s: error does not say %q:\n%s", c.name, c.want, msg)
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.Name() != "small.png" && e.Name() != "notes.png" {
+				t.Errorf("%s: left %s behind", c.name, e.Name())
+				os.RemoveAll(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+
+	// A prompt over the limit is a warning, with the count of tokens cut.
+	cmd := exec.CommandContext(context.Background(), bin, with(tiny, "--steps", "1", "--quiet", "--prompt", strings.Repeat("a red cube ", 30))...)
+	msg, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("long prompt: %v\n%s", err, msg)
+	}
+	if !strings.Contains(string(msg), "warning: the prompt is 15 tokens over the limit of 75: they were cut") {
+		t.Errorf("no truncation warning:\n%s", msg)
+	}
+}
