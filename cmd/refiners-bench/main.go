@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -35,12 +36,34 @@ func main() {
 	warmup := flag.Int("warmup", 20000, "ops before the first RSS read")
 	iters := flag.Int("module-iters", 1000, "iterations of the linear -> gelu -> add sequence")
 	limit := flag.Float64("limit", 2, "largest RSS growth accepted, in percent")
-	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet")
+	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet; "+
+		"sd15: the SD 1.5 pipeline against Refiners' (sd15-weights, sd15-go: its parts)")
+	sd15Dir := flag.String("sd15-dir", filepath.Join(os.TempDir(), "refiners-sd15-random"), "sd15 modes: weights directory (random full-size weights are written there if missing)")
+	sd15Steps := flag.Int("sd15-steps", 3, "sd15 modes: denoising steps per side")
+	sd15Size := flag.Int("sd15-size", 512, "sd15 modes: image width and height")
+	python := flag.String("python", "conformance/.venv/bin/python", "sd15 mode: the reference environment's python")
+	script := flag.String("sd15-script", "conformance/bench_pipeline.py", "sd15 mode: the reference side's script")
 	unetSpec := flag.String("unet-spec", "specs/sd15_unet.yaml", "lora mode: the UNet spec")
 	unetWeights := flag.String("unet-weights", "", "lora mode: UNet weights (param.<key>, e.g. conformance/testdata/full/sd15_unet_full.safetensors); random if empty")
 	rank := flag.Int64("rank", 32, "lora mode: LoRA rank")
 	cycles := flag.Int("cycles", 1000, "lora mode: apply/remove cycles for the RSS check")
 	flag.Parse()
+	var sd15Err error
+	switch *mode {
+	case "sd15":
+		sd15Err = runSD15(*sd15Dir, *python, *script, *sd15Steps, *sd15Size)
+	case "sd15-go":
+		sd15Err = runSD15Go(*sd15Dir, *sd15Steps, *sd15Size)
+	case "sd15-weights":
+		sd15Err = writeSD15Weights(*sd15Dir)
+	}
+	if strings.HasPrefix(*mode, "sd15") {
+		if sd15Err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", sd15Err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *mode == "lora" {
 		pass, err := runLora(*unetSpec, *unetWeights, *rank, *cycles, *limit)
 		if err != nil {
