@@ -171,6 +171,13 @@ func generate(args []string, out io.Writer) error {
 	for _, a := range adapters {
 		req.Adapters = append(req.Adapters, sd15.Adapter{Plugin: a.plugin, File: a.file, Params: a.params})
 	}
+	warnings, err := sd15.PromptWarnings(req.Prompt, req.NegativePrompt)
+	if err != nil {
+		return fmt.Errorf("generate: %w", err)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "warning:", w)
+	}
 	outputs := outputPaths(*output, req.Batch)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -206,9 +213,6 @@ func generate(args []string, out io.Writer) error {
 		bar.done()
 		if err != nil {
 			return fmt.Errorf("generate: %w", err)
-		}
-		for _, w := range res.Warnings {
-			fmt.Fprintln(stderr, "warning:", w)
 		}
 		for _, a := range res.Adapters {
 			fmt.Fprintf(out, "adapter %s (%s, format %s): %d U-Net layers, %d text encoder layers adapted; %d of %d keys matched\n",

@@ -13,8 +13,10 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/models/sd15"
 )
 
 // The tiny Stable Diffusion of the pipeline conformance cases.
@@ -235,5 +237,85 @@ func TestGenerateErrors(t *testing.T) {
 	}
 	if !strings.Contains(string(msg), "warning: the prompt is 15 tokens over the limit of 75: they were cut") {
 		t.Errorf("no truncation warning:\n%s", msg)
+	}
+}
+
+// TestGenerateFromStore: --model NAME takes the three weight files and
+// their spec parameters from the store (models NAME-unet, NAME-text-encoder,
+// NAME-autoencoder) and gives the same image as the files themselves.
+func TestGenerateFromStore(t *testing.T) {
+	bin := buildRefinersd(t)
+	dir := t.TempDir()
+	storeDir := filepath.Join(dir, "store")
+	args := tinyArgs(t, false)
+	value := func(flag string) string {
+		for i, a := range args {
+			if a == flag {
+				return args[i+1]
+			}
+		}
+		t.Fatalf("no %s", flag)
+		return ""
+	}
+	refinersd := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("refinersd %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, m := range []struct{ name, model, spec, weights, prefix string }{
+		{"tiny-unet", "unet", "../../specs/sd15_unet.yaml", value("--unet"), ""},
+		{"tiny-text-encoder", "text_encoder", "../../specs/clip_text.yaml", value("--text-encoder"), ""},
+		{"tiny-autoencoder", "autoencoder", "../../specs/sd15_vae_decoder.yaml", value("--autoencoder"), "Decoder."},
+	} {
+		add := []string{"models", "add", m.name, "--store", storeDir, "--spec", m.spec, "--weights", m.weights, "--prefix", m.prefix}
+		for i, a := range args {
+			if v, ok := strings.CutPrefix(a, m.model+"."); ok && args[i-1] == "--set" {
+				add = append(add, "--set", v)
+			}
+		}
+		refinersd(add...)
+	}
+	fromFiles, fromStore := filepath.Join(dir, "files.png"), filepath.Join(dir, "store.png")
+	refinersd(append(args, "--prompt", "a red kite", "--seed", "5", "--quiet", "--output", fromFiles)...)
+	refinersd("generate", "--model", "tiny", "--store", storeDir, "--width", "64", "--height", "48", "--steps", "3",
+		"--prompt", "a red kite", "--seed", "5", "--quiet", "--output", fromStore)
+	a, _ := os.ReadFile(fromFiles)
+	b, _ := os.ReadFile(fromStore)
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Error("--model gave another image than the weight files")
+	}
+	cmd := exec.Command(bin, "generate", "--model", "other", "--store", storeDir, "--prompt", "x", "--output", filepath.Join(dir, "x.png"))
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--model other") {
+		t.Errorf("unknown model: %v\n%s", err, out)
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	var plain, term bytes.Buffer
+	p := sd15.Progress{Step: 2, Steps: 4, Elapsed: 4 * time.Second}
+	newProgressBar(&plain, false, false).update(p)
+	bar := newProgressBar(&term, true, false)
+	bar.update(p)
+	bar.done()
+	if got := plain.String(); got != "step 2/4, 0.50 it/s, ETA 4s\n" {
+		t.Errorf("plain line %q", got)
+	}
+	if got := term.String(); got != "\r[===============               ] step 2/4, 0.50 it/s, ETA 4s\x1b[K\n" {
+		t.Errorf("terminal bar %q", got)
+	}
+	var quiet bytes.Buffer
+	newProgressBar(&quiet, true, true).update(p)
+	if quiet.Len() != 0 {
+		t.Errorf("quiet bar wrote %q", quiet.String())
+	}
+}
+
+func TestOutputPaths(t *testing.T) {
+	if got := outputPaths("out/x.png", 1); len(got) != 1 || got[0] != "out/x.png" {
+		t.Errorf("%v", got)
+	}
+	if got := outputPaths("out/x.png", 3); strings.Join(got, " ") != "out/x-1.png out/x-2.png out/x-3.png" {
+		t.Errorf("%v", got)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/diffusion"
+	"github.com/refiners-go/refiners/models/clip"
 )
 
 // Request is one generation. Zero values take the defaults of Refiners'
@@ -215,11 +216,11 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 	res = &Result{}
 
 	if len(r.Adapters) > 0 {
-		reports, eject, err := m.applyAdapters(ctx, s, r.Adapters)
-		if err != nil {
-			return nil, err
+		reports, eject, aerr := m.applyAdapters(ctx, s, r.Adapters)
+		if aerr != nil {
+			return nil, aerr
 		}
-		defer func() {
+		defer func() { // err and res are Generate's results here
 			if eerr := eject(); eerr != nil && err == nil {
 				res, err = nil, fmt.Errorf("ejecting adapters: %w", eerr)
 			}
@@ -287,6 +288,7 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 			return nil, fmt.Errorf("step %d of %d: %w", i+1, steps, err)
 		}
 		c.Close(next)
+		s.Release(x) // the previous latents: memory stays flat over the steps
 		x = next
 		if r.Progress != nil {
 			r.Progress(Progress{Step: i + 1, Steps: steps, Timestep: solver.Timestep(step), Elapsed: time.Since(start)})
@@ -373,17 +375,13 @@ func (m *Model) denoise(ctx context.Context, s *tensor.Scope, solver diffusion.S
 // (encoded one at a time, as Refiners does), repeated for the batch:
 // [2·batch, 77, D].
 func (m *Model) textEmbedding(ctx context.Context, s *tensor.Scope, prompt, negative string, batch int) (*tensor.Tensor, []string, error) {
-	var warnings []string
+	toks, warnings, err := tokenize(m.Tokenizer, prompt, negative)
+	if err != nil {
+		return nil, nil, err
+	}
 	var embs []*tensor.Tensor
-	for _, p := range []struct{ what, text string }{{"negative prompt", negative}, {"prompt", prompt}} {
-		toks, err := m.Tokenizer.Encode(p.text)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", p.what, err)
-		}
-		if toks.Truncated > 0 {
-			warnings = append(warnings, fmt.Sprintf("the %s is %d tokens over the limit of %d: they were cut", p.what, toks.Truncated, len(toks.IDs)-2))
-		}
-		ids := s.FromInt64(toks.IDs, 1, int64(len(toks.IDs)))
+	for i, p := range []struct{ what, text string }{{"negative prompt", negative}, {"prompt", prompt}} {
+		ids := s.FromInt64(toks[i].IDs, 1, int64(len(toks[i].IDs)))
 		if m.Device != tensor.CPU {
 			ids = s.To(ids, m.Device)
 		}
@@ -395,6 +393,36 @@ func (m *Model) textEmbedding(ctx context.Context, s *tensor.Scope, prompt, nega
 	}
 	emb := s.Cat(embs, 0)
 	return emb, warnings, s.Err()
+}
+
+// tokenize encodes the negative prompt and the prompt, with a warning for
+// each that was cut to the tokenizer's limit.
+func tokenize(tok *clip.Tokenizer, prompt, negative string) ([2]clip.Tokens, []string, error) {
+	var out [2]clip.Tokens
+	var warnings []string
+	for i, p := range []struct{ what, text string }{{"negative prompt", negative}, {"prompt", prompt}} {
+		t, err := tok.Encode(p.text)
+		if err != nil {
+			return out, nil, inputErr("%s: %v", p.what, err)
+		}
+		if t.Truncated > 0 {
+			warnings = append(warnings, fmt.Sprintf("the %s is %d tokens over the limit of %d: they were cut", p.what, t.Truncated, clip.MaxTokens))
+		}
+		out[i] = t
+	}
+	return out, warnings, nil
+}
+
+// PromptWarnings tokenizes the prompts as Generate will and returns its
+// warnings (a prompt over the limit, and by how many tokens), so that a
+// caller can show them before loading the models.
+func PromptWarnings(prompt, negative string) ([]string, error) {
+	tok, err := clip.NewTokenizer()
+	if err != nil {
+		return nil, err
+	}
+	_, warnings, err := tokenize(tok, prompt, negative)
+	return warnings, err
 }
 
 // encode is SD1Autoencoder.encode: LatentScale × Encoder(x), x in [−1, 1].
