@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench loadtest golden conformance conformance-full
+.PHONY: setup demo test vet bench bench-sd15 loadtest golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
@@ -27,6 +27,19 @@ bench: setup
 	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./core/tensor
 	$(GO) run ./cmd/refiners-bench
 
+# The SD 1.5 pipeline end to end at full size (512x512, random weights,
+# float32 and float64 references): slow, kept apart from conformance-full.
+conformance-pipeline-full: setup
+	conformance/setup-python.sh
+	conformance/.venv/bin/python conformance/generate_pipeline.py --full
+	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 120m -run 'TestPipeline' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+
+# The SD 1.5 pipeline against Refiners' on full-size random weights (written
+# once to $TMPDIR/refiners-sd15-random, 4.3 GB): seconds per step, peak RSS.
+bench-sd15: setup
+	conformance/setup-python.sh
+	$(GO) run ./cmd/refiners-bench -mode sd15
+
 # A bounded load test of `refinersd serve` on loopback: prints throughput,
 # latency percentiles, 429s and adapter grouping.
 loadtest: setup
@@ -39,6 +52,7 @@ golden: setup
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
+	conformance/.venv/bin/python conformance/generate_pipeline.py
 
 conformance: setup
 	@report=$$(mktemp); CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
