@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -25,7 +26,16 @@ type componentSets map[string]map[string]string
 
 var components = []string{"unet", "text_encoder", "autoencoder"}
 
-func (c componentSets) String() string { return fmt.Sprint(map[string]map[string]string(c)) }
+func (c componentSets) String() string {
+	var sets []string
+	for _, model := range components {
+		for k, v := range c[model] {
+			sets = append(sets, model+"."+k+"="+v)
+		}
+	}
+	sort.Strings(sets)
+	return strings.Join(sets, " ")
+}
 
 func (c componentSets) Set(v string) error {
 	model, rest, ok := strings.Cut(v, ".")
@@ -80,6 +90,9 @@ func generate(args []string, out io.Writer) error {
 	fs.Var(sets, "set", "override a spec parameter of one model: MODEL.name=value, MODEL unet, text_encoder or autoencoder (repeatable)")
 	quiet := fs.Bool("quiet", false, "no progress output")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // the usage was printed
+		}
 		return err
 	}
 	if fs.NArg() > 0 {
