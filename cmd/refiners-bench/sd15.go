@@ -132,7 +132,15 @@ func printSD15(g, p *benchResult, steps, size int) {
 	row := func(name string, a, b float64, unit string) {
 		fmt.Printf("%-30s %-14s %-14s %.2f\n", name, fmt.Sprintf("%.2f %s", a, unit), fmt.Sprintf("%.2f %s", b, unit), a/b)
 	}
+	mean := func(xs []float64) float64 {
+		t := 0.0
+		for _, x := range xs {
+			t += x
+		}
+		return t / float64(len(xs))
+	}
 	row("step (median after the first)", steadyStep(g.StepSeconds), steadyStep(p.StepSeconds), "s")
+	row("step (mean of all)", mean(g.StepSeconds), mean(p.StepSeconds), "s")
 	row("first step", g.StepSeconds[0], p.StepSeconds[0], "s")
 	row("before the steps (text, noise)", g.TextSeconds, p.TextSeconds, "s")
 	row("decode", g.DecodeSecs, p.DecodeSecs, "s")

@@ -144,6 +144,15 @@ func generate(args []string, out io.Writer) error {
 		}
 	}
 
+	// The library reads zero as "the default": a zero given here is a mistake.
+	switch {
+	case *steps < 1:
+		return fmt.Errorf("generate: --steps %d: want 1 to 1000", *steps)
+	case *batch < 1:
+		return fmt.Errorf("generate: --batch %d: want at least 1", *batch)
+	case *guidance == 0:
+		return errors.New("generate: --guidance 0 would ignore the prompt: use a positive scale (1: the prompt alone, no guidance)")
+	}
 	if *seed < -1 {
 		return fmt.Errorf("generate: --seed %d: want a seed ≥ 0 (or -1 for a random one)", *seed)
 	}

@@ -19,8 +19,8 @@ import (
 // StableDiffusion_1 (30 DPM-Solver++ steps, guidance 7.5, 512×512).
 type Request struct {
 	Prompt, NegativePrompt string
-	Steps                  int     // denoising steps of the full schedule (30)
-	Guidance               float64 // classifier-free guidance scale (7.5)
+	Steps                  int     // denoising steps of the full schedule (0: 30)
+	Guidance               float64 // classifier-free guidance scale (0: 7.5)
 	Seed                   uint64
 	Width, Height          int    // multiples of 8 (512)
 	Solver                 string // "dpm" (default), "ddim" or "euler"
@@ -147,7 +147,7 @@ func (r Request) WithDefaults() (Request, error) {
 		return r, inputErr("strength %g runs no step of %d (⌊%d·%g⌋ = 0): raise the strength or the steps", r.Strength, r.Steps, r.Steps, r.Strength)
 	}
 	if r.Solver == "euler" && r.InitImage != nil && (r.Mask == nil || r.Strength < 1) {
-		return r, inputErr("the euler solver cannot start from an init image (Refiners' Euler has no add_noise): use dpm or ddim")
+		return r, inputErr("the euler solver cannot start from an init image (Refiners' Euler cannot noise an image: its add_noise indexes the schedule with fractional timesteps and fails): use dpm or ddim")
 	}
 	if r.Mask != nil && (r.Mask.Width != r.Width || r.Mask.Height != r.Height) {
 		return r, inputErr("the mask is %dx%d, the image to generate %dx%d: they must be the same size", r.Mask.Width, r.Mask.Height, r.Width, r.Height)
