@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import refiners.fluxion.layers as fl
 import torch
+from refiners.fluxion.model_converter import ModelConverter
 from refiners.foundationals.clip import text_encoder as clip
 from refiners.foundationals.clip.text_encoder import CLIPTextEncoder
 from refiners.foundationals.latent_diffusion.auto_encoder import LatentDiffusionAutoencoder
@@ -48,8 +49,8 @@ TEXT_FULL = dict(embedding_dim=768, max_sequence_length=77, vocabulary_size=4940
 TEXT_TINY = dict(embedding_dim=8, max_sequence_length=16, vocabulary_size=100, num_layers=12,
                  num_attention_heads=2, feedforward_dim=16)
 VAE_FULL = dict(widths=[128, 256, 512, 512], groups=32)
-# SD 1.5's pattern of widths (a shortcut where the width changes), as the VAE spec cases.
-VAE_TINY = dict(widths=[8, 16, 20, 20], groups=4)
+# SD 1.5's pattern of widths (a shortcut where the width changes).
+VAE_TINY = dict(widths=[4, 8, 12, 12], groups=2)
 COND_FULL = (16, 32, 96, 256)  # ControlNet's condition encoder (hard-coded in both libraries)
 COND_TINY = (4, 4, 8, 8)
 
@@ -221,6 +222,53 @@ def check_sized():
         assert tree_print(mine) == tree_print(theirs), f"{what}: tree prints differ"
 
 
+def refiners_controlnet_from(d, p, cond_channels, x, t, emb, cond):
+    """Refiners' Controlnet with the weights of diffusers' ControlNetModel d:
+    (model, mapping target layer -> source layer, max abs difference of the
+    13 residuals the two produce on the given inputs).
+
+    ModelConverter pairs layers by execution order within groups of equal
+    type and shapes. diffusers runs its zero convolutions
+    (controlnet_down_blocks.N) after all the down blocks, Refiners right
+    after each, and they share a group with the attention blocks' 1x1
+    proj_in / proj_out: in every group the source order is rewritten so that
+    the zero convolutions take the places of Refiners' Passthrough.Conv2d
+    layers, in order (what Refiners' own conversion script does by hand),
+    then the weights are copied and the residuals compared."""
+    residuals = [0.0] * 13
+
+    def contexts():  # what SD1UNet and the adapter provide around a Controlnet
+        return {"unet": {"residuals": residuals}, "diffusion": {"timestep": t},
+                "cross_attention_block": {"clip_text_embedding": emb}, "controlnet": {"condition_cn": cond},
+                "range_adapter": {"timestep_embedding_cn": None}, "sampling": {"shapes": []}}
+
+    def fresh(m, a):
+        residuals[:] = [0.0] * 13
+
+    r = sized_controlnet(p, cond_channels, contexts=contexts)
+    hook = r.register_forward_pre_hook(fresh)
+    conv = ModelConverter(source_model=d, target_model=r, verbose=False)
+    src = conv._trace_module_execution_order(module=d, args=(x, t, emb, cond), keys_to_skip=[])
+    tgt = conv._trace_module_execution_order(module=r, args=(x,), keys_to_skip=[])
+    assert set(src) == set(tgt) and all(len(src[k]) == len(tgt[k]) for k in src), "layer groups differ"
+    mapping = {}
+    for group, tkeys in tgt.items():
+        zero = [k for k in src[group] if k.startswith("controlnet_down_blocks.") or k == "controlnet_mid_block"]
+        rest = [k for k in src[group] if k not in zero]
+        fixed = [zero.pop(0) if ".Passthrough.Conv2d" in tk else rest.pop(0) for tk in tkeys]
+        assert not zero and not rest
+        mapping.update(zip(tkeys, fixed))
+    r.load_state_dict(ModelConverter._convert_state_dict(d.state_dict(), r.state_dict(), mapping))
+    with torch.no_grad():
+        down, mid = d(x, t, emb, cond, return_dict=False)
+        r(x)
+    hook.remove()
+    want = list(down) + [mid]
+    diff = max((g - w).abs().max().item() for g, w in zip(residuals, want))
+    assert diff <= 1e-5, f"residuals differ by {diff}"
+    return r, mapping, diff
+
+
 # --- random values ------------------------------------------------------------------
 
 
@@ -242,6 +290,15 @@ def randomise(model, gen):
                     prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
                 else:
                     prm.copy_(0.1 * torch.randn(prm.shape, generator=gen))
+
+
+def round_to(model, dtype):
+    """Rounds every parameter to a value dtype holds exactly, so that files
+    saved in dtype and in float32 hold the same weights."""
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(prm.to(dtype).to(prm.dtype))
+    return model
 
 
 # --- the original layout ---------------------------------------------------------

@@ -70,6 +70,8 @@ func (fl *flattener) walk(prefix string, v any, depth int) error {
 				name = kk
 			case int64:
 				name = strconv.FormatInt(kk, 10)
+			case Class:
+				name = kk.String()
 			default:
 				err = fmt.Errorf("torchfile: %s: dict key of type %s", orRoot(prefix), typeName(k))
 				return false

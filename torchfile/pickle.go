@@ -98,6 +98,8 @@ func hashableDepth(k any, depth int) (any, bool) {
 		return "int:" + v.String(), true
 	case []byte:
 		return "bytes:" + string(v), true
+	case Class:
+		return "class:" + v.String(), true
 	case Tuple:
 		var b strings.Builder
 		for _, e := range v {
@@ -133,6 +135,11 @@ type Object struct {
 // Callable is what a resolver returns for a global that a pickle may call
 // (REDUCE, NEWOBJ): a Go function over decoded values.
 type Callable func(args Tuple) (any, error)
+
+// Class is a class the caller declared inert (Options.Inert): calling it
+// records an *Object. Unlike a Callable it is a value, so it can be a dict
+// key, as classes are in old Lightning checkpoints' "callbacks".
+type Class struct{ Global }
 
 // resolver maps a global to a value, a Callable, or an error naming it.
 type resolver func(module, name string) (any, error)
@@ -835,8 +842,13 @@ func (u *unpickler) global(module, name string) error {
 }
 
 func (u *unpickler) call(fn any, args Tuple) error {
-	c, ok := fn.(Callable)
-	if !ok {
+	var c Callable
+	switch f := fn.(type) {
+	case Callable:
+		c = f
+	case Class:
+		c = func(args Tuple) (any, error) { return &Object{Class: f.Global, Args: args}, nil }
+	default:
 		return fmt.Errorf("%s is not callable", typeName(fn))
 	}
 	v, err := c(args)
@@ -925,6 +937,8 @@ func typeName(v any) string {
 		return "global " + v.(Global).String()
 	case Callable:
 		return "callable"
+	case Class:
+		return "class " + v.(Class).String()
 	case *Object:
 		return v.(*Object).Class.String() + " object"
 	}

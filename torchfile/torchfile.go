@@ -524,8 +524,7 @@ func (f *File) resolver(o Options) resolver {
 			return Callable(fn), nil
 		}
 		if inert[full] {
-			g := Global{module, name}
-			return Callable(func(args Tuple) (any, error) { return &Object{Class: g, Args: args}, nil }), nil
+			return Class{Global{module, name}}, nil
 		}
 		return nil, &RefusedError{Global: full}
 	}

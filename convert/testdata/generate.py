@@ -75,25 +75,6 @@ def pair(source, target, source_args, target_args, skip_output_check=False):
     return conv.get_mapping()
 
 
-def pair_controlnet(source, target, source_args, target_args):
-    """Execution-order pairing with the zero convolutions moved to where
-    Refiners runs them; weights copied; residuals compared."""
-    conv = ModelConverter(source_model=source, target_model=target, verbose=False)
-    src = conv._trace_module_execution_order(module=source, args=source_args, keys_to_skip=[])
-    tgt = conv._trace_module_execution_order(module=target, args=target_args, keys_to_skip=[])
-    assert set(src) == set(tgt) and all(len(src[k]) == len(tgt[k]) for k in src), "layer groups differ"
-    mapping = {}
-    for group, tkeys in tgt.items():
-        zero = [k for k in src[group] if k.startswith("controlnet_down_blocks.") or k == "controlnet_mid_block"]
-        rest = [k for k in src[group] if k not in zero]
-        fixed = [zero.pop(0) if ".Passthrough.Conv2d" in t else rest.pop(0) for t in tkeys]
-        assert not zero and not rest
-        mapping.update(zip(tkeys, fixed))
-    sd = ModelConverter._convert_state_dict(source.state_dict(), target.state_dict(), mapping)
-    target.load_state_dict(sd)
-    return mapping
-
-
 def param_rows(target, source_sd, mapping):
     rows = []
     for key, t in target.state_dict().items():
@@ -222,7 +203,7 @@ def main():
             "num_heads": {"config": "attention_head_dim", "default": 8},
             "num_groups": {"config": "norm_num_groups", "default": 32},
         },
-        "specs": [{"spec": "sd15_unet.yaml"}],
+        "specs": [{"spec": "sd15_unet.yaml", "name": "unet"}],
     }, rows)
 
     # --- text encoder -----------------------------------------------------------
@@ -256,7 +237,7 @@ def main():
             "num_attention_heads": {"config": "num_attention_heads", "default": 12},
             "layer_norm_eps": {"config": "layer_norm_eps", "default": 1e-5},
         },
-        "specs": [{"spec": "clip_text.yaml"}],
+        "specs": [{"spec": "clip_text.yaml", "name": "text_encoder"}],
     }, rows)
 
     # --- autoencoder --------------------------------------------------------------
@@ -299,36 +280,18 @@ def main():
             "channels_4": param(rows, "encoder.down_blocks.3.resnets.0.conv1.weight", 0),
             "num_groups": {"config": "norm_num_groups", "default": 32},
         },
-        "specs": [{"spec": "sd15_vae_encoder.yaml", "prefix": "Encoder.", "part": "encoder"},
-                  {"spec": "sd15_vae_decoder.yaml", "prefix": "Decoder.", "part": "decoder"}],
+        "specs": [{"spec": "sd15_vae_encoder.yaml", "prefix": "Encoder.", "name": "vae_encoder"},
+                  {"spec": "sd15_vae_decoder.yaml", "prefix": "Decoder.", "name": "vae_decoder"}],
     }, rows)
 
     # --- ControlNet -----------------------------------------------------------------
     print("ControlNet ...")
-    cond = torch.randn(1, 3, 64, 64, generator=gen)
-    residuals = [0.0] * 13
-
-    def contexts():  # what SD1UNet and the adapter provide around a Controlnet
-        return {"unet": {"residuals": residuals}, "diffusion": {"timestep": t},
-                "cross_attention_block": {"clip_text_embedding": emb}, "controlnet": {"condition_cn": cond},
-                "range_adapter": {"timestep_embedding_cn": None}, "sampling": {"shapes": []}}
-
-    def contexts_hook(m, a):
-        residuals[:] = [0.0] * 13
-
-    d, r = cm.diffusers_controlnet(up, cm.COND_TINY), cm.sized_controlnet(up, cm.COND_TINY, contexts=contexts)
+    d = cm.diffusers_controlnet(up, cm.COND_TINY)
     cm.randomise(d, gen)
-    hook = r.register_forward_pre_hook(contexts_hook)
-    mapping = pair_controlnet(d, r, (x, t, emb, cond), (x,))
+    cond = torch.randn(1, 3, 64, 64, generator=gen)
+    r, mapping, diff = cm.refiners_controlnet_from(d, up, cm.COND_TINY, x, t, emb, cond)
     rows = param_rows(r, d.state_dict(), mapping)
-    with torch.no_grad():
-        down, mid = d(x, t, emb, cond, return_dict=False)
-        r(x)
-        got = residuals
-        for i, want in enumerate(list(down) + [mid]):
-            assert torch.allclose(got[i], want, atol=1e-5), f"residual {i}: max abs {(got[i] - want).abs().max()}"
-    hook.remove()
-    print(f"  13 residuals agree (max abs {max((g - w).abs().max().item() for g, w in zip(got, list(down) + [mid])):.2g})")
+    print(f"  13 residuals agree (max abs {diff:.2g})")
     add_original("controlnet", rows)
     with torch.device("meta"):
         check_full("controlnet", rows, cm.sized_controlnet(cm.UNET_FULL, cm.COND_FULL),

@@ -1,0 +1,280 @@
+"""Conversion cases for `refinersd convert` (conformance/convert_test.go).
+
+    conformance/.venv/bin/python conformance/generate_convert.py [--full]
+
+Sources. Random-weight diffusers / transformers models of Stable Diffusion
+1.5's topology (conformance/convert_models.py: tiny widths, every block),
+saved the ways users get them (weights rounded to values the files' dtype
+holds exactly, so every file of a model holds the same weights):
+
+  pipeline/              a diffusers pipeline folder: model_index.json (as
+                         StableDiffusionPipeline.save_pretrained writes it),
+                         unet/ and vae/ by save_pretrained (safetensors),
+                         text_encoder/ by save_pretrained with
+                         safe_serialization=False (pytorch_model.bin: a
+                         torch pickle)
+  sd15.safetensors       the original single-file layout (CompVis names,
+                         convert_models.ldm_state_dict, checked against
+                         diffusers' own conversion): model.diffusion_model.*,
+                         cond_stage_model.transformer.*, first_stage_model.*,
+                         the noise schedule buffers
+  sd15.ckpt              the same in float16 as a Lightning checkpoint (torch.save of
+                         {"state_dict": ..., "global_step", "epoch", a
+                         ModelCheckpoint callback}) whose state dict also
+                         holds an EMA copy of the U-Net (model_ema.*, other
+                         random values, LitEma's flattened names)
+  inpainting_unet/       a diffusers U-Net folder with in_channels=9, in bfloat16
+  controlnet/            a diffusers ControlNetModel folder
+  control_sd15.pth       the same ControlNet in the original layout without
+                         prefix (as lllyasviel's ControlNet 1.1 .pth files)
+
+Cases (<name>.case.safetensors): inputs (spec inputs: input.N and
+context.<name>.<key>), output.0 = the diffusers / transformers model's output
+in float32, ref64.0 = the same computation in float64 (the module
+deep-copied and .to(torch.float64), floating inputs upcast, integer inputs
+unchanged); metadata: the spec, its key prefix, the spec parameters the
+converter must infer ("params"), the sources to convert (JSON list of
+{"path", "component", "ema"}), the reference.
+
+  unet            diffusers UNet2DConditionModel(sample, t, emb).sample
+  unet_ema        the same with the EMA weights (sd15.ckpt --ema)
+  unet_inpainting in_channels=9
+  text_encoder    transformers CLIPTextModel(ids).last_hidden_state
+  vae_encoder     AutoencoderKL.encode(x).latent_dist.mean
+  vae_decoder     AutoencoderKL.decode(z).sample
+    The autoencoder's reference runs with its resnets' GroupNorm eps at
+    1e-5, the architecture of Refiners' (and the specs') Resnet: diffusers
+    uses 1e-6. The difference that makes on the unmodified model is stored
+    as diffusers_eps_max_abs.
+
+ControlNet has no spec yet: controlnet_refiners.safetensors is the state
+dict Refiners' own conversion gives (ModelConverter, convert_models.
+refiners_controlnet_from: the 13 residuals agree with diffusers'); the
+converted files must equal it key for key, bit for bit.
+
+Full (--full, testdata/full/convert, not committed): the same at SD 1.5's
+real sizes (about 4 GB of sources).
+"""
+
+import copy
+import json
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import convert_models as cm
+
+HERE = Path(__file__).resolve().parent
+REFS = {p: version(p) for p in ["torch", "refiners", "diffusers", "transformers"]}
+
+
+def ref_line(lib):
+    return f"torch {REFS['torch']}, {lib} {REFS[lib]}"
+
+
+def float64_run(fn, module, *inputs):
+    """fn(module, *inputs) in float32 and in float64 (the module
+    deep-copied and .to(torch.float64), floating inputs upcast exactly,
+    integer inputs unchanged). The default dtype is float64 during the
+    second run: transformers' CLIP builds its causal mask with torch.full
+    in the default dtype, from the float64 minimum."""
+    with torch.no_grad():
+        y32 = fn(module, *inputs)
+        m64 = copy.deepcopy(module).to(torch.float64)
+        up = [x.to(torch.float64) if x.is_floating_point() else x for x in inputs]
+        torch.set_default_dtype(torch.float64)
+        try:
+            y64 = fn(m64, *up)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    assert y32.dtype == torch.float32 and y64.dtype == torch.float64
+    return y32, y64
+
+
+def save_case(out, name, *, spec, prefix="", params, sources, inputs, y32, y64, reference, extra=None):
+    tensors = {k: v.contiguous() for k, v in inputs.items()}
+    tensors["output.0"] = y32.contiguous()
+    tensors["ref64.0"] = y64.contiguous()
+    meta = {
+        "spec": spec,
+        "prefix": prefix,
+        "params": json.dumps({k: str(v) for k, v in params.items()}),
+        "sources": json.dumps(sources),
+        "dtype": "float32",
+        "reference": reference,
+    }
+    meta.update(extra or {})
+    save_file(tensors, str(out / f"{name}.case.safetensors"), metadata=meta)
+    err = (y32.double() - y64).abs().max().item()
+    print(f"  {name}: output {tuple(y32.shape)}, max |ref32 - ref64| {err:.3g}")
+
+
+def unet_params(p, in_channels=4):
+    return dict(p, in_channels=in_channels)
+
+
+def text_params(p):
+    return {k: v for k, v in p.items() if k != "num_layers"} | {"layer_norm_eps": "1e-05"}
+
+
+def vae_params(p):
+    return {f"channels_{i + 1}": w for i, w in enumerate(p["widths"])} | {"num_groups": p["groups"]}
+
+
+def model_index():
+    # What StableDiffusionPipeline.save_pretrained writes (diffusers 0.27).
+    return {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": REFS["diffusers"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"], "image_encoder": [None, None],
+        "requires_safety_checker": True, "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+class ModelCheckpoint:
+    """Stands for Lightning's callback, which real SD .ckpt files hold
+    (pickled by reference to its class; Lightning is not installed)."""
+
+    def __init__(self):
+        self.monitor, self.save_top_k = "val/loss", 3
+
+
+ModelCheckpoint.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
+for _name in ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]:
+    sys.modules.setdefault(_name, type(sys)(_name))
+sys.modules["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint = ModelCheckpoint
+
+
+def main(full):
+    tier = "full" if full else "tiny"
+    out = HERE / "testdata" / ("full/convert" if full else "convert")
+    out.mkdir(parents=True, exist_ok=True)
+    up = cm.UNET_FULL if full else cm.UNET_TINY
+    tp = cm.TEXT_FULL if full else cm.TEXT_TINY
+    vp = cm.VAE_FULL if full else cm.VAE_TINY
+    cond_ch = cm.COND_FULL if full else cm.COND_TINY
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+
+    # Weights float16 holds exactly: sd15.ckpt is saved in float16 (as
+    # pruned checkpoints often are), the other files in float32, and all
+    # must give the same model.
+    unet, text, vae = cm.diffusers_unet(up), cm.hf_text(tp), cm.diffusers_vae(vp)
+    for m in (unet, text, vae):
+        cm.round_to(cm.randomise(m, gen) or m, torch.float16)
+    unet_ema = copy.deepcopy(unet)
+    cm.round_to(cm.randomise(unet_ema, gen) or unet_ema, torch.float16)
+
+    # --- sources -------------------------------------------------------------
+    print(f"[{tier}] writing sources ...")
+    pipe = out / "pipeline"
+    unet.save_pretrained(pipe / "unet", safe_serialization=True)
+    vae.save_pretrained(pipe / "vae", safe_serialization=True)
+    text.save_pretrained(pipe / "text_encoder", safe_serialization=False)
+    (pipe / "model_index.json").write_text(json.dumps(model_index(), indent=2) + "\n")
+
+    ldm = {}
+    for comp, m in (("unet", unet), ("text_encoder", text), ("autoencoder", vae)):
+        ldm.update(cm.check_ldm_round_trip(comp, m))
+    schedule = {k: torch.linspace(0.1, 0.9, 1000, dtype=torch.float32) for k in (
+        "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+        "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")}
+    single = {k: v.contiguous() for k, v in ldm.items()} | schedule
+    save_file(single, str(out / "sd15.safetensors"), metadata={"format": "pt"})
+
+    ema = {}
+    for k, v in cm.ldm_state_dict("unet", unet_ema.state_dict()).items():
+        ema["model_ema." + "".join(k.split(".")[1:])] = v  # LitEma's names
+    ema["model_ema.decay"] = torch.tensor(0.9999)
+    ema["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    ids_buffer = {"cond_stage_model.transformer.text_model.embeddings.position_ids":
+                  torch.arange(tp["max_sequence_length"]).unsqueeze(0)}  # older transformers saved it
+    half = {k: v.half() if v.is_floating_point() else v for k, v in (single | ema).items()}
+    torch.save({"state_dict": half | ids_buffer, "global_step": 1234, "epoch": 5,
+                "pytorch-lightning_version": "1.4.2", "callbacks": {ModelCheckpoint: ModelCheckpoint()}},
+               out / "sd15.ckpt")
+
+    # bfloat16 weights, saved as such (save_pretrained keeps the dtype).
+    unet9 = cm.diffusers_unet(up, in_channels=9)
+    cm.round_to(cm.randomise(unet9, gen) or unet9, torch.bfloat16)
+    copy.deepcopy(unet9).to(torch.bfloat16).save_pretrained(out / "inpainting_unet", safe_serialization=True)
+
+    cn = cm.diffusers_controlnet(up, cond_ch)
+    cm.randomise(cn, gen)
+    cn.save_pretrained(out / "controlnet", safe_serialization=True)
+    cm.check_ldm_round_trip("controlnet", cn)
+    torch.save(cm.ldm_state_dict("controlnet", cn.state_dict(), prefix=False), out / "control_sd15.pth")
+
+    # --- references ------------------------------------------------------------
+    print(f"[{tier}] references ...")
+    shape = (1, 4, 64, 64) if full else (2, 4, 8, 8)
+    x = torch.randn(shape, generator=gen)
+    x9 = torch.randn((shape[0], 9) + shape[2:], generator=gen)
+    emb = torch.randn(shape[0], 77 if full else 5, up["clip_embedding_dim"], generator=gen)
+    t = torch.tensor([999 if full else 250], dtype=torch.int64)
+    unet_inputs = {"input.0": x, "context.diffusion.timestep": t,
+                   "context.cross_attention_block.clip_text_embedding": emb}
+
+    def run_unet(m, x, t, emb):
+        return m(x, t, emb).sample
+
+    three = lambda comp, **kw: [dict(path="pipeline", component=comp, **kw), dict(path="sd15.safetensors", component=comp, **kw),
+                                dict(path="sd15.ckpt", component=comp, **kw)]
+    y32, y64 = float64_run(run_unet, unet, x, t, emb)
+    save_case(out, "unet", spec="specs/sd15_unet.yaml", params=unet_params(up), sources=three("unet"),
+              inputs=unet_inputs, y32=y32, y64=y64, reference=ref_line("diffusers") + " UNet2DConditionModel")
+    y32, y64 = float64_run(run_unet, unet_ema, x, t, emb)
+    save_case(out, "unet_ema", spec="specs/sd15_unet.yaml", params=unet_params(up),
+              sources=[dict(path="sd15.ckpt", component="unet", ema=True)], inputs=unet_inputs, y32=y32, y64=y64,
+              reference=ref_line("diffusers") + " UNet2DConditionModel (the EMA weights)")
+    y32, y64 = float64_run(run_unet, unet9, x9, t, emb)
+    save_case(out, "unet_inpainting", spec="specs/sd15_unet.yaml", params=unet_params(up, 9),
+              sources=[dict(path="inpainting_unet", component="unet")], inputs=unet_inputs | {"input.0": x9},
+              y32=y32, y64=y64, reference=ref_line("diffusers") + " UNet2DConditionModel(in_channels=9)")
+
+    ids = torch.randint(0, tp["vocabulary_size"], (2, tp["max_sequence_length"]), generator=gen)
+    y32, y64 = float64_run(lambda m, ids: m(ids).last_hidden_state, text, ids)
+    save_case(out, "text_encoder", spec="specs/clip_text.yaml", params=text_params(tp), sources=three("text_encoder"),
+              inputs={"input.0": ids}, y32=y32, y64=y64, reference=ref_line("transformers") + " CLIPTextModel")
+
+    img_shape = (1, 3, 512, 512) if full else (2, 3, 32, 32)
+    img = torch.rand(img_shape, generator=gen) * 2 - 1
+    z = torch.randn(img_shape[0], 4, img_shape[2] // 8, img_shape[3] // 8, generator=gen)
+    with torch.no_grad():
+        plain_enc, plain_dec = vae.encode(img).latent_dist.mean, vae.decode(z).sample
+    vae_r = cm.with_refiners_eps(copy.deepcopy(vae))
+    enc32, enc64 = float64_run(lambda m, x: m.encode(x).latent_dist.mean, vae_r, img)
+    dec32, dec64 = float64_run(lambda m, z: m.decode(z).sample, vae_r, z)
+    note = ("diffusers AutoencoderKL with its resnets' GroupNorm eps at 1e-5 (Refiners' Resnet; diffusers: 1e-6)")
+    save_case(out, "vae_encoder", spec="specs/sd15_vae_encoder.yaml", prefix="Encoder.", params=vae_params(vp),
+              sources=three("autoencoder"), inputs={"input.0": img}, y32=enc32, y64=enc64,
+              reference=ref_line("diffusers") + " " + note + ": encode().latent_dist.mean",
+              extra={"diffusers_eps_max_abs": f"{(plain_enc - enc32).abs().max().item():.3g}"})
+    save_case(out, "vae_decoder", spec="specs/sd15_vae_decoder.yaml", prefix="Decoder.", params=vae_params(vp),
+              sources=three("autoencoder"), inputs={"input.0": z}, y32=dec32, y64=dec64,
+              reference=ref_line("diffusers") + " " + note + ": decode().sample",
+              extra={"diffusers_eps_max_abs": f"{(plain_dec - dec32).abs().max().item():.3g}"})
+
+    # ControlNet: Refiners' own conversion.
+    cond = torch.randn(1, 3, shape[2] * 8, shape[3] * 8, generator=gen)
+    r, _, diff = cm.refiners_controlnet_from(cn, up, cond_ch, x[:1], t, emb[:1], cond)
+    save_file({k: v.contiguous() for k, v in r.state_dict().items()}, str(out / "controlnet_refiners.safetensors"),
+              metadata={"reference": ref_line("refiners") + " Controlnet via ModelConverter (13 residuals within "
+                                                           f"{diff:.2g} of diffusers')",
+                        "sources": json.dumps([dict(path="controlnet", component="controlnet"),
+                                               dict(path="control_sd15.pth", component="controlnet")])})
+    print(f"  controlnet_refiners: {len(r.state_dict())} tensors (residuals within {diff:.2g} of diffusers')")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"[{tier}] {size / 1e6:.1f} MB in {out.relative_to(HERE.parent)}, {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main("--full" in sys.argv)
