@@ -495,8 +495,8 @@ func describeLeaves(ls []torchfile.Leaf) []string {
 		case nil:
 			v = "None"
 		}
-		if len(v) > 60 {
-			v = v[:57] + "..."
+		if len(v) > 100 {
+			v = v[:97] + "..."
 		}
 		out[i] = l.Key + " = " + v
 	}
