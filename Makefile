@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench loadtest golden conformance conformance-full
+.PHONY: setup demo test vet bench bench-convert loadtest golden conformance conformance-full
 
 setup:
 	@scripts/setup.sh
@@ -21,11 +21,20 @@ test: vet
 	$(GO) test ./...
 	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=20s -fuzzminimizetime=5s ./torchfile
 	scripts/check-cuda-link.sh
 
 bench: setup
 	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./core/tensor
 	$(GO) run ./cmd/refiners-bench
+
+# `refinersd convert` on a full SD 1.5 single-file checkpoint (random
+# weights, 4.3 GB, generated once, not committed): time and peak RSS
+# against the largest component, as safetensors and as .ckpt.
+bench-convert: setup
+	@test -f conformance/testdata/full/convert/sd15_bench.safetensors || { conformance/setup-python.sh && conformance/.venv/bin/python conformance/generate_convert.py --bench; }
+	$(GO) run ./cmd/refiners-bench -mode convert -convert-src conformance/testdata/full/convert/sd15_bench.safetensors
+	$(GO) run ./cmd/refiners-bench -mode convert -convert-src conformance/testdata/full/convert/sd15_bench.ckpt
 
 # A bounded load test of `refinersd serve` on loopback: prints throughput,
 # latency percentiles, 429s and adapter grouping.
@@ -37,7 +46,7 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 
 conformance: setup
 	@report=$$(mktemp); CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
@@ -46,5 +55,5 @@ conformance: setup
 # not committed), then checked. Needs the reference environment.
 conformance-full: setup
 	conformance/setup-python.sh
-	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
-	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 90m -run 'TestSpecs|TestLora' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
+	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 90m -run 'TestSpecs|TestLora|TestConvert' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status

@@ -54,6 +54,10 @@ converted files must equal it key for key, bit for bit.
 
 Full (--full, testdata/full/convert, not committed): the same at SD 1.5's
 real sizes (about 4 GB of sources).
+
+Benchmark (--bench): only a full-size single-file checkpoint,
+testdata/full/convert/sd15_bench.safetensors and .ckpt (random weights,
+float32, 4.3 GB each), for `make bench-convert`.
 """
 
 import copy
@@ -152,6 +156,9 @@ sys.modules["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint = Mo
 
 
 def main(full):
+    """Models are made, saved, run and dropped one after the other, so that
+    the full tier holds at most the three pipeline models plus one float64
+    copy (about 11 GB)."""
     tier = "full" if full else "tiny"
     out = HERE / "testdata" / ("full/convert" if full else "convert")
     out.mkdir(parents=True, exist_ok=True)
@@ -163,14 +170,31 @@ def main(full):
     torch.manual_seed(0)
     t0 = time.perf_counter()
 
+    # Inputs.
+    shape = (1, 4, 64, 64) if full else (2, 4, 8, 8)
+    x = torch.randn(shape, generator=gen)
+    x9 = torch.randn((shape[0], 9) + shape[2:], generator=gen)
+    emb = torch.randn(shape[0], 77 if full else 5, up["clip_embedding_dim"], generator=gen)
+    t = torch.tensor([999 if full else 250], dtype=torch.int64)
+    unet_inputs = {"input.0": x, "context.diffusion.timestep": t,
+                   "context.cross_attention_block.clip_text_embedding": emb}
+    ids = torch.randint(0, tp["vocabulary_size"], (2, tp["max_sequence_length"]), generator=gen)
+    img_shape = (1, 3, 512, 512) if full else (2, 3, 32, 32)
+    img = torch.rand(img_shape, generator=gen) * 2 - 1
+    z = torch.randn(img_shape[0], 4, img_shape[2] // 8, img_shape[3] // 8, generator=gen)
+    cond = torch.randn(1, 3, shape[2] * 8, shape[3] * 8, generator=gen)
+
     # Weights float16 holds exactly: sd15.ckpt is saved in float16 (as
     # pruned checkpoints often are), the other files in float32, and all
     # must give the same model.
-    unet, text, vae = cm.diffusers_unet(up), cm.hf_text(tp), cm.diffusers_vae(vp)
-    for m in (unet, text, vae):
-        cm.round_to(cm.randomise(m, gen) or m, torch.float16)
-    unet_ema = copy.deepcopy(unet)
-    cm.round_to(cm.randomise(unet_ema, gen) or unet_ema, torch.float16)
+    def make(model, dtype=torch.float16):
+        cm.randomise(model, gen)
+        return cm.round_to(model, dtype)
+
+    unet, text, vae = make(cm.diffusers_unet(up)), make(cm.hf_text(tp)), make(cm.diffusers_vae(vp))
+    ema_model = make(cm.diffusers_unet(up))
+    ema_half = {k: v.half() for k, v in ema_model.state_dict().items()}
+    del ema_model
 
     # --- sources -------------------------------------------------------------
     print(f"[{tier}] writing sources ...")
@@ -180,80 +204,49 @@ def main(full):
     text.save_pretrained(pipe / "text_encoder", safe_serialization=False)
     (pipe / "model_index.json").write_text(json.dumps(model_index(), indent=2) + "\n")
 
-    ldm = {}
+    single = {}
     for comp, m in (("unet", unet), ("text_encoder", text), ("autoencoder", vae)):
-        ldm.update(cm.check_ldm_round_trip(comp, m))
+        single.update(cm.check_ldm_round_trip(comp, m))
     schedule = {k: torch.linspace(0.1, 0.9, 1000, dtype=torch.float32) for k in (
         "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
         "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
         "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")}
-    single = {k: v.contiguous() for k, v in ldm.items()} | schedule
-    save_file(single, str(out / "sd15.safetensors"), metadata={"format": "pt"})
+    single |= schedule
+    write_safetensors(out / "sd15.safetensors", single, {"format": "pt"})
 
-    ema = {}
-    for k, v in cm.ldm_state_dict("unet", unet_ema.state_dict()).items():
-        ema["model_ema." + "".join(k.split(".")[1:])] = v  # LitEma's names
-    ema["model_ema.decay"] = torch.tensor(0.9999)
-    ema["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
-    ids_buffer = {"cond_stage_model.transformer.text_model.embeddings.position_ids":
-                  torch.arange(tp["max_sequence_length"]).unsqueeze(0)}  # older transformers saved it
-    half = {k: v.half() if v.is_floating_point() else v for k, v in (single | ema).items()}
-    torch.save({"state_dict": half | ids_buffer, "global_step": 1234, "epoch": 5,
-                "pytorch-lightning_version": "1.4.2", "callbacks": {ModelCheckpoint: ModelCheckpoint()}},
-               out / "sd15.ckpt")
-
-    # bfloat16 weights, saved as such (save_pretrained keeps the dtype).
-    unet9 = cm.diffusers_unet(up, in_channels=9)
-    cm.round_to(cm.randomise(unet9, gen) or unet9, torch.bfloat16)
-    copy.deepcopy(unet9).to(torch.bfloat16).save_pretrained(out / "inpainting_unet", safe_serialization=True)
-
-    cn = cm.diffusers_controlnet(up, cond_ch)
-    cm.randomise(cn, gen)
-    cn.save_pretrained(out / "controlnet", safe_serialization=True)
-    cm.check_ldm_round_trip("controlnet", cn)
-    torch.save(cm.ldm_state_dict("controlnet", cn.state_dict(), prefix=False), out / "control_sd15.pth")
+    half = {k: v.half() for k, v in single.items()}
+    del single
+    for k, v in cm.ldm_state_dict("unet", ema_half).items():
+        half["model_ema." + "".join(k.split(".")[1:])] = v  # LitEma's names
+    half["model_ema.decay"] = torch.tensor(0.9999)
+    half["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    # Older transformers versions saved the position ids.
+    half["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(tp["max_sequence_length"])[None]
+    torch.save({"state_dict": half, "global_step": 1234, "epoch": 5, "pytorch-lightning_version": "1.4.2",
+                "callbacks": {ModelCheckpoint: ModelCheckpoint()}}, out / "sd15.ckpt")
+    del half
 
     # --- references ------------------------------------------------------------
     print(f"[{tier}] references ...")
-    shape = (1, 4, 64, 64) if full else (2, 4, 8, 8)
-    x = torch.randn(shape, generator=gen)
-    x9 = torch.randn((shape[0], 9) + shape[2:], generator=gen)
-    emb = torch.randn(shape[0], 77 if full else 5, up["clip_embedding_dim"], generator=gen)
-    t = torch.tensor([999 if full else 250], dtype=torch.int64)
-    unet_inputs = {"input.0": x, "context.diffusion.timestep": t,
-                   "context.cross_attention_block.clip_text_embedding": emb}
 
     def run_unet(m, x, t, emb):
         return m(x, t, emb).sample
 
-    three = lambda comp, **kw: [dict(path="pipeline", component=comp, **kw), dict(path="sd15.safetensors", component=comp, **kw),
-                                dict(path="sd15.ckpt", component=comp, **kw)]
-    y32, y64 = float64_run(run_unet, unet, x, t, emb)
-    save_case(out, "unet", spec="specs/sd15_unet.yaml", params=unet_params(up), sources=three("unet"),
-              inputs=unet_inputs, y32=y32, y64=y64, reference=ref_line("diffusers") + " UNet2DConditionModel")
-    y32, y64 = float64_run(run_unet, unet_ema, x, t, emb)
-    save_case(out, "unet_ema", spec="specs/sd15_unet.yaml", params=unet_params(up),
-              sources=[dict(path="sd15.ckpt", component="unet", ema=True)], inputs=unet_inputs, y32=y32, y64=y64,
-              reference=ref_line("diffusers") + " UNet2DConditionModel (the EMA weights)")
-    y32, y64 = float64_run(run_unet, unet9, x9, t, emb)
-    save_case(out, "unet_inpainting", spec="specs/sd15_unet.yaml", params=unet_params(up, 9),
-              sources=[dict(path="inpainting_unet", component="unet")], inputs=unet_inputs | {"input.0": x9},
-              y32=y32, y64=y64, reference=ref_line("diffusers") + " UNet2DConditionModel(in_channels=9)")
+    def three(comp, **kw):
+        return [dict(path=p, component=comp, **kw) for p in ("pipeline", "sd15.safetensors", "sd15.ckpt")]
 
-    ids = torch.randint(0, tp["vocabulary_size"], (2, tp["max_sequence_length"]), generator=gen)
     y32, y64 = float64_run(lambda m, ids: m(ids).last_hidden_state, text, ids)
     save_case(out, "text_encoder", spec="specs/clip_text.yaml", params=text_params(tp), sources=three("text_encoder"),
               inputs={"input.0": ids}, y32=y32, y64=y64, reference=ref_line("transformers") + " CLIPTextModel")
+    del text
 
-    img_shape = (1, 3, 512, 512) if full else (2, 3, 32, 32)
-    img = torch.rand(img_shape, generator=gen) * 2 - 1
-    z = torch.randn(img_shape[0], 4, img_shape[2] // 8, img_shape[3] // 8, generator=gen)
     with torch.no_grad():
         plain_enc, plain_dec = vae.encode(img).latent_dist.mean, vae.decode(z).sample
-    vae_r = cm.with_refiners_eps(copy.deepcopy(vae))
-    enc32, enc64 = float64_run(lambda m, x: m.encode(x).latent_dist.mean, vae_r, img)
-    dec32, dec64 = float64_run(lambda m, z: m.decode(z).sample, vae_r, z)
-    note = ("diffusers AutoencoderKL with its resnets' GroupNorm eps at 1e-5 (Refiners' Resnet; diffusers: 1e-6)")
+    vae = cm.with_refiners_eps(vae)
+    enc32, enc64 = float64_run(lambda m, x: m.encode(x).latent_dist.mean, vae, img)
+    dec32, dec64 = float64_run(lambda m, z: m.decode(z).sample, vae, z)
+    del vae
+    note = "diffusers AutoencoderKL with its resnets' GroupNorm eps at 1e-5 (Refiners' Resnet; diffusers: 1e-6)"
     save_case(out, "vae_encoder", spec="specs/sd15_vae_encoder.yaml", prefix="Encoder.", params=vae_params(vp),
               sources=three("autoencoder"), inputs={"input.0": img}, y32=enc32, y64=enc64,
               reference=ref_line("diffusers") + " " + note + ": encode().latent_dist.mean",
@@ -263,18 +256,88 @@ def main(full):
               reference=ref_line("diffusers") + " " + note + ": decode().sample",
               extra={"diffusers_eps_max_abs": f"{(plain_dec - dec32).abs().max().item():.3g}"})
 
-    # ControlNet: Refiners' own conversion.
-    cond = torch.randn(1, 3, shape[2] * 8, shape[3] * 8, generator=gen)
+    y32, y64 = float64_run(run_unet, unet, x, t, emb)
+    save_case(out, "unet", spec="specs/sd15_unet.yaml", params=unet_params(up), sources=three("unet"),
+              inputs=unet_inputs, y32=y32, y64=y64, reference=ref_line("diffusers") + " UNet2DConditionModel")
+    unet.load_state_dict({k: v.float() for k, v in ema_half.items()})  # float16 -> float32 is exact
+    del ema_half
+    y32, y64 = float64_run(run_unet, unet, x, t, emb)
+    save_case(out, "unet_ema", spec="specs/sd15_unet.yaml", params=unet_params(up),
+              sources=[dict(path="sd15.ckpt", component="unet", ema=True)], inputs=unet_inputs, y32=y32, y64=y64,
+              reference=ref_line("diffusers") + " UNet2DConditionModel (the EMA weights)")
+    del unet
+
+    # bfloat16 weights, saved as such (save_pretrained keeps the dtype).
+    unet9 = make(cm.diffusers_unet(up, in_channels=9), torch.bfloat16)
+    unet9.to(torch.bfloat16).save_pretrained(out / "inpainting_unet", safe_serialization=True)
+    unet9.to(torch.float32)
+    y32, y64 = float64_run(run_unet, unet9, x9, t, emb)
+    save_case(out, "unet_inpainting", spec="specs/sd15_unet.yaml", params=unet_params(up, 9),
+              sources=[dict(path="inpainting_unet", component="unet")], inputs=unet_inputs | {"input.0": x9},
+              y32=y32, y64=y64, reference=ref_line("diffusers") + " UNet2DConditionModel(in_channels=9)")
+    del unet9
+
+    # ControlNet: no spec yet; Refiners' own conversion is the reference.
+    cn = cm.diffusers_controlnet(up, cond_ch)
+    cm.randomise(cn, gen)
+    cn.save_pretrained(out / "controlnet", safe_serialization=True)
+    cm.check_ldm_round_trip("controlnet", cn)
+    torch.save(cm.ldm_state_dict("controlnet", cn.state_dict(), prefix=False), out / "control_sd15.pth")
     r, _, diff = cm.refiners_controlnet_from(cn, up, cond_ch, x[:1], t, emb[:1], cond)
-    save_file({k: v.contiguous() for k, v in r.state_dict().items()}, str(out / "controlnet_refiners.safetensors"),
-              metadata={"reference": ref_line("refiners") + " Controlnet via ModelConverter (13 residuals within "
+    write_safetensors(out / "controlnet_refiners.safetensors", r.state_dict(),
+                      {"reference": ref_line("refiners") + " Controlnet via ModelConverter (13 residuals within "
                                                            f"{diff:.2g} of diffusers')",
-                        "sources": json.dumps([dict(path="controlnet", component="controlnet"),
-                                               dict(path="control_sd15.pth", component="controlnet")])})
+                       "sources": json.dumps([dict(path="controlnet", component="controlnet"),
+                                              dict(path="control_sd15.pth", component="controlnet")])})
     print(f"  controlnet_refiners: {len(r.state_dict())} tensors (residuals within {diff:.2g} of diffusers')")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"[{tier}] {size / 1e6:.1f} MB in {out.relative_to(HERE.parent)}, {time.perf_counter() - t0:.0f} s")
 
 
+def write_safetensors(path, tensors, metadata=None):
+    """safetensors' layout written one tensor at a time (save_file copies
+    every tensor to bytes first: twice the checkpoint in memory)."""
+    header, offset = {}, 0
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+    for k, v in tensors.items():
+        n = v.numel() * v.element_size()
+        header[k] = {"dtype": dtypes[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for v in tensors.values():
+            f.write(v.contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+
+
+def bench_checkpoint(out):
+    """A full-size SD 1.5 single-file checkpoint (original layout, float32,
+    random weights) for `make bench-convert`: sd15_bench.safetensors and the
+    same as a Lightning .ckpt."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    sd = {}
+    for comp, m in (("unet", cm.diffusers_unet(cm.UNET_FULL)), ("text_encoder", cm.hf_text(cm.TEXT_FULL)),
+                    ("autoencoder", cm.diffusers_vae(cm.VAE_FULL))):
+        with torch.no_grad():
+            for prm in m.parameters():
+                prm.normal_(0, 0.02)
+        sd.update(cm.ldm_state_dict(comp, m.state_dict()))
+        del m
+    sd |= {k: torch.zeros(1000) for k in ("betas", "alphas_cumprod", "alphas_cumprod_prev")}
+    t0 = time.perf_counter()
+    write_safetensors(out / "sd15_bench.safetensors", sd, {"format": "pt"})
+    torch.save({"state_dict": sd, "global_step": 840000}, out / "sd15_bench.ckpt")
+    n = sum(v.numel() for v in sd.values())
+    print(f"sd15_bench: {len(sd)} tensors, {n / 1e6:.0f}M values, written in {time.perf_counter() - t0:.0f} s")
+
+
 if __name__ == "__main__":
-    main("--full" in sys.argv)
+    if "--bench" in sys.argv:
+        bench_checkpoint(HERE / "testdata" / "full" / "convert")
+    else:
+        main("--full" in sys.argv)

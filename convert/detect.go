@@ -54,6 +54,27 @@ type Found struct {
 // Component is the component's name.
 func (f *Found) Component() string { return f.Table.Component }
 
+// SourceBytes is the size of the component's tensors in the source.
+func (f *Found) SourceBytes() int64 {
+	var n int64
+	for _, s := range f.Sources {
+		n += s.numel() * int64(dtypeSize(s.dtype))
+	}
+	return n
+}
+
+func dtypeSize(st string) int {
+	switch st {
+	case "F64", "I64":
+		return 8
+	case "F32", "I32":
+		return 4
+	case "F16", "BF16", "I16":
+		return 2
+	}
+	return 1
+}
+
 // claims lists the source keys the component uses.
 func (f *Found) claims() []string {
 	out := make([]string, len(f.Sources))
