@@ -57,13 +57,13 @@ func TestDetect(t *testing.T) {
 			{"autoencoder", "original", "first_stage_model.", "F32"},
 			{"text_encoder", "original", "cond_stage_model.transformer.", "F32"},
 		}, map[string]string{"in_channels": "4", "channels_3": "12", "num_heads": "8", "num_groups": "32"}, nil, 12},
-		{"sd15.ckpt", Options{Params: tinyParams}, "torch file (zip)", []want{
+		{"sd15.ckpt", Options{Params: tinyParams}, "torch zip file", []want{
 			{"unet", "original", "model.diffusion_model.", "F16"},
 			{"autoencoder", "original", "first_stage_model.", "F16"},
 			{"text_encoder", "original", "cond_stage_model.transformer.", "F16"},
 		}, map[string]string{"num_heads": "2", "num_groups": "2"},
 			[]string{"global_step = 1234", "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint object"}, 12 + 1 + 686 + 2},
-		{"sd15.ckpt", Options{EMA: true, Params: tinyParams}, "torch file (zip)", []want{
+		{"sd15.ckpt", Options{EMA: true, Params: tinyParams}, "torch zip file", []want{
 			{"unet", "original", "model.diffusion_model.", "F16"},
 			{"autoencoder", "original", "first_stage_model.", "F16"},
 			{"text_encoder", "original", "cond_stage_model.transformer.", "F16"},
@@ -72,7 +72,7 @@ func TestDetect(t *testing.T) {
 			{"unet", "diffusers", "", "BF16"},
 		}, map[string]string{"in_channels": "9", "num_heads": "2", "num_groups": "2"}, nil, 0},
 		{"controlnet", Options{}, "diffusers component folder", []want{{"controlnet", "diffusers", "", "F32"}}, nil, nil, 0},
-		{"control_sd15.pth", Options{}, "torch file (zip)", []want{{"controlnet", "original", "", "F32"}}, nil, nil, 0},
+		{"control_sd15.pth", Options{}, "torch zip file", []want{{"controlnet", "original", "", "F32"}}, nil, nil, 0},
 	} {
 		t.Run(tc.source, func(t *testing.T) {
 			s, d, err := detect(t, src(tc.source), tc.o)
@@ -387,7 +387,7 @@ func TestReport(t *testing.T) {
 	var b strings.Builder
 	d.Report(&b)
 	for _, want := range []string{
-		"source: ../conformance/testdata/convert/sd15.ckpt (torch file (zip))",
+		"source: ../conformance/testdata/convert/sd15.ckpt (torch zip file)",
 		"unet          sd15.ckpt, original layout, model.diffusion_model.*: 686 tensors",
 		"float16", "spec parameters: channels_1=4 channels_2=8 channels_3=12",
 		"ignored: 701 tensors that are not weights (betas,",
@@ -442,4 +442,46 @@ func TestTables(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestShardedFolder: a component split over shards with an index
+// (diffusion_pytorch_model.safetensors.index.json) converts as the single
+// file does.
+func TestShardedFolder(t *testing.T) {
+	raw, err := os.ReadFile(src("pipeline/unet/diffusion_pytorch_model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := safetensors.Deserialize(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	folder := filepath.Join(dir, "unet")
+	os.MkdirAll(folder, 0o755)
+	cfg, _ := os.ReadFile(src("pipeline/unet/config.json"))
+	os.WriteFile(filepath.Join(folder, "config.json"), cfg, 0o644)
+	names := st.Names()
+	slices.Sort(names)
+	weightMap := map[string]string{}
+	for i, part := range [][]string{names[:len(names)/2], names[len(names)/2:]} {
+		views := map[string]safetensors.View{}
+		file := []string{"diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"}[i]
+		for _, k := range part {
+			v, _ := st.Tensor(k)
+			views[k] = v
+			weightMap[k] = file
+		}
+		var buf bytes.Buffer
+		if err := safetensors.SerializeToWriter(views, nil, &buf); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(folder, file), buf.Bytes(), 0o644)
+	}
+	index, _ := json.Marshal(map[string]any{"metadata": map[string]any{}, "weight_map": weightMap})
+	os.WriteFile(filepath.Join(folder, "diffusion_pytorch_model.safetensors.index.json"), index, 0o644)
+
+	sharded := convertTo(t, folder, filepath.Join(dir, "sharded"), Options{})
+	whole := convertTo(t, src("pipeline"), filepath.Join(dir, "whole"), Options{Component: "unet"})
+	sameTensors(t, sharded["unet"], whole["unet"])
 }

@@ -22,7 +22,7 @@ import (
 // folder, one component's folder, or a single file.
 type Source struct {
 	Path string
-	Kind string // "diffusers pipeline", "diffusers component folder", "safetensors file", "torch file"
+	Kind string // "diffusers pipeline", "diffusers component folder", "safetensors file", "torch zip file", "torch legacy file"
 	// Parts are the key spaces: a pipeline's component folders, or the
 	// one folder or file.
 	Parts []*Part
@@ -133,9 +133,6 @@ func Open(path string, o Options) (*Source, error) {
 		if p, err = src.openFiles("", []string{path}, o); err == nil {
 			src.Parts = []*Part{p}
 			src.Kind = p.Files[0].format + " file"
-			if strings.HasPrefix(src.Kind, "torch") {
-				src.Kind = "torch file (" + strings.TrimPrefix(p.Files[0].format, "torch ") + ")"
-			}
 		}
 	}
 	if err != nil {
