@@ -6,6 +6,7 @@
 package conformance
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -72,7 +73,20 @@ func ReadReference(f *weights.File, key string) (Reference, error) {
 	}
 	r := Reference{Key: key, Shape: info.Shape, DType: info.DType}
 	if !info.DType.IsFloat() {
-		return r, nil // compared exactly
+		// Compared exactly, with no twin.
+		raw, err := f.Bytes(key)
+		if err != nil {
+			return r, err
+		}
+		r.Want = make([]float64, 0, tensor.Numel(info.Shape))
+		for i := 0; i < len(raw); i += info.DType.Size() {
+			if info.DType == tensor.Int64 {
+				r.Want = append(r.Want, float64(int64(binary.LittleEndian.Uint64(raw[i:]))))
+			} else {
+				r.Want = append(r.Want, float64(raw[i]))
+			}
+		}
+		return r, nil
 	}
 	var err error
 	if r.Want, _, err = f.Float64s(key); err != nil {

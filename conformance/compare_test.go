@@ -1,10 +1,14 @@
 package conformance
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
 	"math"
 	"testing"
 
 	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
 )
 
 // TestErrorModel checks the pass rule on hand-made references: Go's error
@@ -49,4 +53,37 @@ func TestErrorModel(t *testing.T) {
 			t.Errorf("%s", d)
 		}
 	})
+}
+
+// TestIntegerReference reads an int64 output (no float64 twin) and compares
+// it exactly.
+func TestIntegerReference(t *testing.T) {
+	raw := make([]byte, 0, 24)
+	for _, v := range []int64{3, -1, 49407} {
+		raw = binary.LittleEndian.AppendUint64(raw, uint64(v))
+	}
+	var buf bytes.Buffer
+	if err := weights.Encode(&buf, map[string]weights.Raw{"output.ids": {DType: tensor.Int64, Shape: []int64{3}, Data: raw}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := weights.Parse("ids", buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := ReadReference(f, "output.ids")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if d := ref.Check(s, s.FromInt64([]int64{3, -1, 49407}, 3)); !d.Pass || !d.Integer {
+			t.Errorf("equal ids: %s", d)
+		}
+		if d := ref.Check(s, s.FromInt64([]int64{3, 0, 49407}, 3)); d.Pass || d.Mismatches != 1 || d.Worst != 1 {
+			t.Errorf("one id off: %s", d)
+		}
+		return s.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
