@@ -89,7 +89,7 @@ func checkSolvers(t *testing.T, capability string) {
 		if !worst.pass || exact != total {
 			status = "FAIL"
 		}
-		rows = append(rows, fmt.Sprintf("%-8s %-16s %-34s %-9s %-10.3g %-10s %s", capability, name, what,
+		rows = append(rows, fmt.Sprintf("%-8s %-12s %-38s %-9s %-10.3g %-10s %s", capability, name, what,
 			fmt.Sprintf("%d/%d", exact, total), worst.err, ratioString(worst), status))
 	}
 
@@ -235,7 +235,7 @@ func checkSolvers(t *testing.T, capability string) {
 		})
 	}
 	slices.Sort(rows)
-	publishReport(t, fmt.Sprintf("%-8s %-16s %-34s %-9s %-10s %-10s %s\n%s\n", "kernel", "solver case", "checked", "bit-exact", "max err", "err ratio", "result", strings.Join(rows, "\n")))
+	publishReport(t, fmt.Sprintf("%-8s %-12s %-38s %-9s %-10s %-10s %s\n%s\n", "kernel", "case", "checked", "bit-exact", "max err", "err ratio", "result", strings.Join(rows, "\n")))
 }
 
 func ratioString(d solverDiff) string {
