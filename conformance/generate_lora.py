@@ -83,7 +83,7 @@ from safetensors.torch import load_file, save_file
 
 import generate_sd15_unet as gu
 from generate_clip_text import without_tokenizer
-from golden import save_spec_case
+from golden import float64_twin, reference_error_note, reference_tensors, save_spec_case
 
 HERE = Path(__file__).resolve().parent
 
@@ -183,6 +183,8 @@ class Base:
 
         self.base_unet = self.refiners_unet_out(self.r_unet)
         self.base_text = self.refiners_text_out(self.r_text)
+        base_unet64 = self.refiners_unet_out(float64_twin(self.r_unet))
+        base_text64 = self.refiners_text_out(float64_twin(self.r_text))
         self.base_max_abs = {
             "unet": (self.diffusers_unet_out(self.d_unet) - self.base_unet).abs().max().item(),
             "text_encoder": (self.hf_text_out(self.d_text) - self.base_text).abs().max().item(),
@@ -191,20 +193,24 @@ class Base:
         self.files = {
             "unet": save_spec_case(out_dir, f"base_unet_{self.tier}", spec="specs/sd15_unet.yaml",
                                    overrides={k: str(v) for k, v in up.items()}, model=self.r_unet,
-                                   outputs=[self.base_unet], reference=f"refiners {REFS['refiners']} SD1UNet",
+                                   outputs=[self.base_unet], outputs64=[base_unet64],
+                                   reference=f"refiners {REFS['refiners']} SD1UNet",
                                    inputs={"input.0": self.x, "context.diffusion.timestep": self.t,
                                            "context.cross_attention_block.clip_text_embedding": self.emb}).name,
             "text_encoder": save_spec_case(out_dir, f"base_text_encoder_{self.tier}", spec="specs/clip_text.yaml",
                                            overrides={k: str(v) for k, v in tp.items()}, model=self.r_text,
-                                           outputs=[self.base_text], inputs={"input.0": self.ids},
+                                           outputs=[self.base_text], outputs64=[base_text64], inputs={"input.0": self.ids},
                                            reference=f"refiners {REFS['refiners']} CLIPTextEncoder without its tokenizer").name,
         }
 
+    # Each runs the model in its own dtype: float32, or float64 for the
+    # twin that measures the reference's own error.
     @torch.no_grad()
     def refiners_unet_out(self, m):
+        dt = dtype_of(m)
         m.set_timestep(self.t)
-        m.set_clip_text_embedding(self.emb)
-        return m(self.x)
+        m.set_clip_text_embedding(self.emb.to(dt))
+        return m(self.x.to(dt))
 
     @torch.no_grad()
     def refiners_text_out(self, m):
@@ -212,11 +218,23 @@ class Base:
 
     @torch.no_grad()
     def diffusers_unet_out(self, m):
-        return m(self.x, self.t, self.emb).sample
+        dt = dtype_of(m)
+        return m(self.x.to(dt), self.t, self.emb.to(dt)).sample
 
     @torch.no_grad()
     def hf_text_out(self, m):
-        return m(self.ids).last_hidden_state
+        # transformers builds its causal mask in the default dtype, filled
+        # with the model dtype's minimum: float64 must be the default then.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype_of(m))
+        try:
+            return m(self.ids).last_hidden_state
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def dtype_of(model):
+    return next(model.parameters()).dtype
 
 
 def randomise_community(model, gen):
@@ -249,32 +267,23 @@ def convert(source, target, source_args, target_args):
 # --- case files -----------------------------------------------------------------
 
 
-# Tolerances (float32). Against Refiners itself: atol 1e-5, rtol 1e-4, as
-# every spec case. Against diffusers / PEFT / LyCORIS: atol 5e-5, because
-# the reference's own float32 rounding is that large: LyCORIS's diff_tiny
-# U-Net output is 2.1e-5 (max abs) away from the same computation in
-# float64, and the libraries order the sums differently (a merged weight
-# W + ΔW against a branch x·ΔW added to x·W).
-CROSS_LIBRARY_ATOL = "5e-5"
-
-
-def save_case(out_dir, base, name, *, adapters, outputs, reference, atol="1e-5", extra=None):
-    """<name>.case.safetensors: expected outputs per component and, in the
-    metadata, the base spec cases and the adapters (file + plugin
-    parameters), applied in order. Fused mode is held to the same
-    tolerance."""
+def save_case(out_dir, base, name, *, adapters, outputs, outputs64, reference, extra=None):
+    """<name>.case.safetensors: expected outputs per component (output.<comp>)
+    with their float64 twins (ref64.<comp>: the same reference run in
+    float64, the runner's yardstick) and, in the metadata, the base spec
+    cases and the adapters (file + plugin parameters), applied in order.
+    Runtime and fused modes are held to the same error model."""
     meta = {
         "format": name.rsplit("_", 1)[0],
         "base": json.dumps(base.files),
         "adapters": json.dumps(adapters),
         "dtype": "float32",
-        "atol": atol, "rtol": "1e-4",
-        "fused_atol": atol, "fused_rtol": "1e-4",
         "reference": reference,
         "base_max_abs": json.dumps(base.base_max_abs),
     }
     meta.update(extra or {})
-    tensors = {f"output.{k}": v.detach().contiguous() for k, v in outputs.items()}
+    meta.update(reference_error_note(outputs, outputs64))
+    tensors = reference_tensors(outputs, outputs64)
     save_file(tensors, str(Path(out_dir) / f"{name}.case.safetensors"), metadata=meta)
     for k, v in outputs.items():
         ref = base.base_unet if k == "unet" else base.base_text
@@ -370,7 +379,9 @@ def case_refiners(base, out_dir, gen):
         adapters.append({"file": file, "params": {"scale": scales[lname], "name": lname}})
         print(f"  {file}: {len(tensors)} tensors")
     outputs = {"unet": base.refiners_unet_out(base.r_unet), "text_encoder": base.refiners_text_out(base.r_text)}
-    save_case(out_dir, base, name, adapters=adapters, outputs=outputs,
+    outputs64 = {"unet": base.refiners_unet_out(float64_twin(base.r_unet)),
+                 "text_encoder": base.refiners_text_out(float64_twin(base.r_text))}
+    save_case(out_dir, base, name, adapters=adapters, outputs=outputs, outputs64=outputs64,
               reference=f"{refs('refiners')}: LoraAdapter with LinearLora / Conv2dLora, two LoRAs stacked (scales 0.7, 1.3)")
     for root in roots:
         for adapter in list(root.layers(LoraAdapter)):
@@ -430,8 +441,9 @@ def diffusers_reference(base, path, scale):
     scale_lora_layers(unet, scale)
     scale_lora_layers(text, scale)
     out = {"unet": base.diffusers_unet_out(unet), "text_encoder": base.hf_text_out(text)}
+    out64 = {"unet": base.diffusers_unet_out(unet.to(torch.float64)), "text_encoder": base.hf_text_out(text.to(torch.float64))}
     del unet, text
-    return out, loaded
+    return out, out64, loaded
 
 
 def case_diffusers_like(base, out_dir, gen, fmt, scale):
@@ -448,10 +460,10 @@ def case_diffusers_like(base, out_dir, gen, fmt, scale):
         tensors = load_file(str(Path(tmp) / "pytorch_lora_weights.safetensors"))
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file))
-    outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
+    outputs, outputs64, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('diffusers', 'peft', 'transformers')}: LoraLoaderMixin.lora_state_dict + "
                         f"load_lora_into_unet / load_lora_into_text_encoder, scale_lora_layers({scale})")
 
@@ -499,10 +511,10 @@ def case_kohya(base, out_dir, gen, scale=0.9):
             "ss_network_args": json.dumps({"conv_dim": "2", "conv_alpha": "3"})}
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file), metadata=meta)
-    outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
+    outputs, outputs64, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('diffusers', 'peft', 'transformers')}: LoraLoaderMixin.lora_state_dict (kohya "
                         f"conversion, network alphas) + load_lora_into_unet / load_lora_into_text_encoder, "
                         f"scale_lora_layers({scale})")
@@ -519,11 +531,11 @@ def case_attnprocs(base, out_dir, gen, scale=1.1, rank=2):
             tensors[f"{proc}.{proj}_lora.up.weight"] = torch.randn(lin.out_features, rank, generator=gen) * 0.3 / math.sqrt(rank)
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file))
-    outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
-    outputs = {"unet": outputs["unet"]}  # a U-Net-only layout
+    outputs, outputs64, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
+    outputs, outputs64 = {"unet": outputs["unet"]}, {"unet": outputs64["unet"]}  # a U-Net-only layout
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('diffusers', 'peft')}: LoraLoaderMixin.lora_state_dict (attention-processor layout) + "
                         f"load_lora_into_unet, scale_lora_layers({scale})")
 
@@ -602,10 +614,12 @@ def case_lycoris(base, out_dir, gen, kind, multiplier=0.75):
     assert n == len(modules), f"LyCORIS built {n} modules for {len(modules)}"
     kinds = sorted({type(l).__name__ for l in network.loras})
     outputs = {"unet": base.diffusers_unet_out(unet), "text_encoder": base.hf_text_out(text)}
+    network.to(torch.float64)
+    outputs64 = {"unet": base.diffusers_unet_out(unet.to(torch.float64)), "text_encoder": base.hf_text_out(text.to(torch.float64))}
     del unet, text, network
     print(f"  {file}: {len(tensors)} tensors, LyCORIS modules {kinds} x {n}")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": multiplier}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('lycoris-lora', 'diffusers', 'transformers')}: lycoris.kohya.create_network_from_weights "
                         f"+ apply_to, multiplier {multiplier}")
 
