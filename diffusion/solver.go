@@ -46,12 +46,15 @@ type Solver interface {
 	// × InitNoiseSigma(). 1 except for Euler (σ_max); multiply with
 	// Scope.Scale, which rounds it to float32 as Refiners' tensor does.
 	InitNoiseSigma() float64
-	// ScaleModelInput is the U-Net input at step for latents x: x / √(σ²+1)
-	// for Euler, x itself (a shallow copy) for the others.
+	// ScaleModelInput is the U-Net input at step (in [0, NumSteps())) for
+	// latents x of any shape (the guidance batch too): x / √(σ²+1) for
+	// Euler, x itself (a shallow copy) for the others. Refiners' step −1
+	// (the initial latents) is InitNoiseSigma.
 	ScaleModelInput(s *tensor.Scope, x *tensor.Tensor, step int) *tensor.Tensor
 	// Step advances the latents x at step, given the (guided) predicted
 	// noise, to the latents of the next step: Refiners' solver(x,
-	// predicted_noise, step). The result has x's shape and dtype.
+	// predicted_noise, step). The result has x's shape and dtype; float16
+	// and bfloat16 latents are stepped in float32 and rounded back.
 	Step(s *tensor.Scope, x, predictedNoise *tensor.Tensor, step int) *tensor.Tensor
 	// AddNoise noises clean latents x to the level of step:
 	// √ᾱ_t·x + √(1−ᾱ_t)·noise with t = Timestep(step). Euler does not
