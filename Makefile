@@ -21,7 +21,7 @@ vet: setup
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
 # numeric packages run once per kernel path this CPU can take, so a machine
 # of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
-NUMERIC_PKGS = ./conformance ./core/... ./hosts
+NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./hosts
 
 test: vet
 	$(GO) test ./...
@@ -48,6 +48,7 @@ golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	conformance/.venv/bin/python conformance/generate_solvers.py
 
 conformance: setup
 	@status=0; for cap in $$(scripts/cpu-capabilities.sh); do \
