@@ -49,6 +49,7 @@ golden: setup
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
+	conformance/.venv/bin/python conformance/generate_tokenizer.py
 
 conformance: setup
 	@status=0; for cap in $$(scripts/cpu-capabilities.sh); do \
