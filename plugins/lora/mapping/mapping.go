@@ -641,6 +641,23 @@ func (pl *planner) finish() {
 		covered[p.Target] = true
 	}
 	pl.report.Covered = len(covered)
+	// Per file, the components planned before those only skipped.
+	rank := map[string]int{}
+	for _, c := range pl.report.Components {
+		if _, ok := rank[c.File]; !ok {
+			rank[c.File] = len(rank)
+		}
+	}
+	key := func(c ComponentReport) int {
+		k := 2 * rank[c.File]
+		if c.Matched == 0 && c.NotUsed == 0 {
+			k++
+		}
+		return k
+	}
+	sort.SliceStable(pl.report.Components, func(i, j int) bool {
+		return key(pl.report.Components[i]) < key(pl.report.Components[j])
+	})
 }
 
 func keysOf(f *File) []string {

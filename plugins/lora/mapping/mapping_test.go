@@ -761,7 +761,7 @@ func TestDoraFileOnEachComponent(t *testing.T) {
 			fmt.Sprintf("%s: %d keys matched (%d layers adapted)", c.comp, mine, r.Covered),
 			fmt.Sprintf("%s: %d keys skipped (the model has no sd15 %s)", c.other, skipped, c.other),
 		}
-		if got := r.Summary(); !sameSet(got, want) || r.Format != "kohya-dora" || len(r.Matched) != mine {
+		if got := r.Summary(); !slices.Equal(got, want) || r.Format != "kohya-dora" || len(r.Matched) != mine {
 			t.Errorf("%s: format %s, summary %q, want %q", c.comp, r.Format, got, want)
 		}
 	}
