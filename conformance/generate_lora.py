@@ -61,9 +61,28 @@ parameters):
              up_blocks.1.upsamplers and text encoder layer 0: every kind of
              layer, and files that stay small (a full diff of everything is
              a model-sized file).
+  dora_peft  PEFT LoraConfig(use_dora=True) on the peft case's targets
+             (attention, feed-forward, proj_in/out, resnet conv1/conv2/
+             conv_shortcut/time_emb_proj: Linear, 1x1 and 3x3 Conv2d) and the
+             text encoder's, rank 2, lora_alpha = rank; random lora_A/lora_B
+             and magnitudes (PEFT's initial norms moved by ~10%), saved by
+             StableDiffusionPipeline.save_lora_weights (lora_A, lora_B,
+             lora_magnitude_vector: [out] for a Linear, [1, out, 1, 1] for a
+             Conv2d). Reference: PEFT 0.10's own DoRA layers on the diffusers
+             and transformers models, scale 0.8 by scale_lora_layers
+             (diffusers 0.27's loader does not read DoRA files).
+  dora_lycoris  LyCORIS DoRA in kohya naming (lora_down, lora_up, alpha,
+             dora_scale [out, 1] / [out, 1, 1, 1]: weight_decompose with
+             LyCORIS's default wd_on_out) on the LyCORIS subset, rank 4, alpha
+             2; reference: lycoris.kohya.create_network_from_weights +
+             apply_to, multiplier 0.75 (LyCORIS 3.2 loads only per-output
+             dora_scale files; hosts/testdata/dora covers the other axis).
+  The DoRA cases draw from their own seeded generators, so generating them
+  alone gives the same files.
 """
 
 import copy
+import functools
 import json
 import math
 import sys
@@ -604,7 +623,8 @@ def case_lycoris(base, out_dir, gen, kind, multiplier=0.75):
     modules = [m for m in kohya_all(base) if m[1].startswith(LYCORIS_SUBSET)]
     tensors = {}
     for prefix, mod_name, mod in modules:
-        tensors.update(lycoris_tensors(kind, kohya_name(prefix, mod_name), mod, gen))
+        make = dora_tensors if kind == "dora_lycoris" else functools.partial(lycoris_tensors, kind)
+        tensors.update(make(kohya_name(prefix, mod_name), mod, gen))
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file))
     unet, text = copy.deepcopy(base.d_unet), copy.deepcopy(base.d_text)
@@ -622,6 +642,78 @@ def case_lycoris(base, out_dir, gen, kind, multiplier=0.75):
               outputs64=outputs64,
               reference=f"{refs('lycoris-lora', 'diffusers', 'transformers')}: lycoris.kohya.create_network_from_weights "
                         f"+ apply_to, multiplier {multiplier}")
+
+
+# --- DoRA ------------------------------------------------------------------------------
+
+
+def jitter_(p, gen, std=0.1):
+    """Moves a magnitude as training would: each value by ~std relative."""
+    p.mul_(1 + std * torch.randn(p.shape, generator=gen))
+
+
+def case_dora_peft(base, out_dir, gen, scale=0.8, rank=2):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import scale_lora_layers
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
+
+    name = f"dora_peft_{base.tier}"
+    unet, text = copy.deepcopy(base.d_unet), copy.deepcopy(base.d_text)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", use_dora=True, target_modules=UNET_PEFT_TARGETS))
+    text.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", use_dora=True, target_modules=TEXT_PEFT_TARGETS))
+    n = 0
+    for model in (unet, text):
+        randomise_lora_params(model, gen)
+        with torch.no_grad():
+            for _, m in sorted(model.named_modules(), key=lambda x: x[0]):
+                if not isinstance(m, LoraLayer) or not m.use_dora.get("default"):
+                    continue
+                # PEFT's initial magnitude is the norm of W + scaling·ΔW
+                # (dora_init); a trained one has moved from it.
+                a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+                w = m.get_base_layer().weight
+                delta = (b.flatten(1) @ a.flatten(1)).reshape(w.shape)
+                mag = m.lora_magnitude_vector["default"]
+                mag.copy_(m._get_weight_norm(w, delta, m.scaling["default"]).reshape(mag.shape))
+                jitter_(mag, gen)
+                n += 1
+    unet_sd, text_sd = get_peft_model_state_dict(unet), get_peft_model_state_dict(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=unet_sd, text_encoder_lora_layers=text_sd,
+                                                  safe_serialization=True)
+        tensors = load_file(str(Path(tmp) / "pytorch_lora_weights.safetensors"))
+    magnitudes = sum(1 for k in tensors if k.endswith(".lora_magnitude_vector"))
+    assert magnitudes == n, f"{magnitudes} magnitudes saved for {n} DoRA layers"
+    file = f"{name}.safetensors"
+    save_file(tensors, str(Path(out_dir) / file))
+    scale_lora_layers(unet, scale)
+    scale_lora_layers(text, scale)
+    outputs = {"unet": base.diffusers_unet_out(unet), "text_encoder": base.hf_text_out(text)}
+    outputs64 = {"unet": base.diffusers_unet_out(unet.to(torch.float64)), "text_encoder": base.hf_text_out(text.to(torch.float64))}
+    del unet, text
+    print(f"  {file}: {len(tensors)} tensors, {n} DoRA layers")
+    save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
+              outputs64=outputs64,
+              reference=f"{refs('peft', 'diffusers', 'transformers')}: LoraConfig(use_dora=True) layers on "
+                        f"UNet2DConditionModel / CLIPTextModel, scale_lora_layers({scale})")
+
+
+def dora_tensors(kn, mod, gen, r=4, alpha=2.0):
+    """A LyCORIS DoRA module's tensors (LoConModule with weight_decompose):
+    lora_down with the layer's kernel, 1x1 lora_up, alpha, and dora_scale,
+    the norm of each output channel of W + (alpha/r)·ΔW moved by ~10%."""
+    w = mod.weight.detach()
+    out_f, kernel = w.shape[0], list(w.shape[2:])
+    down = torch.randn([r, *w.shape[1:]], generator=gen) / math.sqrt(w[0].numel())
+    up = torch.randn([out_f, r] + [1] * len(kernel), generator=gen) * 0.3 / math.sqrt(r)
+    delta = (up.flatten(1) @ down.flatten(1)).reshape(w.shape) * (alpha / r)
+    norm = (w + delta).reshape(out_f, -1).norm(dim=1).reshape(out_f, *[1] * (w.dim() - 1))
+    dora_scale = norm.clone()
+    jitter_(dora_scale, gen)
+    return {f"{kn}.lora_down.weight": down, f"{kn}.lora_up.weight": up, f"{kn}.alpha": torch.tensor(alpha),
+            f"{kn}.dora_scale": dora_scale}
 
 
 def main():
@@ -644,6 +736,8 @@ def main():
         # (after apply_to it reads the weight it deleted, and would square
         # the multiplier), so diff runs at 1.
         "diff": lambda: case_lycoris(base, out_dir, gen, "diff", multiplier=1.0),
+        "dora_peft": lambda: case_dora_peft(base, out_dir, torch.Generator().manual_seed(20)),
+        "dora_lycoris": lambda: case_lycoris(base, out_dir, torch.Generator().manual_seed(21), "dora_lycoris"),
     }
     for k, f in cases.items():
         if not only or k in only:
