@@ -17,8 +17,18 @@ vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
+# libtorch picks its CPU kernels (and so the order of its float sums) by the
+# instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
+# numeric packages run once per kernel path this CPU can take, so a machine
+# of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
+NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./hosts
+
 test: vet
 	$(GO) test ./...
+	@for cap in $$(scripts/cpu-capabilities.sh); do \
+		echo "ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS)"; \
+		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \
+	done
 	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=20s -fuzzminimizetime=5s ./torchfile
@@ -47,9 +57,15 @@ golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	conformance/.venv/bin/python conformance/generate_solvers.py
+	conformance/.venv/bin/python conformance/generate_tokenizer.py
 
 conformance: setup
-	@report=$$(mktemp); CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+	@status=0; for cap in $$(scripts/cpu-capabilities.sh); do \
+		report=$$(mktemp); echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+		ATEN_CPU_CAPABILITY=$$cap CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance || status=1; \
+		cat $$report; rm -f $$report; \
+	done; exit $$status
 
 # Real-size models with random weights: generated on demand (several GB,
 # not committed), then checked. Needs the reference environment.

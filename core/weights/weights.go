@@ -296,6 +296,51 @@ func (f *File) Scalar(key string) (float64, error) {
 	return 0, keyErrorf(f.path, key, "dtype %s has no numeric value", info.DType)
 }
 
+// Float64s reads a floating-point tensor's values as float64 without
+// libtorch, for checks that need more precision than the tensor layer's
+// dtypes offer (the conformance runner's float64 references). It accepts
+// F64, F32, F16 and BF16 tensors and returns the values in row-major order
+// with the tensor's shape.
+func (f *File) Float64s(key string) ([]float64, []int64, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.data == nil {
+		return nil, nil, keyErrorf(f.path, key, "file is closed")
+	}
+	view, ok := f.st.Tensor(key)
+	if !ok {
+		return nil, nil, keyErrorf(f.path, key, "not in file")
+	}
+	shape := make([]int64, len(view.Shape()))
+	for i, d := range view.Shape() {
+		shape[i] = int64(d)
+	}
+	b := view.Data()
+	var size int
+	var read func(b []byte) float64
+	switch view.DType().String() {
+	case "F64":
+		size, read = 8, func(b []byte) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(b)) }
+	case "F32":
+		size, read = 4, func(b []byte) float64 { return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))) }
+	case "F16":
+		size, read = 2, func(b []byte) float64 { return float64(tensor.Float16FromBits(binary.LittleEndian.Uint16(b))) }
+	case "BF16":
+		size, read = 2, func(b []byte) float64 { return float64(tensor.BFloat16FromBits(binary.LittleEndian.Uint16(b))) }
+	default:
+		return nil, nil, keyErrorf(f.path, key, "dtype %s is not floating point", view.DType())
+	}
+	n := tensor.Numel(shape)
+	if int64(len(b)) != n*int64(size) {
+		return nil, nil, keyErrorf(f.path, key, "%d bytes for %d elements of %s", len(b), n, view.DType())
+	}
+	out := make([]float64, n)
+	for i := range out {
+		out[i] = read(b[i*size:])
+	}
+	return out, shape, nil
+}
+
 // Close unmaps the file. Closing again does nothing; Load after Close fails.
 func (f *File) Close() error {
 	f.mu.Lock()
