@@ -19,7 +19,6 @@ key, every value), so the files written in this layout are what diffusers
 
 import copy
 import re
-from types import SimpleNamespace
 
 import refiners.fluxion.layers as fl
 import torch

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,87 +15,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nlpodyssey/safetensors"
-
 	"github.com/refiners-go/refiners/convert"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/spec"
 )
-
-// convertRefK is the bound of the conversion cases: the converted model,
-// run by the specs, passes when max|go - ref64| <= convertRefK ·
-// max(max|ref32 - ref64|, floor), i.e. within a few times the reference's
-// own float32 error (floor: refFloorULPs float32 ulps of max|ref64|).
-// The reference is a different library (diffusers, transformers), which
-// orders its sums differently from libtorch's kernels behind the specs.
-// Until conformance.CheckRef (issue 10) lands, this file checks ref64
-// itself.
-const (
-	convertRefK  = 4
-	refFloorULPs = 4
-)
-
-// refCheck is one output against its float32 and float64 references.
-type refCheck struct {
-	GoErr, RefErr, Bound, Ratio float64
-	Shape                       bool // shapes agree
-	Pass                        bool
-}
-
-func checkRef64(s *tensor.Scope, got, ref32 *tensor.Tensor, r64 []float64, shape64 []int64, k float64) refCheck {
-	var c refCheck
-	if !slices.Equal(got.Shape(), shape64) || !slices.Equal(ref32.Shape(), shape64) {
-		return c
-	}
-	c.Shape = true
-	g, r32 := s.Float32s(got), s.Float32s(ref32)
-	if s.Err() != nil {
-		return c
-	}
-	maxRef := 0.0
-	for i, w := range r64 {
-		c.GoErr = math.Max(c.GoErr, math.Abs(float64(g[i])-w))
-		c.RefErr = math.Max(c.RefErr, math.Abs(float64(r32[i])-w))
-		maxRef = math.Max(maxRef, math.Abs(w))
-		if math.IsNaN(float64(g[i])) {
-			c.GoErr = math.Inf(1)
-		}
-	}
-	floor := refFloorULPs * maxRef * math.Pow(2, -23)
-	c.Bound = k * math.Max(c.RefErr, floor)
-	c.Ratio = c.GoErr / math.Max(c.RefErr, floor)
-	c.Pass = c.GoErr <= c.Bound
-	return c
-}
-
-// readFloat64 reads a float64 tensor of a golden file. The tensor layer
-// (and so weights.File) has no float64: the file is parsed here.
-func readFloat64(path, key string) ([]float64, []int64, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := safetensors.Deserialize(raw)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	v, ok := st.Tensor(key)
-	if !ok || v.DType() != safetensors.F64 {
-		return nil, nil, fmt.Errorf("%s: no float64 tensor %s", path, key)
-	}
-	b := v.Data()
-	out := make([]float64, len(b)/8)
-	for i := range out {
-		out[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
-	}
-	shape := make([]int64, len(v.Shape()))
-	for i, d := range v.Shape() {
-		shape[i] = int64(d)
-	}
-	return out, shape, nil
-}
 
 // convertSource is one source a case converts.
 type convertSource struct {
@@ -179,10 +102,10 @@ func TestConvert(t *testing.T) {
 					t.Errorf("%s: %v", src.Path, err)
 					status = "ERROR"
 				case !c.Pass:
-					t.Errorf("%s: max |go - ref64| %.3g > bound %.3g (%.1f× the reference's own error %.3g)", src.Path, c.GoErr, c.Bound, c.Ratio, c.RefErr)
+					t.Errorf("%s: %s", src.Path, c)
 					status = "FAIL"
 				}
-				rows = append(rows, fmt.Sprintf("%-16s %-18s %-10.3g %-10.3g %-6.2f %s", name, src.Path, c.GoErr, c.RefErr, c.Ratio, status))
+				rows = append(rows, fmt.Sprintf("%-16s %-18s %-10.3g %-10.3g %-6.2f %s", name, src.Path, c.Err, c.RefErr, c.Ratio, status))
 			}
 		})
 	}
@@ -264,8 +187,8 @@ func fileDigest(t *testing.T, p string) string {
 // runConverted builds the case's spec with the parameters the converter
 // wrote, checks them against the case's, loads the converted file
 // strictly and compares the output.
-func runConverted(f *weights.File, meta, params map[string]string, file string) (refCheck, error) {
-	var c refCheck
+func runConverted(f *weights.File, meta, params map[string]string, file string) (Diff, error) {
+	var c Diff
 	wf, err := weights.Open(file)
 	if err != nil {
 		return c, err
@@ -316,13 +239,13 @@ func runConverted(f *weights.File, meta, params map[string]string, file string) 
 		if err != nil {
 			return err
 		}
-		r64, shape, err := readFloat64(f.Path(), "ref64.0")
+		ref, err := ReadReference(f, "output.0")
 		if err != nil {
 			return err
 		}
-		c = checkRef64(s, outs[0], f.Load(s, "output.0"), r64, shape, convertRefK)
-		if !c.Shape {
-			return fmt.Errorf("output shape %v, reference %v", outs[0].Shape(), shape)
+		c = ref.Check(s, outs[0])
+		if !slices.Equal(c.ShapeGot, c.Shape) {
+			return fmt.Errorf("output shape %v, reference %v", c.ShapeGot, c.Shape)
 		}
 		return s.Err()
 	})

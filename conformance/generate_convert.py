@@ -60,7 +60,6 @@ testdata/full/convert/sd15_bench.safetensors and .ckpt (random weights,
 float32, 4.3 GB each), for `make bench-convert`.
 """
 
-import copy
 import json
 import sys
 import time
@@ -71,6 +70,7 @@ import torch
 from safetensors.torch import save_file
 
 import convert_models as cm
+from golden import float64_twin, reference_error_note, reference_tensors, upcast
 
 HERE = Path(__file__).resolve().parent
 REFS = {p: version(p) for p in ["torch", "refiners", "diffusers", "transformers"]}
@@ -81,28 +81,25 @@ def ref_line(lib):
 
 
 def float64_run(fn, module, *inputs):
-    """fn(module, *inputs) in float32 and in float64 (the module
-    deep-copied and .to(torch.float64), floating inputs upcast exactly,
-    integer inputs unchanged). The default dtype is float64 during the
-    second run: transformers' CLIP builds its causal mask with torch.full
-    in the default dtype, from the float64 minimum."""
+    """fn(module, *inputs) in float32, and the same on the module's float64
+    twin (golden.float64_twin, inputs through golden.upcast). The default
+    dtype is float64 during the second run: transformers' CLIP builds its
+    causal mask with torch.full in the default dtype, from the float64
+    minimum."""
     with torch.no_grad():
         y32 = fn(module, *inputs)
-        m64 = copy.deepcopy(module).to(torch.float64)
-        up = [x.to(torch.float64) if x.is_floating_point() else x for x in inputs]
+        twin = float64_twin(module)
         torch.set_default_dtype(torch.float64)
         try:
-            y64 = fn(m64, *up)
+            y64 = fn(twin, *upcast(list(inputs)))
         finally:
             torch.set_default_dtype(torch.float32)
-    assert y32.dtype == torch.float32 and y64.dtype == torch.float64
     return y32, y64
 
 
 def save_case(out, name, *, spec, prefix="", params, sources, inputs, y32, y64, reference, extra=None):
     tensors = {k: v.contiguous() for k, v in inputs.items()}
-    tensors["output.0"] = y32.contiguous()
-    tensors["ref64.0"] = y64.contiguous()
+    tensors.update(reference_tensors([y32], [y64]))
     meta = {
         "spec": spec,
         "prefix": prefix,
@@ -110,11 +107,11 @@ def save_case(out, name, *, spec, prefix="", params, sources, inputs, y32, y64, 
         "sources": json.dumps(sources),
         "dtype": "float32",
         "reference": reference,
+        **reference_error_note([y32], [y64]),
     }
     meta.update(extra or {})
     save_file(tensors, str(out / f"{name}.case.safetensors"), metadata=meta)
-    err = (y32.double() - y64).abs().max().item()
-    print(f"  {name}: output {tuple(y32.shape)}, max |ref32 - ref64| {err:.3g}")
+    print(f"  {name}: output {tuple(y32.shape)}, max |ref32 - ref64| {meta['ref_err.0']}")
 
 
 def unet_params(p, in_channels=4):
