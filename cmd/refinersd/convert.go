@@ -37,7 +37,7 @@ func convertFlags(fs *flag.FlagSet) *convert.Options {
 }
 
 // convertVerb is `refinersd convert SRC --to OUT`.
-func convertVerb(args []string, out io.Writer) error {
+func convertVerb(args []string, out io.Writer) (err error) {
 	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
 	fs.SetOutput(out)
 	to := fs.String("to", "", "output: a .safetensors file (one component) or a folder (<component>.safetensors each)")
@@ -68,8 +68,16 @@ func convertVerb(args []string, out io.Writer) error {
 		return nil
 	}
 	if !strings.HasSuffix(*to, ".safetensors") {
-		if err := os.MkdirAll(*to, 0o755); err != nil {
-			return fmt.Errorf("convert: %w", err)
+		if _, err := os.Stat(*to); os.IsNotExist(err) {
+			if err := os.MkdirAll(*to, 0o755); err != nil {
+				return fmt.Errorf("convert: %w", err)
+			}
+			// A failed conversion leaves nothing behind, not even the folder.
+			defer func() {
+				if err != nil {
+					os.Remove(*to)
+				}
+			}()
 		}
 	}
 	paths, err := convert.OutputPaths(d, *to)

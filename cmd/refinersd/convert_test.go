@@ -2,6 +2,7 @@ package main
 
 import (
 	"maps"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,5 +114,19 @@ func TestModelsAddFrom(t *testing.T) {
 	}
 	if _, err := runOut("models", "add", "x", "--from", filepath.Join(convertData, "controlnet"), "--spec", "a.yaml", "--store", storeDir); err == nil {
 		t.Error("--from with --spec accepted")
+	}
+}
+
+// TestConvertFailureLeavesNothing: a conversion that fails (here the spec
+// check: a tiny single file without --param gets SD 1.5's 32 groups for
+// 4 channels) leaves no output, not even the output folder it made.
+func TestConvertFailureLeavesNothing(t *testing.T) {
+	to := filepath.Join(t.TempDir(), "new", "out")
+	_, err := runOut("convert", filepath.Join(convertData, "sd15.safetensors"), "--to", to)
+	if err == nil || !strings.Contains(err.Error(), "sd15_unet.yaml") {
+		t.Fatalf("err %v, want the spec check to fail", err)
+	}
+	if _, err := os.Stat(to); !os.IsNotExist(err) {
+		t.Errorf("%s exists after a failed conversion: %v", to, err)
 	}
 }
