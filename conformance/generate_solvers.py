@@ -23,14 +23,14 @@ set, and writes one file per kernel, testdata/solvers/<capability>.safetensors:
   ``scale.<k>`` (scale_model_input at each step, Euler only) and
   ``sigma`` (Euler's init_noise_sigma).
 
-The float64 twin is the same solver converted with .to(dtype=float64), as
-Refiners' Solver.to converts its buffers (the float32 schedule, widened
-exactly), fed the same inputs widened exactly.
+The float64 twin is the same solver through golden.float64_twin (a copy
+converted with .to(dtype=float64): Refiners' Solver.to widens its float32
+schedule buffers exactly), fed the same inputs widened exactly
+(golden.upcast).
 
     conformance/.venv/bin/python conformance/generate_solvers.py [OUT_DIR]
 """
 
-import copy
 import json
 import os
 import subprocess
@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from refiners.foundationals.latent_diffusion.solvers import DDIM, DPMSolver, Euler
 from safetensors.torch import save_file
+
+from golden import float64_twin, upcast
 
 SOLVERS = {"dpm": DPMSolver, "ddim": DDIM, "euler": Euler}
 
@@ -86,17 +88,15 @@ RANDN = [
 ]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-CAPABILITIES = ["default", "avx2"]
-# What torch.backends.cpu.get_cpu_capability() calls each.
+# What torch.backends.cpu.get_cpu_capability() calls each kernel path.
 TORCH_NAMES = {"default": "NO AVX", "avx2": "AVX2", "avx512": "AVX512"}
 
 
-def cpu_has_avx512():
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return all(f in flags for f in ("avx512vl", "avx512bw", "avx512dq"))
+def capabilities():
+    """The kernel paths this CPU can take (ATen trusts the variable, so a
+    path the CPU lacks would die of an illegal instruction)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cpu-capabilities.sh"
+    return subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True).stdout.split()
 
 
 def randn_vectors():
@@ -123,18 +123,19 @@ def solver_case(name, kind, steps, first, gen):
         tensors[f"input.{name}.eps.{k}"] = e
 
     solver = SOLVERS[kind](num_inference_steps=steps, first_inference_step=first)
-    twin = copy.deepcopy(solver).to(dtype=torch.float64)
-    assert twin.cumulative_scale_factors.dtype == torch.float64
-    if kind == "euler":
-        assert twin.sigmas.dtype == torch.float64
+    # Solver.to converts the schedule buffers (not fl.Module state, so
+    # float64_twin's own check sees none of them): check them here.
+    twin = float64_twin(solver)
+    for buf in ("cumulative_scale_factors", "noise_std", "signal_to_noise_ratios") + (("sigmas",) if kind == "euler" else ()):
+        assert getattr(twin, buf).dtype == torch.float64, f"{kind}: {buf} stayed {getattr(twin, buf).dtype} in the float64 twin"
     tensors[f"{name}.timesteps"] = solver.timesteps.clone().contiguous()
     assert solver.timesteps.dtype == (torch.float32 if kind == "euler" else torch.int64)
 
-    def run(sv, dtype, prefix):
+    def run(sv, cast, prefix):
         out = {}
-        xs = x.to(dtype)
+        xs = cast(x)
         if first > 0 and kind != "euler":  # img2img: Euler cannot add_noise in Refiners 0.4.0
-            xs = sv.add_noise(xs, noise.to(dtype), step=first)
+            xs = sv.add_noise(xs, cast(noise), step=first)
         xs = sv.scale_model_input(xs, step=-1)
         out[f"{prefix}.{name}.init"] = xs
         if kind == "euler":
@@ -142,12 +143,12 @@ def solver_case(name, kind, steps, first, gen):
         for k in sv.inference_steps:
             if kind == "euler":
                 out[f"{prefix}.{name}.scale.{k}"] = sv.scale_model_input(xs, step=k)
-            xs = sv(xs, predicted_noise=eps[k].to(dtype), step=k)
+            xs = sv(xs, predicted_noise=cast(eps[k]), step=k)
             out[f"{prefix}.{name}.step.{k}"] = xs
         return out
 
-    out32 = run(solver, torch.float32, "output")
-    out64 = run(twin, torch.float64, "ref64")
+    out32 = run(solver, lambda t: t, "output")
+    out64 = run(twin, upcast, "ref64")
     for key, y in out32.items():
         y64 = out64["ref64." + key[len("output.") :]]
         assert y.dtype == torch.float32 and y64.dtype == torch.float64, key
@@ -192,8 +193,7 @@ def main():
     if os.environ.get("REFINERS_GOLDEN_CHILD"):
         generate(out_dir)
         return
-    caps = CAPABILITIES + (["avx512"] if cpu_has_avx512() else [])
-    for cap in caps:
+    for cap in capabilities():
         env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, REFINERS_GOLDEN_CHILD="1")
         subprocess.run([sys.executable, __file__, str(out_dir)], env=env, check=True)
 

@@ -53,9 +53,6 @@ func NoiseSchedule() (*Schedule, error) {
 	return schedule, scheduleErr
 }
 
-// noiseSchedule is NoiseSchedule for NewSolver.
-func noiseSchedule() (*Schedule, error) { return NoiseSchedule() }
-
 // computeSchedule runs Refiners' Solver.__init__ (sample_noise_schedule,
 // then the cumulative buffers) op for op in float32, so that the values
 // are its values bit for bit.

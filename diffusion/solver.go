@@ -46,12 +46,15 @@ type Solver interface {
 	// × InitNoiseSigma(). 1 except for Euler (σ_max); multiply with
 	// Scope.Scale, which rounds it to float32 as Refiners' tensor does.
 	InitNoiseSigma() float64
-	// ScaleModelInput is the U-Net input at step for latents x: x / √(σ²+1)
-	// for Euler, x itself (a shallow copy) for the others.
+	// ScaleModelInput is the U-Net input at step (in [0, NumSteps())) for
+	// latents x of any shape (the guidance batch too): x / √(σ²+1) for
+	// Euler, x itself (a shallow copy) for the others. Refiners' step −1
+	// (the initial latents) is InitNoiseSigma.
 	ScaleModelInput(s *tensor.Scope, x *tensor.Tensor, step int) *tensor.Tensor
 	// Step advances the latents x at step, given the (guided) predicted
 	// noise, to the latents of the next step: Refiners' solver(x,
-	// predicted_noise, step). The result has x's shape and dtype.
+	// predicted_noise, step). The result has x's shape and dtype; float16
+	// and bfloat16 latents are stepped in float32 and rounded back.
 	Step(s *tensor.Scope, x, predictedNoise *tensor.Tensor, step int) *tensor.Tensor
 	// AddNoise noises clean latents x to the level of step:
 	// √ᾱ_t·x + √(1−ᾱ_t)·noise with t = Timestep(step). Euler does not
@@ -78,6 +81,10 @@ var SolverNames = []string{"dpm", "ddim", "euler"}
 // The first call computes the noise schedule with libtorch (once per
 // process).
 func NewSolver(name string, numSteps, firstStep int) (Solver, error) {
+	kind, ok := solverKinds[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown solver %q (want %s)", name, strings.Join(SolverNames, ", "))
+	}
 	if numSteps <= 0 {
 		return nil, fmt.Errorf("solver %s: %d inference steps, want at least 1", name, numSteps)
 	}
@@ -87,23 +94,34 @@ func NewSolver(name string, numSteps, firstStep int) (Solver, error) {
 	if firstStep < 0 || firstStep >= numSteps {
 		return nil, fmt.Errorf("solver %s: first step %d out of range [0, %d)", name, firstStep, numSteps)
 	}
-	sch, err := noiseSchedule()
+	sch, err := NoiseSchedule()
 	if err != nil {
 		return nil, fmt.Errorf("solver %s: %w", name, err)
 	}
 	b := base{name: name, steps: numSteps, first: firstStep, sch: sch}
-	switch name {
-	case "dpm":
-		b.timesteps = dpmTimesteps(numSteps)
-		return &dpm{base: b}, nil
-	case "ddim":
-		b.timesteps = leadingTimesteps(numSteps, 1)
-		return &ddim{base: b}, nil
-	case "euler":
-		b.timesteps = linspaceTimesteps(numSteps)
-		return newEuler(b), nil
+	b.timesteps = kind.timesteps(numSteps)
+	// Refiners does not check these and fails or divides by zero: with
+	// 1000 steps, DPM-Solver's spacing repeats a timestep and DDIM's
+	// offset reaches timestep 1000.
+	if last := b.timesteps[0]; last > trainSteps-1 {
+		return nil, fmt.Errorf("solver %s: %d inference steps reach timestep %g, past the last training step %d; use fewer steps", name, numSteps, last, trainSteps-1)
 	}
-	return nil, fmt.Errorf("unknown solver %q (want %s)", name, strings.Join(SolverNames, ", "))
+	for i := 1; i < numSteps; i++ {
+		if b.timesteps[i] >= b.timesteps[i-1] {
+			return nil, fmt.Errorf("solver %s: %d inference steps repeat timestep %g; use fewer steps", name, numSteps, b.timesteps[i])
+		}
+	}
+	return kind.make(b), nil
+}
+
+// solverKinds builds each solver: its timestep spacing and its type.
+var solverKinds = map[string]struct {
+	timesteps func(numSteps int) []float64
+	make      func(b base) Solver
+}{
+	"dpm":   {dpmTimesteps, func(b base) Solver { return &dpm{base: b} }},
+	"ddim":  {func(n int) []float64 { return leadingTimesteps(n, 1) }, func(b base) Solver { return &ddim{base: b} }},
+	"euler": {linspaceTimesteps, func(b base) Solver { return newEuler(b) }},
 }
 
 // base is what every solver shares: the schedule and its timesteps.
@@ -139,9 +157,9 @@ func (b *base) AddNoise(s *tensor.Scope, x, noise *tensor.Tensor, step int) *ten
 	}, x, noise)
 }
 
-// checkStep records an error in s unless step is in [min(first, lowest),
-// steps): Step may only run the generation's steps, the other methods
-// any step of the schedule.
+// checkStep records an error in s unless step is in [lowest, steps): Step
+// runs only the generation's steps (lowest = first), the other methods
+// take any step of the schedule (lowest = 0).
 func (b *base) checkStep(s *tensor.Scope, what string, step, lowest int) bool {
 	if s.Err() != nil {
 		return false

@@ -175,7 +175,7 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 	}
 	types, ok := branchTypes[kind]
 	if !ok {
-		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: lora, diff, loha, lokr)", kind)}
+		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: %s)", kind, strings.Join(supportedKinds(), ", "))}
 	}
 	target, err := m.BaseLayer(p.GetTarget())
 	if err != nil {
@@ -246,6 +246,15 @@ var branchTypes = map[string][]string{
 	"diff": {"WeightDelta"},
 	"loha": {"LoHa"},
 	"lokr": {"LoKr"},
+}
+
+func supportedKinds() []string {
+	out := make([]string, 0, len(branchTypes))
+	for k := range branchTypes {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func keys(m map[string]core.Entry) []string {

@@ -1,11 +1,11 @@
-// Package specs carries the project's model specs (the YAML files in this
-// directory) inside the binary, so that commands which build a known model,
-// such as `refinersd generate`, work from any directory.
+// Package specs embeds the spec files of this directory, so that a binary
+// can build the models it converts, stores and generates with (`refinersd
+// convert`, `refinersd generate`) without a checkout.
 package specs
 
 import "embed"
 
-// FS holds every spec of this directory, by file name (e.g. "sd15_unet.yaml").
+// FS holds every spec (*.yaml) of this directory, by file name.
 //
 //go:embed *.yaml
 var FS embed.FS

@@ -4,7 +4,9 @@
 //     tensor.Scope, interleaved in alternating blocks so that drift on a
 //     shared machine hits both sides alike; it prints ns/op and scope/raw;
 //   - memory: RSS after a warm-up and after many small ops through the
-//     tensor layer, which must stay flat (growth within -limit percent).
+//     tensor layer, which must stay flat (growth within -limit percent);
+//   - -mode convert: time and peak RSS of converting a full SD 1.5
+//     checkpoint, against its largest component (convert.go).
 //
 // It exits with status 1 when an RSS check fails. Timings are figures to
 // read, never pass/fail: compare the ratios, not absolute numbers.
@@ -36,8 +38,11 @@ func main() {
 	warmup := flag.Int("warmup", 20000, "ops before the first RSS read")
 	iters := flag.Int("module-iters", 1000, "iterations of the linear -> gelu -> add sequence")
 	limit := flag.Float64("limit", 2, "largest RSS growth accepted, in percent")
-	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet; "+
+	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet; convert: refinersd convert on a full SD 1.5 checkpoint; "+
 		"sd15: the SD 1.5 pipeline against Refiners' (sd15-weights, sd15-go: its parts)")
+	convertSrc := flag.String("convert-src", "conformance/testdata/full/convert/sd15_bench.safetensors", "convert mode: the checkpoint (make bench-convert writes one)")
+	convertDTypes := flag.String("convert-dtypes", ",float16", "convert mode: output dtypes to run, comma-separated (empty: the source's)")
+	convertLimit := flag.Float64("convert-limit", 1.2, "convert mode: largest peak RSS accepted, as a multiple of the largest component")
 	sd15Dir := flag.String("sd15-dir", filepath.Join(os.TempDir(), "refiners-sd15-random"), "sd15 modes: weights directory (random full-size weights are written there if missing)")
 	sd15Steps := flag.Int("sd15-steps", 3, "sd15 modes: denoising steps per side")
 	sd15Size := flag.Int("sd15-size", 512, "sd15 modes: image width and height")
@@ -60,6 +65,17 @@ func main() {
 	if strings.HasPrefix(*mode, "sd15") {
 		if sd15Err != nil {
 			fmt.Fprintln(os.Stderr, "refiners-bench:", sd15Err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *mode == "convert" {
+		pass, err := runConvert(*convertSrc, strings.Split(*convertDTypes, ","), *convertLimit)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+			os.Exit(1)
+		}
+		if !pass {
 			os.Exit(1)
 		}
 		return

@@ -96,6 +96,9 @@ func applyAdapters(s *tensor.Scope, m *core.Chain, adapters adapterFlags, dir st
 		r := plan.GetReport()
 		fmt.Fprintf(out, "adapter %s (%s, format %s): %d layers adapted, %d keys matched, %d unmatched, %d shape-mismatched\n",
 			a.file, a.plugin, r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched()), len(r.GetUnmatched()), len(r.GetShapeMismatched()))
+		for _, w := range r.GetWarnings() {
+			fmt.Fprintf(out, "  %s\n", w)
+		}
 	}
 	return undo, nil
 }

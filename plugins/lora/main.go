@@ -1,7 +1,10 @@
 // Command lora is the refiners-go LoRA plugin. It plans LoRA patches for a
 // model from community LoRA files (Refiners, kohya/A1111, diffusers/PEFT,
-// LyCORIS, full-weight deltas): which layers to adapt, with which branch,
-// and which file keys fill it. It never reads tensor data.
+// LyCORIS LoHa/LoKr, full-weight deltas, DoRA in the kohya/LyCORIS and PEFT
+// layouts): which layers to adapt, with which branch, and which file keys
+// fill it. It never reads tensor data. Its report says per component what
+// was matched and skipped, and names every kind of key it did not use with
+// a count and an example (sent as warnings).
 package main
 
 import (
@@ -16,7 +19,7 @@ import (
 )
 
 // version is the plugin's version; bump it with every behaviour change.
-const version = "0.2.0"
+const version = "0.3.0"
 
 type params struct {
 	Scale       float64            `json:"scale"`
@@ -42,7 +45,7 @@ type planner struct{}
 func (planner) Describe(context.Context) (*pb.Description, error) {
 	return &pb.Description{Name: "lora", Version: version, Protocol: sdk.ProtocolVersion,
 		Operations: []*pb.Operation{{Name: "apply", ParamsSchema: schema, Example: example,
-			Doc: "LoRA files onto a model: low-rank branches on Linear and Conv2d layers, keys matched from the file's format"}}}, nil
+			Doc: "LoRA files onto a model: low-rank (and DoRA, LoHa, LoKr, full-weight delta) branches on Linear and Conv2d layers, keys matched from the file's format"}}}, nil
 }
 
 // example is a Refiners-style LoRA on a one-layer model, for the kit.
@@ -89,8 +92,11 @@ func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, e
 	if err != nil {
 		return nil, err
 	}
+	// The protocol's report has no field for the per-component summary: when
+	// a key was skipped or not used, its lines follow the warnings.
+	warnings := append(append([]string(nil), report.Warnings...), report.Notes()...)
 	resp := &pb.PlanResponse{Report: &pb.Report{Format: report.Format, Matched: report.Matched, Unmatched: report.Unmatched,
-		ShapeMismatched: report.ShapeMismatched, Warnings: report.Warnings, Covered: int32(report.Covered), Layers: int32(report.Layers), EffectiveScales: report.EffectiveScales}}
+		ShapeMismatched: report.ShapeMismatched, Warnings: warnings, Covered: int32(report.Covered), Layers: int32(report.Layers), EffectiveScales: report.EffectiveScales}}
 	for _, q := range patches {
 		branch, err := json.Marshal(q.Branch)
 		if err != nil {
