@@ -13,8 +13,9 @@ lda.latents_to_image(x). Inpainting first calls
 set_inpainting_conditions(image, mask, latents_size=(H/8, W/8)).
 
 Written per case (testdata/pipeline/<name>.case.safetensors): output.0 (the
-final latents, float32) and ref64.0 (the same pipeline with every module,
-the solver and the noise in float64), the request as JSON metadata, and
+final latents, float32) and ref64.0 (the same pipeline with every module
+golden.float64_twin'd, the solver in float64 and the noise upcast), the
+request as JSON metadata, and
 <name>.png / <name>.ref64.png, the decoded images (uint8 RGB, PNG is
 lossless).
 
@@ -36,7 +37,6 @@ themselves with random weights, 512x512, 10 steps, one case per kind
 memory-hungry: the float64 copies of the models alone take 8.5 GB.
 """
 
-import copy
 import json
 import os
 import sys
@@ -58,6 +58,7 @@ from refiners.foundationals.latent_diffusion.stable_diffusion_1.model import (
 from safetensors.torch import save_file
 
 import generate_lora as gl
+import golden
 import generate_sd15_unet as gu
 import generate_sd15_vae as gv
 
@@ -193,8 +194,8 @@ def pipeline(models, inpainting, solver, dtype):
     """Refiners' pipeline over (copies of) the models, in dtype."""
     unet = models.unet9 if inpainting else models.unet
     parts = [unet, models.lda, models.text]
-    if dtype != torch.float32:
-        parts = [copy.deepcopy(p).to(dtype=dtype) for p in parts]
+    if dtype == torch.float64:
+        parts = [golden.float64_twin(p) for p in parts]
     cls = StableDiffusion_1_Inpainting if inpainting else StableDiffusion_1
     return cls(unet=parts[0], lda=parts[1], clip_text_encoder=parts[2], solver=SOLVERS[solver](num_inference_steps=1), dtype=dtype)
 
@@ -210,7 +211,9 @@ def run(models, req, images, dtype):
     with torch.no_grad():
         emb = sd.compute_clip_text_embedding(req["prompt"], negative_text=req["negative_prompt"])
         torch.manual_seed(req["seed"])
-        noise = torch.randn(1, 4, h // 8, w // 8).to(dtype)
+        noise = torch.randn(1, 4, h // 8, w // 8)
+        if dtype == torch.float64:
+            noise = golden.upcast(noise)
         if inpainting:
             sd.set_inpainting_conditions(init, images[req["mask"]], latents_size=(h // 8, w // 8))
             if req["strength"] == 1:
@@ -302,9 +305,9 @@ def main():
         img64.save(out / f"{name}.ref64.png")
         a, b = np.asarray(img32).astype(int), np.asarray(img64).astype(int)
         err = (x32.double() - x64).abs().max().item()
-        save_file({"output.0": x32.contiguous(), "ref64.0": x64.contiguous()}, str(out / f"{name}.case.safetensors"),
-                  metadata=meta_common | {"request": json.dumps(req), "ref32_ref64_max_abs": f"{err:.3g}",
-                                          "image_ref32_ref64_pixels_off": str(int((a != b).sum()))})
+        save_file(golden.reference_tensors([x32], [x64]), str(out / f"{name}.case.safetensors"),
+                  metadata=meta_common | golden.reference_error_note([x32], [x64])
+                  | {"request": json.dumps(req), "image_ref32_ref64_pixels_off": str(int((a != b).sum()))})
         print(f"{name}: {took:.2f}s, latents {tuple(x32.shape)} |x| max {x32.abs().max():.3g}, "
               f"|ref32 - ref64| {err:.3g}, image pixels off (ref32 vs ref64) {(a != b).sum()} (max {abs(a - b).max()})")
     total = sum(p.stat().st_size for p in out.iterdir())
