@@ -48,7 +48,7 @@ func (c componentSets) Set(v string) error {
 }
 
 const generateUsage = `usage: refinersd generate --prompt TEXT --output OUT.png
-         (--unet W --text-encoder W --autoencoder W | --model NAME) [flags]
+         (--weights DIR | --unet W --text-encoder W --autoencoder W | --model NAME) [flags]
 
 Stable Diffusion 1.5, as Refiners' StableDiffusion_1: text to image, image to
 image (--init-image), inpainting (--init-image and --mask with an inpainting
@@ -66,7 +66,8 @@ func generate(args []string, out io.Writer) error {
 	unet := fs.String("unet", "", "U-Net weights (Refiners' SD1UNet layout; in_channels 9 for inpainting)")
 	textEncoder := fs.String("text-encoder", "", "CLIP text encoder weights (Refiners' CLIPTextEncoderL layout)")
 	autoencoder := fs.String("autoencoder", "", "autoencoder weights (Refiners' SD1Autoencoder layout: Encoder.*, Decoder.*)")
-	model := fs.String("model", "", "take the three weight files from the store: models NAME-unet, NAME-text-encoder, NAME-autoencoder")
+	weightsDir := fs.String("weights", "", "a folder with unet.safetensors, text_encoder.safetensors and autoencoder.safetensors (as `refinersd convert SRC --to DIR` writes)")
+	model := fs.String("model", "", "take the weights from the store: models NAME-unet, NAME-text_encoder, NAME-vae_encoder/-vae_decoder (`refinersd models add NAME --from SRC`)")
 	storeDir := fs.String("store", defaultStoreDir(), "model store directory (for --model)")
 	prompt := fs.String("prompt", "", "what to draw")
 	negative := fs.String("negative-prompt", "", "what to steer away from")
@@ -122,6 +123,22 @@ func generate(args []string, out io.Writer) error {
 	}
 	cfg := sd15.Config{UNet: *unet, TextEncoder: *textEncoder, Autoencoder: *autoencoder, Device: dev, DType: dt,
 		UNetParams: sets["unet"], TextEncoderParams: sets["text_encoder"], AutoencoderParams: sets["autoencoder"]}
+	if *weightsDir != "" {
+		if *model != "" {
+			return errors.New("generate: --weights or --model, not both")
+		}
+		if st, err := os.Stat(*weightsDir); err != nil || !st.IsDir() {
+			return fmt.Errorf("generate: --weights %s: not a folder", *weightsDir)
+		}
+		for _, f := range []struct {
+			path *string
+			name string
+		}{{&cfg.UNet, "unet"}, {&cfg.TextEncoder, "text_encoder"}, {&cfg.Autoencoder, "autoencoder"}} {
+			if *f.path == "" { // a file flag wins over the folder
+				*f.path = filepath.Join(*weightsDir, f.name+".safetensors")
+			}
+		}
+	}
 	if *model != "" {
 		if *unet != "" || *textEncoder != "" || *autoencoder != "" {
 			return errors.New("generate: --model or --unet/--text-encoder/--autoencoder, not both")
@@ -132,7 +149,7 @@ func generate(args []string, out io.Writer) error {
 	}
 	for _, f := range []struct{ flag, path string }{{"--unet", cfg.UNet}, {"--text-encoder", cfg.TextEncoder}, {"--autoencoder", cfg.Autoencoder}} {
 		if f.path == "" {
-			return fmt.Errorf("generate: %s is required (or --model NAME)", f.flag)
+			return fmt.Errorf("generate: %s is required (or --weights DIR, or --model NAME)", f.flag)
 		}
 		if err := fileExists(f.flag, f.path); err != nil {
 			return err
@@ -302,32 +319,48 @@ func readImageFlag(flag, path string) (image.Image, error) {
 }
 
 // fromStore fills the weight paths and parameters from the store's models
-// NAME-unet, NAME-text-encoder and NAME-autoencoder (added with
-// `refinersd models add`). The specs are the built-in ones.
+// NAME-unet, NAME-text_encoder and NAME-vae_encoder / NAME-vae_decoder (the
+// names `refinersd models add NAME --from SRC` gives). The specs are the
+// built-in ones; the autoencoder's halves must share one weights file.
 func fromStore(cfg *sd15.Config, dir, name string) error {
 	st, err := store.Open(dir)
 	if err != nil {
 		return err
 	}
+	get := func(suffix string) (*store.Model, string, error) {
+		m, err := st.Model(name + suffix)
+		if err != nil {
+			return nil, "", fmt.Errorf("generate: --model %s: %w", name, err)
+		}
+		p, err := st.BlobPath(m.Weights.Digest)
+		return m, p, err
+	}
+	merge := func(dst *map[string]string, src map[string]string) {
+		for k, v := range src {
+			if _, set := (*dst)[k]; !set {
+				(*dst)[k] = v
+			}
+		}
+	}
 	for _, part := range []struct {
 		suffix string
 		path   *string
 		params *map[string]string
-	}{{"-unet", &cfg.UNet, &cfg.UNetParams}, {"-text-encoder", &cfg.TextEncoder, &cfg.TextEncoderParams}, {"-autoencoder", &cfg.Autoencoder, &cfg.AutoencoderParams}} {
-		m, err := st.Model(name + part.suffix)
-		if err != nil {
-			return fmt.Errorf("generate: --model %s: %w", name, err)
-		}
-		p, err := st.BlobPath(m.Weights.Digest)
+	}{{"-unet", &cfg.UNet, &cfg.UNetParams}, {"-text_encoder", &cfg.TextEncoder, &cfg.TextEncoderParams}, {"-vae_encoder", &cfg.Autoencoder, &cfg.AutoencoderParams}} {
+		m, p, err := get(part.suffix)
 		if err != nil {
 			return err
 		}
 		*part.path = p
-		for k, v := range m.Overrides {
-			if _, set := (*part.params)[k]; !set {
-				(*part.params)[k] = v
-			}
-		}
+		merge(part.params, m.Overrides)
 	}
+	dec, p, err := get("-vae_decoder")
+	if err != nil {
+		return err
+	}
+	if p != cfg.Autoencoder {
+		return fmt.Errorf("generate: --model %s: %s-vae_encoder and %s-vae_decoder hold different weight files; the pipeline takes one autoencoder file", name, name, name)
+	}
+	merge(&cfg.AutoencoderParams, dec.Overrides)
 	return nil
 }

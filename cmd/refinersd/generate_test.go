@@ -194,7 +194,8 @@ func TestGenerateErrors(t *testing.T) {
 		{"width", with(tiny, "--width", "500"), "width 500 is not a positive multiple of 8 (the autoencoder works on 8×8 blocks): try 496 or 504"},
 		{"height", with(tiny, "--height", "4"), "height 4 is not a positive multiple of 8"},
 		{"missing weights", with(tiny, "--unet", filepath.Join(dir, "nope.safetensors")), "--unet " + filepath.Join(dir, "nope.safetensors") + ": no such file"},
-		{"no weights", []string{"generate", "--prompt", "x", "--output", out}, "--unet is required (or --model NAME)"},
+		{"no weights", []string{"generate", "--prompt", "x", "--output", out}, "--unet is required (or --weights DIR, or --model NAME)"},
+		{"weights folder", with(tiny, "--weights", dir, "--unet", ""), "--unet " + filepath.Join(dir, "unet.safetensors") + ": no such file"},
 		{"no prompt", append(append([]string{}, tiny...), "--output", out), "--prompt is required"},
 		{"no output", append(append([]string{}, tiny...), "--prompt", "x"), "--output is required"},
 		{"not png", with(tiny, "--output", filepath.Join(dir, "out.jpg")), "only PNG is written"},
@@ -243,9 +244,10 @@ func TestGenerateErrors(t *testing.T) {
 	}
 }
 
-// TestGenerateFromStore: --model NAME takes the three weight files and
-// their spec parameters from the store (models NAME-unet, NAME-text-encoder,
-// NAME-autoencoder) and gives the same image as the files themselves.
+// TestGenerateFromStore: --model NAME takes the weight files and their
+// spec parameters from the store (models NAME-unet, NAME-text_encoder,
+// NAME-vae_encoder, NAME-vae_decoder, as `models add --from` names them)
+// and gives the same image as the files themselves.
 func TestGenerateFromStore(t *testing.T) {
 	bin := buildRefinersd(t)
 	dir := t.TempDir()
@@ -268,8 +270,9 @@ func TestGenerateFromStore(t *testing.T) {
 	}
 	for _, m := range []struct{ name, model, spec, weights, prefix string }{
 		{"tiny-unet", "unet", "../../specs/sd15_unet.yaml", value("--unet"), ""},
-		{"tiny-text-encoder", "text_encoder", "../../specs/clip_text.yaml", value("--text-encoder"), ""},
-		{"tiny-autoencoder", "autoencoder", "../../specs/sd15_vae_decoder.yaml", value("--autoencoder"), "Decoder."},
+		{"tiny-text_encoder", "text_encoder", "../../specs/clip_text.yaml", value("--text-encoder"), ""},
+		{"tiny-vae_encoder", "autoencoder", "../../specs/sd15_vae_encoder.yaml", value("--autoencoder"), "Encoder."},
+		{"tiny-vae_decoder", "autoencoder", "../../specs/sd15_vae_decoder.yaml", value("--autoencoder"), "Decoder."},
 	} {
 		add := []string{"models", "add", m.name, "--store", storeDir, "--spec", m.spec, "--weights", m.weights, "--prefix", m.prefix}
 		for i, a := range args {
