@@ -100,9 +100,14 @@ var kinds = map[string]core.Kind{
 // loader reads files and records errors.
 type loader struct {
 	errs    Errors
-	loading map[string]bool // files being read, for import cycles
-	fsys    fs.FS           // where imports are read from; nil: the OS
-	files   []string        // every file read, in order
+	loading map[string]bool  // files being read, for import cycles
+	parsed  map[string]*Spec // files read, by cycle key: each is parsed once (nil: it failed)
+	fsys    fs.FS            // where imports are read from; nil: the OS
+	files   []string         // every file read, in order
+}
+
+func newLoader(fsys fs.FS) *loader {
+	return &loader{loading: map[string]bool{}, parsed: map[string]*Spec{}, fsys: fsys}
 }
 
 // resolve names the file rel imports from file, and the key that detects
@@ -152,12 +157,12 @@ func LoadFS(fsys fs.FS, name string) (*Spec, error) {
 	if err != nil {
 		return nil, Errors{{File: name, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
 	}
-	return parseWith(&loader{loading: map[string]bool{}, fsys: fsys}, name, src)
+	return parseWith(newLoader(fsys), name, src)
 }
 
 // Parse reads a spec from src; path names it in errors and anchors imports.
 func Parse(path string, src []byte) (*Spec, error) {
-	return parseWith(&loader{loading: map[string]bool{}}, path, src)
+	return parseWith(newLoader(nil), path, src)
 }
 
 func parseWith(l *loader, name string, src []byte) (*Spec, error) {
@@ -393,17 +398,24 @@ func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
 			l.errf(file, item, CodeImport, "import cycle: %s imports itself through %s", rel, file)
 			continue
 		}
-		src, err := l.read(path)
-		if err != nil {
-			l.errf(file, item, CodeImport, "cannot import %s: %v", rel, err)
-			continue
+		// A file imported along several paths (a diamond) is read and
+		// parsed once: its blocks are the same blocks wherever they arrive.
+		sub, seen := l.parsed[abs]
+		if !seen {
+			src, err := l.read(path)
+			if err != nil {
+				l.errf(file, item, CodeImport, "cannot import %s: %v", rel, err)
+				l.parsed[abs] = nil
+				continue
+			}
+			sub = l.parse(path, src, true)
+			l.parsed[abs] = sub
 		}
-		sub := l.parse(path, src, true)
 		if sub == nil {
 			continue
 		}
 		for name, b := range sub.Blocks {
-			if prev, dup := into[name]; dup {
+			if prev, dup := into[name]; dup && prev != b {
 				l.errf(file, item, CodeDuplicate, "import %s redefines block %q (defined at %s:%d:%d)", rel, name, prev.File, prev.node.Line, prev.node.Column)
 				continue
 			}
@@ -416,7 +428,7 @@ func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
 // layers, given as YAML) available to this spec under "namespace/Name" —
 // how layer types contributed by a plugin become usable in specs.
 func (s *Spec) AddLibrary(namespace, file string, src []byte) error {
-	l := &loader{loading: map[string]bool{}}
+	l := newLoader(nil)
 	lib := l.parse(file, src, true)
 	if len(l.errs) > 0 {
 		return l.errs.sorted()
