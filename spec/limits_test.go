@@ -3,10 +3,14 @@ package spec
 import (
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
 )
 
 // countingFS counts the files opened from an fs.FS.
@@ -65,5 +69,82 @@ func TestDiamondImportOfABrokenFileReportsItOnce(t *testing.T) {
 	_, err := LoadFS(fsys, "main.yaml")
 	if err == nil || strings.Count(err.Error(), "blocks must be a mapping") != 1 {
 		t.Errorf("error = %v; want the broken file's problem once", err)
+	}
+}
+
+// writeFile writes a file for a test, creating its folder.
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestSpecReadsAreBoundedAndConfined(t *testing.T) {
+	dir := t.TempDir()
+	specs := filepath.Join(dir, "specs")
+	lib := "refiners: 1\nblocks:\n  B: {layers: [Identity]}\n"
+	writeFile(t, filepath.Join(dir, "outside.yaml"), lib)
+	writeFile(t, filepath.Join(dir, "other", "lib.yaml"), lib)
+	writeFile(t, filepath.Join(specs, "sub", "lib.yaml"), lib)
+	fifo := filepath.Join(specs, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(specs, "big.yaml")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(MaxFileSize + 1) // sparse: no disk used
+	f.Close()
+	if err := os.Symlink(filepath.Join(dir, "outside.yaml"), filepath.Join(specs, "link.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	importing := func(name, rel string) string {
+		return writeFile(t, filepath.Join(specs, name), fmt.Sprintf("refiners: 1\nimports: [%s]\nlayers: [B]\n", rel))
+	}
+	cases := []struct {
+		name, path string
+		opts       Options
+		want       string // error fragment; "" loads
+	}{
+		{"a device", "/dev/zero", Options{}, "not a regular file"},
+		{"an import of a device", importing("zero.yaml", "../../../../../../../../../../dev/zero"), Options{}, "leaves the spec's folder"},
+		{"a FIFO", fifo, Options{}, "not a regular file"},
+		{"an import of a FIFO", importing("imports_fifo.yaml", "fifo.yaml"), Options{}, "not a regular file"},
+		{"a folder", specs, Options{}, "not a regular file"},
+		{"a file over the size limit", big, Options{}, "larger than a spec may be"},
+		{"an import over the size limit", importing("imports_big.yaml", "big.yaml"), Options{}, "larger than a spec may be"},
+		{"an import leaving the folder", importing("escape.yaml", "../outside.yaml"), Options{}, "leaves the spec's folder"},
+		{"an absolute import", importing("abs.yaml", filepath.Join(dir, "outside.yaml")), Options{}, "an absolute path"},
+		{"an absolute import of /etc/passwd", importing("passwd.yaml", "/etc/passwd"), Options{}, "an absolute path"},
+		{"a link leaving the folder", importing("link_import.yaml", "link.yaml"), Options{}, "is a link to"},
+		{"an import in a subfolder", importing("sub.yaml", "sub/lib.yaml"), Options{}, ""},
+		{"an allowed folder", importing("allowed.yaml", "../other/lib.yaml"), Options{ImportDirs: []string{filepath.Join(dir, "other")}}, ""},
+		{"a folder not allowed", importing("not_allowed.yaml", "../other/lib.yaml"), Options{ImportDirs: []string{filepath.Join(dir, "elsewhere")}}, "leaves the spec's folder"},
+	}
+	for _, c := range cases {
+		done := make(chan error, 1)
+		go func() {
+			_, err := LoadWith(c.path, c.opts)
+			done <- err
+		}()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: loading %s hangs", c.name, c.path)
+		}
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: error = %v; want %q", c.name, err, c.want)
+		}
 	}
 }

@@ -30,10 +30,21 @@ func (s setFlags) Set(v string) error {
 	return nil
 }
 
+// dirFlags collects repeated folder flags.
+type dirFlags []string
+
+func (d *dirFlags) String() string { return strings.Join(*d, ",") }
+
+func (d *dirFlags) Set(v string) error {
+	*d = append(*d, v)
+	return nil
+}
+
 // specFlags are the flags every spec verb shares.
 type specFlags struct {
 	fs         *flag.FlagSet
 	sets       setFlags
+	importDirs dirFlags
 	weights    *string
 	prefix     *string
 	pluginsDir *string
@@ -43,6 +54,7 @@ func newSpecFlags(verb string) *specFlags {
 	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
 	f := &specFlags{fs: fs, sets: setFlags{}}
 	fs.Var(f.sets, "set", "override a spec parameter: name=value (repeatable)")
+	fs.Var(&f.importDirs, "allow-imports", "a folder the spec's imports may reach besides its own (repeatable)")
 	f.weights = fs.String("weights", "", "safetensors weights file")
 	f.prefix = fs.String("prefix", "", "prefix of the model's keys in the weights file")
 	f.pluginsDir = fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for plugin/Type layers and --adapter)")
@@ -84,7 +96,7 @@ func (f *specFlags) parse(args []string) (string, error) {
 // build builds the spec; layer types of installed plugins (plugin/Type)
 // are fetched from those plugins only when the spec uses them.
 func (f *specFlags) build(path string) (*core.Chain, error) {
-	s, err := spec.Load(path)
+	s, err := spec.LoadWith(path, spec.Options{ImportDirs: f.importDirs})
 	if err != nil {
 		return nil, err
 	}
