@@ -209,6 +209,8 @@ type ModelInfo struct {
 	*store.Model
 	State ModelState `json:"state"`
 	Tree  string     `json:"tree,omitempty"`
+	// TreeTruncated says Tree stops after maxTreeLines lines.
+	TreeTruncated bool `json:"tree_truncated,omitempty"`
 	// Params counts the model's parameters (elements).
 	Params int64 `json:"params,omitempty"`
 }
@@ -226,6 +228,10 @@ func (d *Daemon) listModels(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"models": out})
 }
 
+// maxTreeLines bounds the tree GET /v1/models/{name} shows (the SD 1.5
+// U-Net prints in about 1,200 lines); tree_depth shortens it.
+const maxTreeLines = 5000
+
 func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if err := store.CheckName(name); err != nil {
@@ -237,12 +243,19 @@ func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, err)
 		return
 	}
+	depth := -1
+	if q := r.URL.Query().Get("tree_depth"); q != "" {
+		if depth, err = strconv.Atoi(q); err != nil || depth < 0 {
+			d.fail(w, errorf(http.StatusBadRequest, "tree_depth %q: want a non-negative integer", q))
+			return
+		}
+	}
 	info := ModelInfo{Model: m, State: d.modelState(name)}
 	sp, err := d.store.LoadSpec(m)
 	if err == nil {
 		var c *core.Chain
 		if c, err = sp.Build(m.Overrides); err == nil {
-			info.Tree = core.Tree(c, -1)
+			info.Tree, info.TreeTruncated = core.TreeWith(c, core.TreeOptions{Depth: depth, MaxLines: maxTreeLines})
 			info.Params = core.CountParams(c)
 		}
 	}
