@@ -27,6 +27,7 @@ type Config struct {
 	QueueSize       int           `yaml:"queue_size"`       // queued jobs beyond which requests get 429
 	MaxBody         int64         `yaml:"max_body"`         // bytes of a run request
 	MaxUpload       int64         `yaml:"max_upload"`       // bytes of an uploaded blob
+	MaxDecodes      int           `yaml:"max_decodes"`      // run requests read and decoded at once; others wait
 	KeepAlive       time.Duration `yaml:"keep_alive"`       // idle time before a model is unloaded (0: never)
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"` // for in-flight jobs on SIGTERM
 	JobTTL          time.Duration `yaml:"job_ttl"`          // how long finished jobs stay readable
@@ -44,6 +45,7 @@ func Defaults() Config {
 		QueueSize:       64,
 		MaxBody:         64 << 20,
 		MaxUpload:       8 << 30,
+		MaxDecodes:      2,
 		KeepAlive:       5 * time.Minute,
 		ShutdownTimeout: 30 * time.Second,
 		JobTTL:          10 * time.Minute,
@@ -76,7 +78,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = v
 		}
 	}
-	ints := map[string]*int{"QUEUE_SIZE": &c.QueueSize, "MAX_JOBS": &c.MaxJobs, "GROUP_LIMIT": &c.GroupLimit}
+	ints := map[string]*int{"QUEUE_SIZE": &c.QueueSize, "MAX_JOBS": &c.MaxJobs, "GROUP_LIMIT": &c.GroupLimit, "MAX_DECODES": &c.MaxDecodes}
 	for k, p := range ints {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			n, err := strconv.Atoi(v)
@@ -142,6 +144,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("group_limit %d: want at least 1", c.GroupLimit)
 	case c.MaxJobs < 1:
 		return fmt.Errorf("max_jobs %d: want at least 1", c.MaxJobs)
+	case c.MaxDecodes < 1:
+		return fmt.Errorf("max_decodes %d: want at least 1", c.MaxDecodes)
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ type Daemon struct {
 	log     hclog.Logger
 	metrics *metrics
 	jobs    *jobTable
+	decodes chan struct{} // a slot per request body being read
 
 	mu       sync.Mutex
 	models   map[string]*warm
@@ -90,7 +91,7 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
-		models: map[string]*warm{}, stop: make(chan struct{})}
+		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes)}
 	d.metrics = newMetrics(d)
 	go d.reaper()
 	return d, nil

@@ -338,20 +338,27 @@ func (d *Daemon) listPlugins(w http.ResponseWriter, r *http.Request) {
 
 // parseRun reads a run request: JSON, or multipart/form-data with a
 // "request" JSON part and an "inputs" safetensors part (the file format of
-// `refinersd run --input`).
+// `refinersd run --input`). At most MaxDecodes requests are read at once;
+// the others wait for their turn before their body is read.
 func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string, error) {
 	if r.ContentLength > d.cfg.MaxBody {
 		return nil, "", &http.MaxBytesError{Limit: d.cfg.MaxBody}
 	}
+	select {
+	case d.decodes <- struct{}{}:
+	case <-r.Context().Done():
+		return nil, "", errorf(http.StatusServiceUnavailable, "request canceled while waiting to be read: %v", r.Context().Err())
+	}
+	defer func() { <-d.decodes }()
+	d.metrics.decoding.Inc()
+	defer d.metrics.decoding.Dec()
 	r.Body = http.MaxBytesReader(w, r.Body, d.cfg.MaxBody)
 	var req RunRequest
 	inputs := map[string]weights.Raw{}
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {
 	case "application/json", "":
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := newJSONDecoder(r.Body).runRequest(&req, inputs); err != nil {
 			return nil, "", badBody(err)
 		}
 	case "multipart/form-data":
@@ -364,23 +371,24 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 			if err != nil {
 				return nil, "", badBody(err)
 			}
-			data, err := io.ReadAll(part)
-			if err != nil {
-				return nil, "", badBody(err)
-			}
 			switch part.FormName() {
 			case "request":
-				dec := json.NewDecoder(bytes.NewReader(data))
-				dec.DisallowUnknownFields()
-				if err := dec.Decode(&req); err != nil {
+				if err := newJSONDecoder(part).runRequest(&req, inputs); err != nil {
 					return nil, "", badBody(err)
 				}
 			case "inputs":
+				data, err := io.ReadAll(part)
+				if err != nil {
+					return nil, "", badBody(err)
+				}
 				f, err := weights.Parse("inputs", data)
 				if err != nil {
 					return nil, "", errorf(http.StatusBadRequest, "%v", err)
 				}
 				for _, k := range f.Keys() {
+					if _, dup := inputs[k]; dup {
+						return nil, "", errorf(http.StatusBadRequest, "input %s is given twice", k)
+					}
 					info, _ := f.Info(k)
 					raw, err := f.Bytes(k)
 					if err != nil {
@@ -397,16 +405,6 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 		}
 	default:
 		return nil, "", errorf(http.StatusUnsupportedMediaType, "Content-Type %q: send application/json or multipart/form-data", mt)
-	}
-	for name, jt := range req.Inputs {
-		if _, dup := inputs[name]; dup {
-			return nil, "", errorf(http.StatusBadRequest, "input %s is given twice", name)
-		}
-		raw, err := decodeTensor(name, &jt)
-		if err != nil {
-			return nil, "", errorf(http.StatusBadRequest, "inputs: %v", err)
-		}
-		inputs[name] = raw
 	}
 	for name := range inputs {
 		if !tensorNameRE.MatchString(name) {

@@ -42,6 +42,7 @@ func serve(args []string, out io.Writer) error {
 	fs.IntVar(&flagged.QueueSize, "queue-size", cfg.QueueSize, "jobs that may wait; more get 429")
 	fs.Int64Var(&flagged.MaxBody, "max-body", cfg.MaxBody, "largest run request, in bytes (413 beyond)")
 	fs.Int64Var(&flagged.MaxUpload, "max-upload", cfg.MaxUpload, "largest blob upload, in bytes")
+	fs.IntVar(&flagged.MaxDecodes, "max-decodes", cfg.MaxDecodes, "run requests read and decoded at once (others wait)")
 	fs.DurationVar(&flagged.KeepAlive, "keep-alive", cfg.KeepAlive, "unload a model idle this long (0: never)")
 	fs.DurationVar(&flagged.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time in-flight jobs get on SIGTERM")
 	fs.DurationVar(&flagged.PluginTimeout, "plugin-timeout", cfg.PluginTimeout, "per plugin call")
@@ -78,6 +79,8 @@ func serve(args []string, out io.Writer) error {
 			cfg.MaxBody = flagged.MaxBody
 		case "max-upload":
 			cfg.MaxUpload = flagged.MaxUpload
+		case "max-decodes":
+			cfg.MaxDecodes = flagged.MaxDecodes
 		case "keep-alive":
 			cfg.KeepAlive = flagged.KeepAlive
 		case "shutdown-timeout":
