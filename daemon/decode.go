@@ -113,11 +113,14 @@ func (d *jsonDecoder) more(first bool, end byte, what string) (bool, error) {
 	return true, nil
 }
 
-// object calls f for each key of an object; f reads the value.
+// object calls f for each key of an object; f reads the value. A key
+// given twice is an error: which of the two was meant is not for the
+// server to guess.
 func (d *jsonDecoder) object(what string, f func(key string) error) error {
 	if err := d.expect('{', what); err != nil {
 		return err
 	}
+	seen := map[string]bool{}
 	for first := true; ; first = false {
 		ok, err := d.more(first, '}', what)
 		if err != nil || !ok {
@@ -127,6 +130,10 @@ func (d *jsonDecoder) object(what string, f func(key string) error) error {
 		if err != nil {
 			return err
 		}
+		if seen[key] {
+			return d.errorf("%s: key %q is given twice", what, key)
+		}
+		seen[key] = true
 		if err := d.expect(':', what); err != nil {
 			return err
 		}
@@ -303,6 +310,7 @@ func (d *jsonDecoder) rawInto(out *[]byte, what string, depth int) error {
 	case c == '{':
 		d.readByte()
 		*out = append(*out, '{')
+		seen := map[string]bool{}
 		for first := true; ; first = false {
 			ok, err := d.more(first, '}', what)
 			if err != nil {
@@ -319,6 +327,16 @@ func (d *jsonDecoder) rawInto(out *[]byte, what string, depth int) error {
 			if err != nil {
 				return err
 			}
+			key := string(s[1 : len(s)-1])
+			if bytes.IndexByte(s, '\\') >= 0 {
+				if err := json.Unmarshal(s, &key); err != nil {
+					return d.errorf("%s: %v", what, err)
+				}
+			}
+			if seen[key] {
+				return d.errorf("%s: key %s is given twice", what, s)
+			}
+			seen[key] = true
 			*out = append(append(*out, s...), ':')
 			if err := d.expect(':', what); err != nil {
 				return err
@@ -367,8 +385,23 @@ func (d *jsonDecoder) decodeRaw(what string, v any) error {
 }
 
 // runRequest reads a whole run request: its fields into req and its
-// tensors, converted, into inputs.
+// tensors, converted, into inputs. The request is one object, with
+// nothing but white space after it.
 func (d *jsonDecoder) runRequest(req *RunRequest, inputs map[string]weights.Raw) error {
+	if err := d.requestObject(req, inputs); err != nil {
+		return err
+	}
+	c, err := d.peek()
+	switch {
+	case err == io.EOF:
+		return nil
+	case err != nil:
+		return err
+	}
+	return d.errorf("unexpected %q after the request object (send one JSON object)", c)
+}
+
+func (d *jsonDecoder) requestObject(req *RunRequest, inputs map[string]weights.Raw) error {
 	return d.object("request", func(key string) error {
 		var err error
 		switch key {

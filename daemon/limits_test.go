@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"mime/multipart"
 	"net/http/httptest"
 	"runtime"
 	"slices"
@@ -196,4 +197,47 @@ func BenchmarkDecodeRunRequest(b *testing.B) {
 	}
 	runtime.ReadMemStats(&ms1)
 	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(b.N)/float64(len(body)), "alloc-bytes/body-byte")
+}
+
+func TestAmbiguousRequestBodiesAreRefused(t *testing.T) {
+	td := newTestDaemon(t, nil)
+	const input = `"inputs":{"input.0":{"dtype":"float32","shape":[1],"data":[1]}}`
+	valid := `{"model":"nope",` + input + `}`
+	multipartBody := func(parts ...[2]string) (string, *bytes.Buffer) {
+		var buf bytes.Buffer
+		mw := multipart.NewWriter(&buf)
+		for _, p := range parts {
+			mw.WriteField(p[0], p[1])
+		}
+		mw.Close()
+		return mw.FormDataContentType(), &buf
+	}
+	for _, c := range []struct {
+		name, contentType string
+		body              io.Reader
+		want              int
+		msg               string
+	}{
+		{"one object", "application/json", strings.NewReader(valid + " \n"), 404, "nope"},
+		{"trailing garbage", "application/json", strings.NewReader(valid + " garbage"), 400, "after the request object"},
+		{"two objects", "application/json", strings.NewReader(valid + valid), 400, "after the request object"},
+		{"duplicate key", "application/json", strings.NewReader(`{"model":"a","model":"nope",` + input + `}`), 400, "is given twice"},
+		{"duplicate tensor key", "application/json", strings.NewReader(`{"model":"nope","inputs":{"input.0":{"dtype":"float32","dtype":"int64","shape":[1],"data":[1]}}}`), 400, "given twice"},
+		{"duplicate input", "application/json", strings.NewReader(`{"model":"nope",` + input + `,` + input + `}`), 400, "given twice"},
+		{"duplicate adapter param", "application/json", strings.NewReader(`{"model":"nope",` + input + `,"adapters":[{"plugin":"p","file":"f","params":{"a":1,"a":2}}]}`), 400, "given twice"},
+		{"duplicate escaped key", "application/json", strings.NewReader(`{"model":"nope",` + input + `,"adapters":[{"plugin":"p","file":"f","params":{"a":1,"\u0061":2}}]}`), 400, "given twice"},
+	} {
+		code, body := td.do(t, "POST", "/v1/run", c.contentType, c.body)
+		if code != c.want || !strings.Contains(string(body), c.msg) {
+			t.Errorf("%s: %d %s, want %d %q", c.name, code, body, c.want, c.msg)
+		}
+	}
+	ct, body := multipartBody([2]string{"request", `{"model":"nope",` + input + `}`}, [2]string{"request", `{"model":"other"}`})
+	if code, b := td.do(t, "POST", "/v1/run", ct, body); code != 400 || !strings.Contains(string(b), "is given twice") {
+		t.Errorf("two request parts: %d %s", code, b)
+	}
+	ct, body = multipartBody([2]string{"request", valid + ` {}`})
+	if code, b := td.do(t, "POST", "/v1/run", ct, body); code != 400 || !strings.Contains(string(b), "after the request object") {
+		t.Errorf("request part with two objects: %d %s", code, b)
+	}
 }

@@ -363,6 +363,7 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 		}
 	case "multipart/form-data":
 		mr := multipart.NewReader(r.Body, params["boundary"])
+		seen := map[string]bool{}
 		for {
 			part, err := mr.NextPart()
 			if err == io.EOF {
@@ -371,6 +372,10 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 			if err != nil {
 				return nil, "", badBody(err)
 			}
+			if seen[part.FormName()] {
+				return nil, "", errorf(http.StatusBadRequest, "multipart part %q is given twice", part.FormName())
+			}
+			seen[part.FormName()] = true
 			switch part.FormName() {
 			case "request":
 				if err := newJSONDecoder(part).runRequest(&req, inputs); err != nil {
