@@ -34,6 +34,8 @@ type Config struct {
 	MaxJobs         int           `yaml:"max_jobs"`         // finished jobs kept at most
 	GroupLimit      int           `yaml:"group_limit"`      // same-adapter jobs run in a row before older ones get a turn
 	PluginTimeout   time.Duration `yaml:"plugin_timeout"`   // per plugin call
+	IdleTimeout     time.Duration `yaml:"idle_timeout"`     // a keep-alive connection idle this long is closed
+	BodyTimeout     time.Duration `yaml:"body_timeout"`     // a request body that sends nothing for this long is cut (408)
 	LogLevel        string        `yaml:"log_level"`
 	LogJSON         bool          `yaml:"log_json"`
 }
@@ -52,6 +54,8 @@ func Defaults() Config {
 		MaxJobs:         1000,
 		GroupLimit:      16,
 		PluginTimeout:   30 * time.Second,
+		IdleTimeout:     60 * time.Second,
+		BodyTimeout:     30 * time.Second,
 		LogLevel:        "info",
 	}
 }
@@ -98,7 +102,8 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = n
 		}
 	}
-	durs := map[string]*time.Duration{"KEEP_ALIVE": &c.KeepAlive, "SHUTDOWN_TIMEOUT": &c.ShutdownTimeout, "JOB_TTL": &c.JobTTL, "PLUGIN_TIMEOUT": &c.PluginTimeout}
+	durs := map[string]*time.Duration{"KEEP_ALIVE": &c.KeepAlive, "SHUTDOWN_TIMEOUT": &c.ShutdownTimeout, "JOB_TTL": &c.JobTTL,
+		"PLUGIN_TIMEOUT": &c.PluginTimeout, "IDLE_TIMEOUT": &c.IdleTimeout, "BODY_TIMEOUT": &c.BodyTimeout}
 	for k, p := range durs {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			d, err := time.ParseDuration(v)

@@ -1,11 +1,17 @@
 package daemon
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"mime/multipart"
+	"net"
+	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -13,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/refiners-go/refiners/core/weights"
 )
@@ -239,5 +247,76 @@ func TestAmbiguousRequestBodiesAreRefused(t *testing.T) {
 	ct, body = multipartBody([2]string{"request", valid + ` {}`})
 	if code, b := td.do(t, "POST", "/v1/run", ct, body); code != 400 || !strings.Contains(string(b), "after the request object") {
 		t.Errorf("request part with two objects: %d %s", code, b)
+	}
+}
+
+// serveForTest runs Serve on a loopback port until the test ends.
+func serveForTest(t *testing.T, configure func(*Config)) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := Defaults()
+	cfg.Store, cfg.PluginsDir = filepath.Join(dir, "store"), filepath.Join(dir, "plugins")
+	configure(&cfg)
+	d, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return l.Addr().String()
+}
+
+// closedWithin reports whether the server closes conn (or answers, then
+// closes) within d.
+func closedWithin(conn net.Conn, d time.Duration) (bool, string) {
+	conn.SetReadDeadline(time.Now().Add(d))
+	b, err := io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false, string(b)
+	}
+	return true, string(b)
+}
+
+func TestIdleAndStalledConnectionsAreClosed(t *testing.T) {
+	addr := serveForTest(t, func(c *Config) { c.IdleTimeout, c.BodyTimeout = 300*time.Millisecond, 300*time.Millisecond })
+
+	// An idle keep-alive connection, after one request.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("idle keep-alive connection: read %v, want the server to close it", err)
+	}
+
+	// A body that stops coming.
+	conn2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	io.WriteString(conn2, "POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+	closed, answer := closedWithin(conn2, 5*time.Second)
+	if !closed || !strings.Contains(answer, "408") {
+		t.Errorf("stalled body: closed=%v, answer %q; want a 408", closed, answer)
 	}
 }

@@ -75,7 +75,40 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
-	return d.authenticate(refuseDotSegments(mux))
+	return d.bodyTimeout(d.authenticate(refuseDotSegments(mux)))
+}
+
+// bodyTimeout cuts a request body that sends nothing for BodyTimeout: the
+// read deadline moves forward before each read, so a large upload that
+// keeps coming is never cut, and a stalled one does not hold a connection
+// and a decode slot forever.
+func (d *Daemon) bodyTimeout(next http.Handler) http.Handler {
+	if d.cfg.BodyTimeout <= 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &progressBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: d.cfg.BodyTimeout}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// progressBody extends the connection's read deadline before every read.
+type progressBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout)) // unsupported by a test recorder: then no deadline
+	n, err := b.ReadCloser.Read(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = errorf(http.StatusRequestTimeout, "request body: nothing received for %v", b.timeout)
+	}
+	return n, err
 }
 
 // refuseDotSegments answers 400 to paths with "." or ".." segments (also
@@ -450,7 +483,8 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 
 func badBody(err error) error {
 	var mb *http.MaxBytesError
-	if errors.As(err, &mb) {
+	var ae *apiError
+	if errors.As(err, &mb) || errors.As(err, &ae) {
 		return err
 	}
 	return errorf(http.StatusBadRequest, "request body: %v", err)
@@ -682,7 +716,7 @@ func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, j *Job, withResu
 // until ShutdownTimeout to finish (then are canceled), the listener
 // closes, models are released and plugins stopped.
 func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: d.cfg.IdleTimeout}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	d.log.Info("listening", "addr", l.Addr().String(), "auth", d.cfg.Token != "")

@@ -46,6 +46,8 @@ func serve(args []string, out io.Writer) error {
 	fs.DurationVar(&flagged.KeepAlive, "keep-alive", cfg.KeepAlive, "unload a model idle this long (0: never)")
 	fs.DurationVar(&flagged.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time in-flight jobs get on SIGTERM")
 	fs.DurationVar(&flagged.PluginTimeout, "plugin-timeout", cfg.PluginTimeout, "per plugin call")
+	fs.DurationVar(&flagged.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a keep-alive connection idle this long")
+	fs.DurationVar(&flagged.BodyTimeout, "body-timeout", cfg.BodyTimeout, "cut a request body that sends nothing for this long (408)")
 	fs.IntVar(&flagged.GroupLimit, "group-limit", cfg.GroupLimit, "same-adapter jobs run in a row before older jobs get a turn")
 	fs.StringVar(&flagged.LogLevel, "log-level", cfg.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&flagged.LogJSON, "log-json", false, "log JSON lines")
@@ -87,6 +89,10 @@ func serve(args []string, out io.Writer) error {
 			cfg.ShutdownTimeout = flagged.ShutdownTimeout
 		case "plugin-timeout":
 			cfg.PluginTimeout = flagged.PluginTimeout
+		case "idle-timeout":
+			cfg.IdleTimeout = flagged.IdleTimeout
+		case "body-timeout":
+			cfg.BodyTimeout = flagged.BodyTimeout
 		case "group-limit":
 			cfg.GroupLimit = flagged.GroupLimit
 		case "log-level":
