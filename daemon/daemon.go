@@ -20,6 +20,7 @@ import (
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
 	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/store"
 )
 
@@ -456,7 +457,7 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	if op == "" {
 		desc, err := d.host.Describe(ctx, a.req.Plugin)
 		if err != nil {
-			return rep, nil, errorf(http.StatusBadGateway, "%v", err)
+			return rep, nil, errorf(pluginStatus(err), "%v", err)
 		}
 		if len(desc.Operations) == 0 {
 			return rep, nil, errorf(http.StatusBadGateway, "plugin %s has no operations", a.req.Plugin)
@@ -467,11 +468,7 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	plan, err := d.host.Plan(ctx, a.req.Plugin, &pb.PlanRequest{Operation: op, ParamsJson: a.params, Model: model,
 		Files: []*pb.WeightFile{hosts.Header(id, strings.TrimPrefix(a.digest, "sha256:"), f)}})
 	if err != nil {
-		code := http.StatusBadGateway
-		if strings.Contains(err.Error(), "InvalidArgument") {
-			code = http.StatusBadRequest
-		}
-		return rep, nil, errorf(code, "%v", err)
+		return rep, nil, errorf(pluginStatus(err), "%v", err)
 	}
 	r := plan.GetReport()
 	rep.Format, rep.LayersAdapted, rep.Matched = r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched())
@@ -489,6 +486,21 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 		return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
 	}
 	return rep, ap.Eject, nil
+}
+
+// pluginStatus maps a plugin call's code (never its text) to an HTTP
+// status: the plugin's verdict on the request's input is the client's
+// problem (400, or 422 for a request that does not apply to this model);
+// anything else — a crash, a hang, an error without a code — is the
+// plugin's (502).
+func pluginStatus(err error) int {
+	switch sdk.CodeOf(err) {
+	case sdk.InvalidArgument, sdk.NotFound:
+		return http.StatusBadRequest
+	case sdk.FailedPrecondition:
+		return http.StatusUnprocessableEntity
+	}
+	return http.StatusBadGateway
 }
 
 // execute runs one job on a warm model (loaded: a failed load retires the

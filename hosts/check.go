@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/refiners-go/refiners/core"
 	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 	"github.com/refiners-go/refiners/sdk"
@@ -87,18 +89,21 @@ func Check(ctx context.Context, binary string) ([]CheckResult, error) {
 		{"an empty model and no files", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: `{}`}},
 	}
 	for _, b := range bad {
+		name := "rejects " + b.what + " with InvalidArgument"
 		resp, err := h.Plan(ctx, e.Name, b.req)
-		switch {
-		case err != nil && strings.Contains(err.Error(), "crashed"):
-			add("rejects "+b.what+" with an error", fmt.Errorf("the plugin crashed: %v", err))
-		case err != nil && strings.Contains(err.Error(), "did not answer"):
-			add("rejects "+b.what+" with an error", fmt.Errorf("the plugin hung: %v", err))
+		switch code := sdk.CodeOf(err); {
+		case code == codes.Unavailable:
+			add(name, fmt.Errorf("the plugin crashed: %v", err))
+		case code == codes.DeadlineExceeded:
+			add(name, fmt.Errorf("the plugin hung: %v", err))
 		case err == nil && len(resp.GetPatches()) > 0:
-			add("rejects "+b.what+" with an error", fmt.Errorf("it answered with %d patches", len(resp.Patches)))
+			add(name, fmt.Errorf("it answered with %d patches", len(resp.Patches)))
 		case err == nil:
-			add("rejects "+b.what+" with an error", fmt.Errorf("it answered without an error (an empty plan)"))
+			add(name, fmt.Errorf("it answered without an error (an empty plan)"))
+		case code != sdk.InvalidArgument:
+			add(name, fmt.Errorf("it answered with code %v (%v); bad input is InvalidArgument (sdk.Errorf), which a daemon answers with 400", code, err))
 		default:
-			add("rejects "+b.what+" with an error", nil)
+			add(name, nil)
 		}
 	}
 	var wg sync.WaitGroup

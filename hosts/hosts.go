@@ -135,7 +135,7 @@ func (h *Host) lookup(name string) (Entry, error) {
 			return e, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("plugin %q is not installed (see `refinersd plugins list`)", name)
+	return Entry{}, callErrorf(name, "start", codes.NotFound, "plugin %q is not installed (see `refinersd plugins list`)", name)
 }
 
 // Install copies a plugin binary into the plugins directory, asks it to
@@ -232,6 +232,28 @@ func (h *Host) Plan(ctx context.Context, name string, req *pb.PlanRequest) (*pb.
 	return out, err
 }
 
+// CallError is a failed plugin call. Code says what kind of failure it
+// was, so that callers map codes, never text: the plugin's own code for an
+// error it returned (sdk.InvalidArgument for bad input), Unavailable when
+// the plugin crashed or could not start, DeadlineExceeded when it hung,
+// NotFound when it is not installed, PermissionDenied when its binary
+// changed since it was installed.
+type CallError struct {
+	Plugin string
+	Call   string // Describe, Plan, start
+	Code   sdk.Code
+	Msg    string
+}
+
+func (e *CallError) Error() string { return e.Msg }
+
+// GRPCStatus gives the error's code to sdk.CodeOf and status.Code.
+func (e *CallError) GRPCStatus() *status.Status { return status.New(e.Code, e.Msg) }
+
+func callErrorf(name, call string, code sdk.Code, format string, args ...any) *CallError {
+	return &CallError{Plugin: name, Call: call, Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
 // call runs one request on a plugin, starting it if needed, under the call
 // timeout. If the plugin process died or hung, it is stopped so the next
 // call starts a fresh one, and the error says so.
@@ -246,24 +268,25 @@ func (h *Host) call(ctx context.Context, name, what string, f func(context.Conte
 	if err == nil {
 		return nil
 	}
-	if status.Code(err) == codes.Unavailable {
+	st, _ := status.FromError(err)
+	if st.Code() == codes.Unavailable {
 		// The connection broke: the process is dying or dead. gRPC can
 		// report it before go-plugin notices the exit, so give it a moment.
 		for deadline := time.Now().Add(time.Second); !r.client.Exited() && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 		}
 		h.stop(name)
-		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
+		return callErrorf(name, what, codes.Unavailable, "plugin %s crashed during %s (it will be restarted on the next call): %s", name, what, st.Message())
 	}
 	switch {
 	case r.client.Exited():
 		h.stop(name)
-		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
-	case errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
+		return callErrorf(name, what, codes.Unavailable, "plugin %s crashed during %s (it will be restarted on the next call): %s", name, what, st.Message())
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || st.Code() == codes.DeadlineExceeded:
 		h.stop(name)
-		return fmt.Errorf("plugin %s did not answer %s within %v; it was stopped and will be restarted on the next call", name, what, h.opts.CallTimeout)
+		return callErrorf(name, what, codes.DeadlineExceeded, "plugin %s did not answer %s within %v; it was stopped and will be restarted on the next call", name, what, h.opts.CallTimeout)
 	}
-	return fmt.Errorf("plugin %s: %s: %w", name, what, err)
+	return callErrorf(name, what, st.Code(), "plugin %s: %s: %s", name, what, st.Message())
 }
 
 // get returns a running plugin, (re)starting it if it is not running.
@@ -292,11 +315,11 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}
 	if sum != e.SHA256 {
-		return nil, fmt.Errorf("plugin %s refused: its binary %s changed since it was installed (sha256 %s, lockfile has %s); reinstall it if the change is intended", name, path, sum, e.SHA256)
+		return nil, callErrorf(name, "start", codes.PermissionDenied, "plugin %s refused: its binary %s changed since it was installed (sha256 %s, lockfile has %s); reinstall it if the change is intended", name, path, sum, e.SHA256)
 	}
 	r, err := h.launch(path, e.SHA256, name)
 	if err != nil {
-		return nil, err
+		return nil, &CallError{Plugin: name, Call: "start", Code: codes.Unavailable, Msg: err.Error()}
 	}
 	r.entry = e
 	r.lastUsed = time.Now()

@@ -304,7 +304,7 @@ func TestConformanceKit(t *testing.T) {
 			failed[r.Name] = true
 		}
 	}
-	for _, want := range []string{`operation "ok": has an example request`, "rejects an unknown operation with an error"} {
+	for _, want := range []string{`operation "ok": has an example request`, "rejects an unknown operation with InvalidArgument"} {
 		if !failed[want] {
 			t.Errorf("the faulty plugin passed %q", want)
 		}

@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 )
@@ -104,6 +106,37 @@ func (c *client) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanRespons
 	return c.c.Plan(ctx, req, grpc.MaxCallRecvMsgSize(MaxMessage), grpc.MaxCallSendMsgSize(MaxMessage))
 }
 
-// Errorf is an error a plugin returns for bad input: the host shows it to
-// the user as it is.
-func Errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+// Code says what kind of failure a plugin reports: a gRPC status code.
+// The host maps codes, never message text: bad input reaches a daemon
+// client as a 400, a plugin failure as a 502.
+type Code = codes.Code
+
+// The codes a plugin answers with.
+const (
+	// InvalidArgument: the request is bad — parameters, a file that is not
+	// in a format the operation reads, an unknown operation. The user can
+	// fix it.
+	InvalidArgument = codes.InvalidArgument
+	// NotFound: something the request names (a layer, a key) is not there.
+	NotFound = codes.NotFound
+	// FailedPrecondition: the request is well-formed but does not apply to
+	// this model (e.g. no layer matches).
+	FailedPrecondition = codes.FailedPrecondition
+	// Internal: the plugin itself failed. Plain Go errors count as Unknown,
+	// which the host treats the same way.
+	Internal = codes.Internal
+)
+
+// Errorf is the error a plugin returns for bad input (InvalidArgument):
+// the host shows the message to the user as it is.
+func Errorf(format string, args ...any) error { return Error(InvalidArgument, format, args...) }
+
+// Error is an error with a code.
+func Error(code Code, format string, args ...any) error {
+	return status.Error(code, fmt.Sprintf(format, args...))
+}
+
+// CodeOf is the code an error carries, also when wrapped (an error with a
+// GRPCStatus method, as Error's and the host's are): OK for nil, Unknown
+// for an error without one.
+func CodeOf(err error) Code { return status.Code(err) }

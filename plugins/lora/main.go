@@ -87,7 +87,8 @@ func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, e
 	patches, report, err := mapping.Plan(model, files, mapping.Options{
 		Scale: p.Scale, BlockScales: p.BlockScales, Strict: p.Strict, Name: p.Name, Component: p.Component})
 	if err != nil {
-		return nil, err
+		// The files or options do not fit the model: the user's input.
+		return nil, sdk.Errorf("%v", err)
 	}
 	resp := &pb.PlanResponse{Report: &pb.Report{Format: report.Format, Matched: report.Matched, Unmatched: report.Unmatched,
 		ShapeMismatched: report.ShapeMismatched, Warnings: report.Warnings, Covered: int32(report.Covered), Layers: int32(report.Layers), EffectiveScales: report.EffectiveScales}}
