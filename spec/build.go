@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strings"
@@ -104,6 +105,9 @@ func (s *Spec) Build(overrides map[string]string) (*core.Chain, error) {
 		}
 		root.Args = b.interpolate(s.File, s.layers, s.Args, top)
 		root.Provider = s.Provider
+		if _, ok := core.ParamCount(root); !ok && len(b.errs) == 0 {
+			b.errf(s.File, s.layers, CodeBadLayer, "the model declares more than %d parameters", int64(math.MaxInt64))
+		}
 	}
 	if len(b.errs) > 0 {
 		return nil, b.errs.sorted()
@@ -504,7 +508,8 @@ func asInt(v value) (int64, bool) {
 	case int64:
 		return x, true
 	case float64:
-		if x == float64(int64(x)) {
+		// In range first: converting an out-of-range float is not defined.
+		if x >= -(1<<63) && x < 1<<63 && x == math.Trunc(x) {
 			return int64(x), true
 		}
 	}

@@ -3,6 +3,7 @@ package spec
 import (
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/refiners-go/refiners/core"
 )
 
 // countingFS counts the files opened from an fs.FS.
@@ -146,5 +149,42 @@ func TestSpecReadsAreBoundedAndConfined(t *testing.T) {
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%s: error = %v; want %q", c.name, err, c.want)
 		}
+	}
+}
+
+func TestOverflowIsAnError(t *testing.T) {
+	for _, c := range []struct {
+		name, src string
+		sets      map[string]string
+		want      string
+	}{
+		{"a product in an argument", "refiners: 1\nparams: {n: 4611686018427387905}\nlayers:\n  - Linear: {in_features: \"${n * 4}\", out_features: 2}\n", nil, "integer overflow"},
+		{"an override", "refiners: 1\nparams: {p: 2}\nlayers:\n  - Linear: {in_features: \"${p * p}\", out_features: 2}\n", map[string]string{"p": "4294967296"}, "integer overflow"},
+		{"a float too large for an int", "refiners: 1\nlayers:\n  - Linear: {in_features: \"${2 ** 2}\", out_features: 2}\n", nil, "RFN-S021"},
+		{"a float past int64", "refiners: 1\nlayers:\n  - Linear: {in_features: 1e19, out_features: 2}\n", nil, "want int"},
+		{"the parameter count", "refiners: 1\nlayers:\n  - Linear: {in_features: 4294967296, out_features: 4294967296, repeat: 4}\n", nil, "declares more than 9223372036854775807 parameters"},
+		{"a parameter's size", "refiners: 1\nlayers:\n  - Linear: {in_features: 4294967296, out_features: 4294967296}\n", nil, "declares more than"},
+	} {
+		s, err := Parse("o.yaml", []byte(c.src))
+		if err == nil {
+			_, err = s.Build(c.sets)
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestParamCountDoesNotWrap(t *testing.T) {
+	big := core.NewChain(core.NewLinear(1<<32, 1<<32, false), core.NewLinear(1<<31, 1<<31, false))
+	if n, ok := core.ParamCount(big); ok {
+		t.Errorf("ParamCount = %d, ok; want an overflow", n)
+	}
+	if n := core.CountParams(big); n != math.MaxInt64 {
+		t.Errorf("CountParams = %d, want math.MaxInt64 (saturated)", n)
+	}
+	small := core.NewChain(core.NewLinear(3, 2, true))
+	if n, ok := core.ParamCount(small); !ok || n != 8 {
+		t.Errorf("ParamCount = %d, %v; want 8", n, ok)
 	}
 }

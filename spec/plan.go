@@ -59,6 +59,7 @@ func Plan(m core.Module, header []weights.Info, prefix string) *PlanReport {
 		byKey[h.Key] = h
 	}
 	r := &PlanReport{}
+	r.Params = core.CountParams(m)
 	used := map[string]bool{}
 	for _, e := range core.StateDict(m) {
 		layer, _ := strings.CutSuffix(e.Key, "."+e.Name)
@@ -73,11 +74,6 @@ func Plan(m core.Module, header []weights.Info, prefix string) *PlanReport {
 		}
 		key := prefix + e.Key
 		used[key] = true
-		n := int64(1)
-		for _, d := range e.Shape {
-			n *= d
-		}
-		r.Params += n
 		row := PlanRow{Layer: layer, Type: typ, Key: key, Want: e.Shape, Status: "ok"}
 		h, ok := byKey[key]
 		switch {
