@@ -188,3 +188,29 @@ func TestParamCountDoesNotWrap(t *testing.T) {
 		t.Errorf("ParamCount = %d, %v; want 8", n, ok)
 	}
 }
+
+func TestBlockRecursionIsNamed(t *testing.T) {
+	for _, c := range []struct {
+		name, src string
+		want      string // "" builds
+	}{
+		{"a block in itself", "refiners: 1\nblocks:\n  R: {layers: [R]}\nlayers: [R]\n",
+			"RFN-S042 block R is recursive: it contains itself with the same parameters (it has none)"},
+		{"two blocks in each other", "refiners: 1\nblocks:\n  A: {params: {k: 1}, layers: [Identity, {B: {k: \"${k}\"}}]}\n  B: {params: {k: 1}, layers: [{A: {k: \"${k}\"}}]}\nlayers: [A]\n",
+			"block A is recursive: it contains itself with the same parameters (k=1)"},
+		{"a recursion that stops", "refiners: 1\nblocks:\n  R: {params: {n: 1}, layers: [Identity, {R: {n: \"${n-1}\", repeat: \"${n > 0}\"}}]}\nlayers: [{R: {n: 100}}]\n", ""},
+		{"a recursion that does not stop", "refiners: 1\nblocks:\n  R: {params: {n: 1}, layers: [{R: {n: \"${n+1}\"}}]}\nlayers: [R]\n",
+			"the spec builds more than 100000 layers (block R recurses"},
+	} {
+		s, err := Parse("r.yaml", []byte(c.src))
+		if err == nil {
+			_, err = s.Build(nil)
+		}
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+	}
+}
