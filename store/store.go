@@ -210,11 +210,11 @@ func (s *Store) AddModel(name, specPath, weightsPath string, overrides map[strin
 	if err != nil {
 		return nil, err
 	}
-	header, _, err := weights.ReadHeader(weightsPath)
+	header, err := weights.ReadFileHeader(weightsPath)
 	if err != nil {
 		return nil, err
 	}
-	if rep := spec.Plan(m, header, prefix); !rep.OK() {
+	if rep := spec.PlanHeader(m, header, prefix); !rep.OK() {
 		return nil, fmt.Errorf("%s does not fit %s: %w", weightsPath, specPath, rep.Errors(weightsPath))
 	}
 	rel, err := relativeSet(sp.Files)

@@ -153,11 +153,11 @@ func plan(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	header, _, err := weights.ReadHeader(*f.weights)
+	header, err := weights.ReadFileHeader(*f.weights)
 	if err != nil {
 		return err
 	}
-	r := spec.Plan(m, header, *f.prefix)
+	r := spec.PlanHeader(m, header, *f.prefix)
 	r.Print(out)
 	if errs := r.Errors(*f.weights); len(errs) > 0 {
 		return errs

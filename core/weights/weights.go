@@ -268,30 +268,49 @@ func (f *File) Close() error {
 // ReadHeader describes the tensors of the file at path and returns its
 // metadata, reading only the header. It validates the header as Open does,
 // so it fails on exactly the files Open fails on. Like File.Keys, it leaves
-// out tensors of an unsupported dtype.
+// out tensors of an unsupported dtype (ReadFileHeader lists them).
 func ReadHeader(path string) ([]Info, map[string]string, error) {
+	h, err := ReadFileHeader(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return h.Tensors, h.Metadata, nil
+}
+
+// Header is a safetensors file's header, as a dry run reads it.
+type Header struct {
+	Tensors []Info // tensors of a supported dtype, by key
+	// Unsupported maps the keys of tensors whose dtype Load cannot read
+	// (F64, I32, ...) to that dtype's safetensors name.
+	Unsupported map[string]string
+	Metadata    map[string]string
+}
+
+// ReadFileHeader reads and validates the header of the file at path, as
+// ReadHeader does, keeping the tensors of unsupported dtypes apart.
+func ReadFileHeader(path string) (*Header, error) {
 	fd, err := os.Open(path)
 	if err != nil {
-		return nil, nil, ioError(path, err)
+		return nil, ioError(path, err)
 	}
 	defer fd.Close() // read-only: nothing to lose
 	size, n, err := readPrefix(path, fd)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	js := make([]byte, n)
 	if _, err := fd.ReadAt(js, 8); err != nil {
-		return nil, nil, ioError(path, err)
+		return nil, ioError(path, err)
 	}
 	h, err := parseHeader(path, size-8-n, js)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	infos := make([]Info, len(h.keys))
 	for i, k := range h.keys {
 		infos[i] = h.infos[k]
 	}
-	return infos, h.metadata, nil
+	return &Header{Tensors: infos, Unsupported: h.unsupported, Metadata: h.metadata}, nil
 }
 
 // readPrefix checks that fd is a regular file long enough for its header and
