@@ -361,10 +361,15 @@ func (d *Daemon) listPlugins(w http.ResponseWriter, r *http.Request) {
 		SHA256   string `json:"sha256"`
 		PID      int    `json:"pid,omitempty"`
 		Restarts int    `json:"restarts"`
+		Status   string `json:"status"` // "ok", or why the plugin will not start
 	}
 	out := []plugin{}
 	for _, e := range es {
-		out = append(out, plugin{Name: e.Name, Version: e.Version, SHA256: e.SHA256, PID: d.host.PID(e.Name), Restarts: restarts[e.Name]})
+		status := "ok"
+		if err := d.host.Verify(e); err != nil {
+			status = "refused: " + err.Error()
+		}
+		out = append(out, plugin{Name: e.Name, Version: e.Version, SHA256: e.SHA256, PID: d.host.PID(e.Name), Restarts: restarts[e.Name], Status: status})
 	}
 	writeJSON(w, 200, map[string]any{"plugins": out})
 }

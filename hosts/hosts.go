@@ -124,6 +124,20 @@ func (h *Host) writeLock(entries []Entry) error {
 	return writeFileAtomic(filepath.Join(h.dir, lockName), append(b, '\n'), 0o644)
 }
 
+// Verify checks that an installed plugin's binary is still the one that
+// was installed (the check every launch makes): nil, or why not.
+func (h *Host) Verify(e Entry) error {
+	path := filepath.Join(h.dir, e.File)
+	sum, err := FileSHA256(path)
+	if err != nil {
+		return fmt.Errorf("binary %s: %w", path, err)
+	}
+	if sum != e.SHA256 {
+		return fmt.Errorf("binary %s changed since it was installed (sha256 %s, lockfile has %s)", path, sum, e.SHA256)
+	}
+	return nil
+}
+
 // lookup returns the lockfile entry of an installed plugin.
 func (h *Host) lookup(name string) (Entry, error) {
 	entries, err := h.readLock()
@@ -310,12 +324,8 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 		return nil, err
 	}
 	path := filepath.Join(h.dir, e.File)
-	sum, err := FileSHA256(path)
-	if err != nil {
-		return nil, fmt.Errorf("plugin %s: %w", name, err)
-	}
-	if sum != e.SHA256 {
-		return nil, callErrorf(name, "start", codes.PermissionDenied, "plugin %s refused: its binary %s changed since it was installed (sha256 %s, lockfile has %s); reinstall it if the change is intended", name, path, sum, e.SHA256)
+	if err := h.Verify(e); err != nil {
+		return nil, callErrorf(name, "start", codes.PermissionDenied, "plugin %s refused: %v; reinstall it if the change is intended", name, err)
 	}
 	r, err := h.launch(path, e.SHA256, name)
 	if err != nil {

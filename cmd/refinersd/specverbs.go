@@ -13,6 +13,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
+	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -112,8 +113,11 @@ func (f *specFlags) build(path string) (*core.Chain, error) {
 	defer h.Close()
 	for _, name := range missing {
 		d, derr := h.Describe(context.Background(), name)
-		if derr != nil {
+		if sdk.CodeOf(derr) == sdk.NotFound {
 			return nil, err // not installed: the spec error says so
+		}
+		if derr != nil {
+			return nil, fmt.Errorf("%s uses layer types of plugin %s, which could not be asked for them: %w", path, name, derr)
 		}
 		for _, lt := range d.LayerTypes {
 			if aerr := s.AddLibrary(name, "plugin "+name+" layer type "+lt.Name, []byte(lt.Spec)); aerr != nil {
