@@ -2,7 +2,11 @@ package hosts
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,5 +39,37 @@ func TestPluginErrorsKeepTheirCodes(t *testing.T) {
 		if got := sdk.CodeOf(err); got != c.code || !strings.Contains(err.Error(), c.msg) || strings.Contains(err.Error(), "rpc error") {
 			t.Errorf("%s: code %v, error %v; want %v and %q", c.name, got, err, c.code, c.msg)
 		}
+	}
+}
+
+// TestAPluginThatForksIsStoppedOnTime: a "plugin" whose child keeps its
+// output open fails to start within the start timeout, and its child is
+// stopped with it.
+func TestAPluginThatForksIsStoppedOnTime(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child.pid")
+	script := filepath.Join(dir, "forks.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nsleep 120 &\necho $! > "+pidFile+"\nwait\n"), 0o755)
+	h := newHost(t, Options{StartTimeout: time.Second, CallTimeout: time.Second})
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.Install(context.Background(), script)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "timeout while waiting for plugin to start") {
+			t.Errorf("install: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("install of a forking plugin still waits 30s after its 1s start timeout")
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Errorf("the plugin's child (pid %d) outlived it", pid)
 	}
 }

@@ -63,6 +63,7 @@ type Host struct {
 }
 
 type running struct {
+	cmd      *exec.Cmd
 	client   *plugin.Client
 	rpc      plugin.ClientProtocol
 	planner  sdk.Planner
@@ -316,7 +317,7 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 			return r, nil
 		}
 		h.log.Warn("plugin failed its health check; restarting it", "name", name)
-		r.client.Kill()
+		r.kill()
 		delete(h.running, name)
 	}
 	e, err := h.lookup(name)
@@ -358,8 +359,11 @@ func (h *Host) launch(path, sum, name string) (*running, error) {
 		return nil, fmt.Errorf("plugin %s: bad checksum %q in lockfile", name, sum)
 	}
 	cmd := exec.Command(path)
-	// The plugin dies with the host, even if the host is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// The plugin dies with the host, even if the host is killed; it runs
+	// in a process group of its own, so that stopping it stops whatever it
+	// started too (a child holding its output pipes open would otherwise
+	// outlive it and keep go-plugin waiting).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
@@ -371,23 +375,35 @@ func (h *Host) launch(path, sum, name string) (*running, error) {
 		Logger:           h.log.Named(name),
 		SkipHostEnv:      true,
 	})
+	r := &running{cmd: cmd, client: client}
 	rpc, err := client.Client()
 	if err != nil {
-		client.Kill()
+		r.kill()
 		return nil, fmt.Errorf("plugin %s: start: %w", name, err)
 	}
 	raw, err := rpc.Dispense(sdk.PluginName)
 	if err != nil {
-		client.Kill()
+		r.kill()
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}
 	planner, ok := raw.(sdk.Planner)
 	if !ok {
-		client.Kill()
+		r.kill()
 		return nil, fmt.Errorf("plugin %s does not serve the planner interface", name)
 	}
 	h.log.Debug("started plugin", "name", name, "protocol", client.NegotiatedVersion())
-	return &running{client: client, rpc: rpc, planner: planner}, nil
+	r.rpc, r.planner = rpc, planner
+	return r, nil
+}
+
+// kill stops a plugin: its whole process group first (children it
+// started included), then go-plugin's client, which waits for the output
+// pipes to close.
+func (r *running) kill() {
+	if r.cmd.Process != nil {
+		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) // the group: pgid = pid
+	}
+	r.client.Kill()
 }
 
 // describeBinary launches a binary that is not installed yet, once.
@@ -396,7 +412,7 @@ func (h *Host) describeBinary(ctx context.Context, path, sum string) (*pb.Descri
 	if err != nil {
 		return nil, err
 	}
-	defer r.client.Kill()
+	defer r.kill()
 	ctx, cancel := context.WithTimeout(ctx, h.opts.CallTimeout)
 	defer cancel()
 	return r.planner.Describe(ctx)
@@ -408,7 +424,7 @@ func (h *Host) stop(name string) {
 	delete(h.running, name)
 	h.mu.Unlock()
 	if r != nil {
-		r.client.Kill()
+		r.kill()
 	}
 }
 
@@ -420,7 +436,7 @@ func (h *Host) Close() {
 	h.running = map[string]*running{}
 	h.mu.Unlock()
 	for _, r := range rs {
-		r.client.Kill()
+		r.kill()
 	}
 }
 
