@@ -151,6 +151,17 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("max_jobs %d: want at least 1", c.MaxJobs)
 	case c.MaxDecodes < 1:
 		return fmt.Errorf("max_decodes %d: want at least 1", c.MaxDecodes)
+	case c.KeepAlive < 0:
+		return fmt.Errorf("keep_alive %v: want 0 (never) or more", c.KeepAlive)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"shutdown_timeout", c.ShutdownTimeout}, {"job_ttl", c.JobTTL}, {"plugin_timeout", c.PluginTimeout},
+		{"idle_timeout", c.IdleTimeout}, {"body_timeout", c.BodyTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s %v: want more than 0", d.name, d.v)
+		}
 	}
 	return nil
 }
