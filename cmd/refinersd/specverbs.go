@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -169,6 +172,30 @@ func plan(args []string, out io.Writer) error {
 	return nil
 }
 
+// checkOutput refuses, before any work, an output file that is one of the
+// command's own input files, or whose folder does not exist.
+func checkOutput(output string, inputs map[string]string) error {
+	dir := filepath.Dir(output)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("--output %s: folder %s does not exist", output, dir)
+	}
+	out, err := os.Stat(output)
+	if err != nil {
+		return nil // a new file
+	}
+	names := make([]string, 0, len(inputs))
+	for name := range inputs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if in, err := os.Stat(inputs[name]); err == nil && os.SameFile(in, out) {
+			return fmt.Errorf("--output %s is %s (%s): it would be overwritten; write the output elsewhere", output, name, inputs[name])
+		}
+	}
+	return nil
+}
+
 func runSpec(args []string, out io.Writer) error {
 	f := newSpecFlags("run")
 	input := f.fs.String("input", "", "safetensors file with input.0, input.1, ... and context.<name>.<key> tensors")
@@ -184,6 +211,9 @@ func runSpec(args []string, out io.Writer) error {
 	}
 	if *f.weights == "" || *input == "" || *output == "" {
 		return errors.New("run: --weights, --input and --output are required")
+	}
+	if err := checkOutput(*output, map[string]string{"--weights": *f.weights, "--input": *input, "the spec": path}); err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
 	dev, err := tensor.ParseDevice(*device)
 	if err != nil {
