@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -28,6 +29,7 @@ type Config struct {
 	MaxBody         int64         `yaml:"max_body"`         // bytes of a run request
 	MaxUpload       int64         `yaml:"max_upload"`       // bytes of an uploaded blob
 	MaxDecodes      int           `yaml:"max_decodes"`      // run requests read and decoded at once; others wait
+	MaxActivation   int64         `yaml:"max_activation"`   // bytes of activation memory one run may need (estimated); 0: no check
 	KeepAlive       time.Duration `yaml:"keep_alive"`       // idle time before a model is unloaded (0: never)
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"` // for in-flight jobs on SIGTERM
 	JobTTL          time.Duration `yaml:"job_ttl"`          // how long finished jobs stay readable
@@ -48,6 +50,7 @@ func Defaults() Config {
 		MaxBody:         64 << 20,
 		MaxUpload:       8 << 30,
 		MaxDecodes:      2,
+		MaxActivation:   physicalMemory() / 2,
 		KeepAlive:       5 * time.Minute,
 		ShutdownTimeout: 30 * time.Second,
 		JobTTL:          10 * time.Minute,
@@ -92,7 +95,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = n
 		}
 	}
-	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload}
+	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload, "MAX_ACTIVATION": &c.MaxActivation}
 	for k, p := range sizes {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -151,6 +154,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("max_jobs %d: want at least 1", c.MaxJobs)
 	case c.MaxDecodes < 1:
 		return fmt.Errorf("max_decodes %d: want at least 1", c.MaxDecodes)
+	case c.MaxActivation < 0:
+		return fmt.Errorf("max_activation %d: want a number of bytes, or 0 for no check", c.MaxActivation)
 	case c.KeepAlive < 0:
 		return fmt.Errorf("keep_alive %v: want 0 (never) or more", c.KeepAlive)
 	}
@@ -164,6 +169,23 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// physicalMemory is the machine's memory in bytes (MemTotal), or 8 GiB
+// where it cannot be read.
+func physicalMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				var kb int64
+				if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err == nil && kb > 0 {
+					return kb << 10
+				}
+			}
+		}
+	}
+	return 8 << 30
 }
 
 // IsLoopback reports whether a listen host only accepts local connections.

@@ -60,6 +60,10 @@ type warm struct {
 	quit     chan struct{}
 	applied  *appliedSet
 	streak   int
+
+	// estimates caches activation estimates by adapter set and input
+	// shapes (-1: the dry run failed); the worker alone uses it.
+	estimates map[string]int64
 }
 
 // appliedSet is the adapter set currently on a warm model.
@@ -114,7 +118,10 @@ func errorf(code int, format string, args ...any) error {
 // statusOf maps an error to an HTTP status.
 func statusOf(err error) int {
 	var ae *apiError
+	var adm *admissionError
 	switch {
+	case errors.As(err, &adm):
+		return http.StatusUnprocessableEntity
 	case errors.As(err, &ae):
 		return ae.code
 	case errors.Is(err, store.ErrInvalid):
@@ -580,6 +587,9 @@ func (d *Daemon) forward(w *warm, j *Job) (map[string]weights.Raw, error) {
 		if err := s.Err(); err != nil {
 			return errorf(http.StatusBadRequest, "inputs: %v", err)
 		}
+		if err := d.admit(s, w, j, call, inputs); err != nil {
+			return err
+		}
 		outs, err := call.Forward(s, w.chain, inputs...)
 		if err != nil {
 			if j.ctx.Err() != nil {
@@ -593,6 +603,68 @@ func (d *Daemon) forward(w *warm, j *Job) (map[string]weights.Raw, error) {
 		return s.Err()
 	})
 	return outputs, err
+}
+
+// admissionError is a run refused because its estimated activation
+// memory is over MaxActivation.
+type admissionError struct{ estimate, budget int64 }
+
+func (e *admissionError) Error() string {
+	return fmt.Sprintf("the run needs about %s of activation memory (estimated from the model and the input shapes), more than this daemon's max_activation of %s; send smaller inputs or a smaller batch",
+		humanBytes(e.estimate), humanBytes(e.budget))
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// admit estimates a job's activation memory (a dry run, see
+// core.Call.EstimatePeak; cached by adapter set and input shapes) and
+// refuses it over MaxActivation. A model whose dry run fails is logged
+// and admitted: the estimate is a guard, not a second implementation.
+func (d *Daemon) admit(s *tensor.Scope, w *warm, j *Job, call core.Call, inputs []*tensor.Tensor) error {
+	if d.cfg.MaxActivation <= 0 {
+		return nil
+	}
+	key := j.key + "\x00" + shapesKey(j.inputs)
+	est, ok := w.estimates[key]
+	if !ok {
+		var err error
+		est, err = call.EstimatePeak(s, w.chain, inputs...)
+		if err != nil {
+			d.log.Warn("cannot estimate activation memory; admitting the run", "model", w.name, "error", err)
+			est = -1
+		}
+		if w.estimates == nil || len(w.estimates) >= 256 {
+			w.estimates = map[string]int64{}
+		}
+		w.estimates[key] = est
+	}
+	if est > d.cfg.MaxActivation {
+		d.metrics.refused.Inc()
+		return &admissionError{estimate: est, budget: d.cfg.MaxActivation}
+	}
+	return nil
+}
+
+// shapesKey names the inputs' names, dtypes and shapes.
+func shapesKey(inputs map[string]weights.Raw) string {
+	names := make([]string, 0, len(inputs))
+	for k := range inputs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var sb strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&sb, "%s:%s%v;", k, inputs[k].DType, inputs[k].Shape)
+	}
+	return sb.String()
 }
 
 // Cancel cancels a job: a queued one ends at once, a running one at its

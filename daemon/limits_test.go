@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime/multipart"
 	"net"
@@ -318,5 +320,28 @@ func TestIdleAndStalledConnectionsAreClosed(t *testing.T) {
 	closed, answer := closedWithin(conn2, 5*time.Second)
 	if !closed || !strings.Contains(answer, "408") {
 		t.Errorf("stalled body: closed=%v, answer %q; want a 408", closed, answer)
+	}
+}
+
+// TestRunsOverTheMemoryBudgetAreRefused: a run whose estimated activation
+// memory is over max_activation gets 422 with the estimate, before it
+// allocates; one under it runs.
+func TestRunsOverTheMemoryBudgetAreRefused(t *testing.T) {
+	td := newTestDaemon(t, func(c *Config) { c.MaxActivation = 1 << 20 })
+	td.addModel(t, "attn", "refiners: 1\nlayers:\n  - ScaledDotProductAttention: {num_heads: 1}\n", "", nil)
+	request := func(tokens int) string {
+		qkv := fmt.Sprintf(`{"dtype":"float32","shape":[1,%d,8],"data_base64":"%s"}`, tokens, base64.StdEncoding.EncodeToString(make([]byte, tokens*8*4)))
+		mask := fmt.Sprintf(`{"dtype":"bool","shape":[%d,%d],"data_base64":"%s"}`, tokens, tokens, base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, tokens*tokens)))
+		return `{"model":"attn","outputs":"base64","inputs":{"input.0":` + qkv + `,"input.1":` + qkv + `,"input.2":` + qkv + `,"input.3":` + mask + `}}`
+	}
+	if code, body := td.post(t, "/v1/run", request(16)); code != 200 {
+		t.Fatalf("16 tokens: %d %s", code, body)
+	}
+	// 1000 tokens: the [1000, 1000] score matrix alone is 4 MB.
+	code, body := td.post(t, "/v1/run", request(1000))
+	var e errorBody
+	json.Unmarshal(body, &e)
+	if code != 422 || e.Error.BudgetBytes != 1<<20 || e.Error.EstimateBytes < 4e6 || !strings.Contains(e.Error.Message, "max_activation") {
+		t.Errorf("1000 tokens: %d %s", code, body)
 	}
 }

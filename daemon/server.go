@@ -200,12 +200,19 @@ type errorBody struct {
 	Error struct {
 		Status  int    `json:"status"`
 		Message string `json:"message"`
+		// With a run refused for its memory: the estimate and the budget.
+		EstimateBytes int64 `json:"estimate_bytes,omitempty"`
+		BudgetBytes   int64 `json:"budget_bytes,omitempty"`
 	} `json:"error"`
 }
 
 func writeError(w http.ResponseWriter, code int, err error) {
 	var b errorBody
 	b.Error.Status, b.Error.Message = code, err.Error()
+	var adm *admissionError
+	if errors.As(err, &adm) {
+		b.Error.EstimateBytes, b.Error.BudgetBytes = adm.estimate, adm.budget
+	}
 	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}

@@ -43,6 +43,7 @@ func serve(args []string, out io.Writer) error {
 	fs.Int64Var(&flagged.MaxBody, "max-body", cfg.MaxBody, "largest run request, in bytes (413 beyond)")
 	fs.Int64Var(&flagged.MaxUpload, "max-upload", cfg.MaxUpload, "largest blob upload, in bytes")
 	fs.IntVar(&flagged.MaxDecodes, "max-decodes", cfg.MaxDecodes, "run requests read and decoded at once (others wait)")
+	fs.Int64Var(&flagged.MaxActivation, "max-activation", cfg.MaxActivation, "bytes of activation memory a run may need (estimated; 422 beyond; 0: no check)")
 	fs.DurationVar(&flagged.KeepAlive, "keep-alive", cfg.KeepAlive, "unload a model idle this long (0: never)")
 	fs.DurationVar(&flagged.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time in-flight jobs get on SIGTERM")
 	fs.DurationVar(&flagged.PluginTimeout, "plugin-timeout", cfg.PluginTimeout, "per plugin call")
@@ -83,6 +84,8 @@ func serve(args []string, out io.Writer) error {
 			cfg.MaxUpload = flagged.MaxUpload
 		case "max-decodes":
 			cfg.MaxDecodes = flagged.MaxDecodes
+		case "max-activation":
+			cfg.MaxActivation = flagged.MaxActivation
 		case "keep-alive":
 			cfg.KeepAlive = flagged.KeepAlive
 		case "shutdown-timeout":
