@@ -12,7 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 )
 

@@ -13,7 +13,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/plugins/lora/mapping"
 	"google.golang.org/protobuf/proto"
 )

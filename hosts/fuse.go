@@ -7,7 +7,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 )
 
 // Fused is a plan merged into the model's weights (no extra layers at run

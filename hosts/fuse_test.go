@@ -11,7 +11,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 )
 
 // TestFusedAgreesWithRuntimeAndUnfusesExactly applies the same plans both

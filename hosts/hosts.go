@@ -27,7 +27,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 )
 

@@ -19,7 +19,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 )
 
 var bins = map[string]string{} // plugin name -> freshly built binary

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 )
 
 // ProtocolVersion is the plugin protocol this SDK speaks.

@@ -15,7 +15,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/spec"
 )
 

@@ -8,7 +8,7 @@ import (
 	"context"
 	"encoding/json"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 )
 

@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"strings"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/plugins/lora/mapping"
 	"github.com/refiners-go/refiners/sdk"
 )

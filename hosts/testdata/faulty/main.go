@@ -7,7 +7,7 @@ import (
 	"context"
 	"os"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 )
 
