@@ -15,11 +15,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/store"
 )
@@ -431,7 +431,7 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	}
 	set := &appliedSet{key: j.key}
 	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
-		model := hosts.Summarize(w.chain)
+		model := adapt.Summarize(w.chain)
 		for i, a := range j.resolved {
 			rep, undo, err := d.applyOne(j.ctx, s, w.chain, model, i, a, j.Fuse)
 			if err != nil {
@@ -453,7 +453,7 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	return nil
 }
 
-func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, model []*pb.Layer, i int, a resolvedAdapter, fuse bool) (AdapterReport, func() error, error) {
+func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, model []sdk.Layer, i int, a resolvedAdapter, fuse bool) (AdapterReport, func() error, error) {
 	rep := AdapterReport{Plugin: a.req.Plugin, File: a.req.File, Digest: a.digest}
 	f, err := weights.Open(a.path)
 	if err != nil {
@@ -472,23 +472,26 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 		op = desc.Operations[0].Name
 	}
 	id := fmt.Sprintf("file%d", i)
-	plan, err := d.host.Plan(ctx, a.req.Plugin, &pb.PlanRequest{Operation: op, ParamsJson: a.params, Model: model,
-		Files: []*pb.WeightFile{hosts.Header(id, strings.TrimPrefix(a.digest, "sha256:"), f)}})
+	plan, err := d.host.Plan(ctx, a.req.Plugin, &sdk.PlanRequest{Operation: op, Params: a.params, Model: model,
+		Files: []sdk.File{adapt.Header(id, strings.TrimPrefix(a.digest, "sha256:"), f)}})
 	if err != nil {
 		return rep, nil, errorf(pluginStatus(err), "%v", err)
 	}
-	r := plan.GetReport()
-	rep.Format, rep.LayersAdapted, rep.Matched = r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched())
-	rep.Unmatched, rep.ShapeMismatched, rep.Warnings, rep.EffectiveScales = r.GetUnmatched(), r.GetShapeMismatched(), r.GetWarnings(), r.GetEffectiveScales()
+	r := plan.Report
+	if r == nil {
+		r = &sdk.Report{}
+	}
+	rep.Format, rep.LayersAdapted, rep.Matched = r.Format, len(plan.Patches), len(r.Matched)
+	rep.Unmatched, rep.ShapeMismatched, rep.Warnings, rep.EffectiveScales = r.Unmatched, r.ShapeMismatched, r.Warnings, r.EffectiveScales
 	files := map[string]*weights.File{id: f}
 	if fuse {
-		fu, err := hosts.Fuse(s, m, plan, files)
+		fu, err := adapt.Fuse(s, m, plan, files)
 		if err != nil {
 			return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
 		}
 		return rep, fu.Unfuse, nil
 	}
-	ap, err := hosts.Apply(s, m, plan, files)
+	ap, err := adapt.Apply(s, m, plan, files)
 	if err != nil {
 		return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
 	}

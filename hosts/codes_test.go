@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 )
 
@@ -29,13 +28,13 @@ func TestPluginErrorsKeepTheirCodes(t *testing.T) {
 		code                     codes.Code
 		msg                      string
 	}{
-		{"bad parameters", "example", "lora", `{"target": 3}`, sdk.InvalidArgument, "plugin example: Plan: lora: want {target, file, down, up"},
+		{"bad parameters", "example", "lora", `{"target": 3}`, sdk.InvalidArgument, "plugin example: Plan: lora: parameters: json: cannot unmarshal"},
 		{"unknown operation", "example", "nope", `{}`, sdk.InvalidArgument, `unknown operation "nope"`},
 		{"a crash", "faulty", "crash", ``, codes.Unavailable, "crashed during Plan"},
 		{"a hang", "faulty", "hang", ``, codes.DeadlineExceeded, "did not answer Plan within 2s"},
 		{"not installed", "missing", "x", ``, sdk.NotFound, "is not installed"},
 	} {
-		_, err := h.Plan(ctx, c.plugin, &pb.PlanRequest{Operation: c.op, ParamsJson: c.params})
+		_, err := h.Plan(ctx, c.plugin, &sdk.PlanRequest{Operation: c.op, Params: c.params})
 		if got := sdk.CodeOf(err); got != c.code || !strings.Contains(err.Error(), c.msg) || strings.Contains(err.Error(), "rpc error") {
 			t.Errorf("%s: code %v, error %v; want %v and %q", c.name, got, err, c.code, c.msg)
 		}

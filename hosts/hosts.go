@@ -3,7 +3,9 @@
 // TLS); its binary is pinned by sha256 in a lockfile and checked at every
 // launch. A plugin that crashes or hangs fails the one call it was serving
 // with a clear error; the next call starts it again. The host process never
-// goes down with a plugin.
+// goes down with a plugin. Calls speak the sdk's plain types, and a failed
+// call is a CallError with a code. Turning a plan into adapters is package
+// adapt's job; the conformance kit (Check) lives here.
 package hosts
 
 import (
@@ -27,7 +29,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	pb "github.com/refiners-go/refiners/pluginproto"
 	"github.com/refiners-go/refiners/sdk"
 )
 
@@ -226,8 +227,8 @@ func (h *Host) Remove(name string) error {
 }
 
 // Describe asks an installed plugin to describe itself.
-func (h *Host) Describe(ctx context.Context, name string) (*pb.Description, error) {
-	var out *pb.Description
+func (h *Host) Describe(ctx context.Context, name string) (*sdk.Description, error) {
+	var out *sdk.Description
 	err := h.call(ctx, name, "Describe", func(ctx context.Context, p sdk.Planner) error {
 		d, err := p.Describe(ctx)
 		out = d
@@ -237,8 +238,8 @@ func (h *Host) Describe(ctx context.Context, name string) (*pb.Description, erro
 }
 
 // Plan asks an installed plugin for a patch plan.
-func (h *Host) Plan(ctx context.Context, name string, req *pb.PlanRequest) (*pb.PlanResponse, error) {
-	var out *pb.PlanResponse
+func (h *Host) Plan(ctx context.Context, name string, req *sdk.PlanRequest) (*sdk.Plan, error) {
+	var out *sdk.Plan
 	err := h.call(ctx, name, "Plan", func(ctx context.Context, p sdk.Planner) error {
 		r, err := p.Plan(ctx, req)
 		out = r
@@ -407,7 +408,7 @@ func (r *running) kill() {
 }
 
 // describeBinary launches a binary that is not installed yet, once.
-func (h *Host) describeBinary(ctx context.Context, path, sum string) (*pb.Description, error) {
+func (h *Host) describeBinary(ctx context.Context, path, sum string) (*sdk.Description, error) {
 	r, err := h.launch(path, sum, "install")
 	if err != nil {
 		return nil, err

@@ -1,7 +1,9 @@
 // Package sdk is what a refiners-go plugin is written with. A plugin is a
 // separate program that plans patches: implement Planner and call Serve
 // from main. The host launches the program, checks its checksum, talks to
-// it over gRPC with mutual TLS, and does all tensor work itself.
+// it over gRPC with mutual TLS, and does all tensor work itself. Plugins
+// see plain Go values (PlanRequest, Plan, ...); the sdk speaks the protocol
+// (package pluginproto) for them, and bad input is answered with Errorf.
 //
 //	func main() { sdk.Serve(myPlanner{}) }
 package sdk
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -35,10 +38,10 @@ var Handshake = plugin.HandshakeConfig{
 // PluginName is the key of the plugin in go-plugin's plugin set.
 const PluginName = "planner"
 
-// Planner is what a plugin implements.
+// Planner is what a plugin implements (and what the host calls).
 type Planner interface {
-	Describe(ctx context.Context) (*pb.Description, error)
-	Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error)
+	Describe(ctx context.Context) (*Description, error)
+	Plan(ctx context.Context, req *PlanRequest) (*Plan, error)
 }
 
 // MaxMessage is the largest gRPC message either side accepts. Plans and
@@ -88,22 +91,58 @@ type server struct {
 }
 
 func (s *server) Describe(ctx context.Context, req *pb.DescribeRequest) (*pb.Description, error) {
-	return s.impl.Describe(ctx)
+	d, err := s.impl.Describe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if d == nil {
+		return nil, Error(Internal, "Describe returned no description")
+	}
+	return descriptionToProto(d)
 }
 
 func (s *server) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
-	return s.impl.Plan(ctx, req)
+	p, err := s.impl.Plan(ctx, requestFromProto(req))
+	if err != nil {
+		return nil, err
+	}
+	if p == nil {
+		return nil, Error(Internal, "Plan returned no plan")
+	}
+	return planToProto(p)
 }
 
-// client is the host's view of a plugin: a Planner over gRPC.
+// client is the host's view of a plugin: a Planner over gRPC. A message it
+// cannot read is the plugin's fault: Internal.
 type client struct{ c pb.PluginClient }
 
-func (c *client) Describe(ctx context.Context) (*pb.Description, error) {
-	return c.c.Describe(ctx, &pb.DescribeRequest{}, grpc.MaxCallRecvMsgSize(MaxMessage))
+func (c *client) Describe(ctx context.Context) (*Description, error) {
+	d, err := c.c.Describe(ctx, &pb.DescribeRequest{}, grpc.MaxCallRecvMsgSize(MaxMessage))
+	if err != nil {
+		return nil, err
+	}
+	return descriptionFromProto(d), nil
 }
 
-func (c *client) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
-	return c.c.Plan(ctx, req, grpc.MaxCallRecvMsgSize(MaxMessage), grpc.MaxCallSendMsgSize(MaxMessage))
+func (c *client) Plan(ctx context.Context, req *PlanRequest) (*Plan, error) {
+	resp, err := c.c.Plan(ctx, requestToProto(req), grpc.MaxCallRecvMsgSize(MaxMessage), grpc.MaxCallSendMsgSize(MaxMessage))
+	if err != nil {
+		return nil, err
+	}
+	p, err := planFromProto(resp)
+	if err != nil {
+		return nil, Error(Internal, "the plugin's plan: %v", err)
+	}
+	return p, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // Code says what kind of failure a plugin reports: a gRPC status code.
