@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/store"
 )
@@ -132,8 +132,6 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-var pluginNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
-
 // resolve checks a job's adapters: plugin names, files (adapter names or
 // digests, which never leave the store), parameters; and computes the key
 // that groups jobs sharing the same adapter set.
@@ -144,14 +142,16 @@ func (d *Daemon) resolve(j *Job) error {
 	}
 	var keyParts []string
 	for i, a := range j.Adapters {
-		if !pluginNameRE.MatchString(a.Plugin) {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q: want a plugin name ([a-z0-9_-])", i, a.Plugin)
+		if err := names.Check("plugin", a.Plugin); err != nil {
+			return errorf(http.StatusBadRequest, "adapters[%d].plugin: %v", i, err)
 		}
 		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
 			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
 		}
-		if a.Operation != "" && !pluginNameRE.MatchString(a.Operation) {
-			return errorf(http.StatusBadRequest, "adapters[%d].operation %q: want [a-z0-9_-]", i, a.Operation)
+		if a.Operation != "" {
+			if err := names.Check("operation", a.Operation); err != nil {
+				return errorf(http.StatusBadRequest, "adapters[%d].operation: %v", i, err)
+			}
 		}
 		var digest string
 		if strings.HasPrefix(a.File, "sha256:") {
@@ -160,7 +160,7 @@ func (d *Daemon) resolve(j *Job) error {
 			}
 			digest = a.File
 		} else {
-			if err := store.CheckName(a.File); err != nil {
+			if err := names.Check("adapter", a.File); err != nil {
 				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
 			}
 			ad, err := d.store.Adapter(a.File)
@@ -263,7 +263,7 @@ func (d *Daemon) Load(ctx context.Context, name string) error {
 // Unload stops a model's worker: queued jobs fail, the running one
 // finishes, adapters are ejected and the weights released.
 func (d *Daemon) Unload(name string) error {
-	if err := store.CheckName(name); err != nil {
+	if err := names.Check("model", name); err != nil {
 		return err
 	}
 	d.mu.Lock()

@@ -21,6 +21,7 @@ import (
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/store"
 )
 
@@ -274,7 +275,7 @@ const maxTreeLines = 5000
 
 func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := store.CheckName(name); err != nil {
+	if err := names.Check("model", name); err != nil {
 		d.fail(w, err)
 		return
 	}
@@ -475,7 +476,7 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 	if req.Model == "" {
 		return nil, "", errorf(http.StatusBadRequest, "model: missing")
 	}
-	if err := store.CheckName(req.Model); err != nil {
+	if err := names.Check("model", req.Model); err != nil {
 		return nil, "", fmt.Errorf("model: %w", err)
 	}
 	out := req.Outputs

@@ -14,6 +14,7 @@ import (
 
 	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
@@ -132,8 +133,8 @@ func firstOp(d *sdk.Description) string {
 
 func checkDescription(d *sdk.Description) error {
 	var problems []string
-	if !sdk.ValidName.MatchString(d.Name) {
-		problems = append(problems, fmt.Sprintf("name %q is not [a-z0-9][a-z0-9_-]*", d.Name))
+	if err := names.Check("plugin", d.Name); err != nil {
+		problems = append(problems, err.Error())
 	}
 	if !semver.MatchString(d.Version) {
 		problems = append(problems, fmt.Sprintf("version %q is not a semantic version", d.Version))
@@ -146,13 +147,13 @@ func checkDescription(d *sdk.Description) error {
 	}
 	seen := map[string]bool{}
 	for _, op := range d.Operations {
-		if !sdk.ValidName.MatchString(op.Name) || seen[op.Name] {
+		if !names.Valid(op.Name) || seen[op.Name] {
 			problems = append(problems, fmt.Sprintf("operation name %q is invalid or repeated", op.Name))
 		}
 		seen[op.Name] = true
 	}
 	for _, lt := range d.LayerTypes {
-		if !sdk.ValidName.MatchString(strings.ToLower(lt.Name)) || lt.Spec == "" {
+		if !names.Valid(strings.ToLower(lt.Name)) || lt.Spec == "" {
 			problems = append(problems, fmt.Sprintf("layer type %q needs a name and a spec", lt.Name))
 		}
 	}

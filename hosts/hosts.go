@@ -29,6 +29,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/refiners-go/refiners/internal/atomicfile"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/sdk"
 )
 
@@ -123,7 +125,7 @@ func (h *Host) writeLock(entries []Entry) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(h.dir, lockName), append(b, '\n'), 0o644)
+	return atomicfile.WriteFile(filepath.Join(h.dir, lockName), append(b, '\n'), 0o644)
 }
 
 // Verify checks that an installed plugin's binary is still the one that
@@ -162,25 +164,32 @@ func (h *Host) Install(ctx context.Context, path string) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
-	// Describe it from a private copy, so what we check is what we keep.
-	tmp := filepath.Join(h.dir, ".install-"+sum[:16])
-	if err := copyFile(path, tmp, 0o755); err != nil {
-		return Entry{}, fmt.Errorf("install %s: %w", path, err)
-	}
-	defer os.Remove(tmp)
-	desc, err := h.describeBinary(ctx, tmp, sum)
+	// Describe it from a private copy, so what we check is what we keep;
+	// the copy becomes the installed binary at once.
+	tmp, err := atomicfile.Create(h.dir)
 	if err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
-	if !sdk.ValidName.MatchString(desc.Name) {
-		return Entry{}, fmt.Errorf("install %s: plugin name %q is not of the form [a-z0-9][a-z0-9_-]*", path, desc.Name)
+	defer tmp.Abort()
+	if err := copyInto(tmp, path); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	if err := tmp.Seal(0o755); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	desc, err := h.describeBinary(ctx, tmp.Name(), sum)
+	if err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	if err := names.Check("plugin", desc.Name); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
 	if desc.Protocol != sdk.ProtocolVersion {
 		return Entry{}, fmt.Errorf("install %s: plugin speaks protocol %d, this host speaks %d", path, desc.Protocol, sdk.ProtocolVersion)
 	}
 	e := Entry{Name: desc.Name, Version: desc.Version, Protocol: desc.Protocol, SHA256: sum, File: desc.Name + ".plugin"}
 	h.stop(e.Name)
-	if err := os.Rename(tmp, filepath.Join(h.dir, e.File)); err != nil {
+	if err := tmp.Commit(filepath.Join(h.dir, e.File), 0o755); err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
 	entries, err := h.readLock()
@@ -468,42 +477,13 @@ func FileSHA256(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
+// copyInto copies the file at src into w.
+func copyInto(w io.Writer, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	_, err = io.Copy(w, in)
+	return err
 }

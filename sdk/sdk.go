@@ -12,7 +12,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 
 	"github.com/hashicorp/go-hclog"
@@ -48,9 +47,6 @@ type Planner interface {
 // headers are small; this only lifts gRPC's 4 MiB default for headers of
 // very large files.
 const MaxMessage = 64 << 20
-
-// ValidName is the form of plugin and operation names.
-var ValidName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 // Log is the plugin's logger: it writes JSON to stderr, which the host
 // re-levels into its own log under the plugin's name. Never print to

@@ -33,6 +33,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/internal/atomicfile"
 )
 
 // Info describes one tensor in a file without reading its data.
@@ -596,53 +597,27 @@ func Save(s *tensor.Scope, path string, tensors map[string]*tensor.Tensor, metad
 		}
 		views[key] = newView(s, t)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := atomicfile.Create(filepath.Dir(path))
 	if err != nil {
 		return ioError(path, err)
 	}
-	if err := writeFile(tmp, s, views, metadata); err != nil {
-		_ = tmp.Close() // may be closed already; the write error is the one to report
-		_ = os.Remove(tmp.Name())
-		return errorf(path, "%w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		_ = os.Remove(tmp.Name())
-		return errorf(path, "%w", err)
-	}
-	// The rename itself is durable only once the directory is synced.
-	d, err := os.Open(dir)
-	if err != nil {
-		return ioError(path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return errorf(path, "sync directory: %w", err)
-	}
-	return nil
-}
-
-// writeFile serializes views into f, syncs and closes it.
-func writeFile(f *os.File, s *tensor.Scope, views map[string]view, metadata map[string]string) error {
+	defer f.Abort()
 	w := bufio.NewWriterSize(f, 1<<20)
 	if err := safetensors.SerializeToWriter(views, metadata, w); err != nil {
-		return err
+		return errorf(path, "%w", err)
 	}
 	// A view whose tensor could not be read out wrote nothing; s says why.
 	if err := s.Err(); err != nil {
-		return err
+		return errorf(path, "%w", err)
 	}
 	if err := w.Flush(); err != nil {
-		return err
+		return errorf(path, "%w", err)
 	}
-	// CreateTemp makes the file private; a checkpoint is usually shared.
-	if err := f.Chmod(0o644); err != nil {
-		return err
+	// A checkpoint is usually shared (the temporary file is private).
+	if err := f.Commit(path, 0o644); err != nil {
+		return errorf(path, "%w", err)
 	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	return f.Close()
+	return nil
 }
 
 // Raw is a tensor's bytes in Go memory, little-endian and row-major.
