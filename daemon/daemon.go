@@ -20,6 +20,7 @@ import (
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
 	"github.com/refiners-go/refiners/internal/names"
+	_ "github.com/refiners-go/refiners/models/all" // the layers of every model the specs may use
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/store"
 )
