@@ -1,4 +1,10 @@
-package hosts
+// Package adapt turns plugins' plans into adapters: it summarises a model
+// and weight files for a plan (Summarize, Header), checks a plan against
+// the model and the files, and applies it with core adapters (Apply, then
+// Eject) or merges it into the weights (Fuse, then Unfuse), for the patch
+// kinds lora, diff, loha and lokr. It runs no plugin (package hosts does)
+// and reads no protocol message: plans are the sdk's plain types.
+package adapt
 
 import (
 	"encoding/json"
@@ -10,22 +16,22 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // Summarize describes a model for a plugin: every weighted layer's path,
 // type and parameter shapes, with the base model's paths (adapters already
 // in place are seen through). No tensor data is involved.
-func Summarize(m *core.Chain) []*pb.Layer {
-	var out []*pb.Layer
+func Summarize(m *core.Chain) []sdk.Layer {
+	var out []sdk.Layer
 	m.WalkBase(func(x core.Module, path string) bool {
 		w, ok := x.(core.Weighted)
 		if !ok {
 			return true
 		}
-		l := &pb.Layer{Path: path, Type: core.TypeName(x)}
+		l := sdk.Layer{Path: path, Type: core.TypeName(x), Params: map[string][]int64{}, DTypes: map[string]string{}}
 		for _, p := range w.Params() {
-			l.Params = append(l.Params, &pb.Param{Name: p.Name, Shape: p.Shape, Dtype: p.DType.String()})
+			l.Params[p.Name], l.DTypes[p.Name] = p.Shape, p.DType.String()
 		}
 		out = append(out, l)
 		return true
@@ -35,11 +41,11 @@ func Summarize(m *core.Chain) []*pb.Layer {
 
 // Header describes a weights file for a plugin: keys, dtypes, shapes,
 // metadata, and the values of one-element tensors (LoRA alphas).
-func Header(id, sha256 string, f *weights.File) *pb.WeightFile {
-	wf := &pb.WeightFile{Id: id, Sha256: sha256, Metadata: f.Metadata()}
+func Header(id, sha256 string, f *weights.File) sdk.File {
+	wf := sdk.File{ID: id, SHA256: sha256, Metadata: f.Metadata()}
 	for _, k := range f.Keys() {
 		info, _ := f.Info(k)
-		ti := &pb.TensorInfo{Key: k, Dtype: info.DType.String(), Shape: info.Shape}
+		ti := sdk.Tensor{Key: k, DType: info.DType.String(), Shape: info.Shape}
 		if v, err := f.Scalar(k); err == nil {
 			ti.Value = &v
 		}
@@ -54,12 +60,12 @@ type Applied struct {
 	created  []*core.Chain            // adapters this application injected
 	extended map[*core.Chain][]string // existing adapters -> branch names added
 	branches []core.Module
-	Report   *pb.Report
+	Report   *sdk.Report
 }
 
 // patchWork is a validated patch, ready to load and inject.
 type patchWork struct {
-	patch  *pb.Patch
+	patch  *sdk.Patch
 	target core.Module
 	branch core.Module           // a LoRA or weight-delta branch
 	params map[string]core.Entry // branch parameter path -> slot
@@ -69,12 +75,12 @@ type patchWork struct {
 // tensors, and injects the branches (runtime mode: the branches run next to
 // the untouched weights). Nothing is changed unless every patch is valid;
 // the error lists every problem.
-func Apply(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) (*Applied, error) {
+func Apply(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File) (*Applied, error) {
 	work, err := prepare(s, m, plan, files)
 	if err != nil {
 		return nil, err
 	}
-	a := &Applied{model: m, extended: map[*core.Chain][]string{}, Report: plan.GetReport()}
+	a := &Applied{model: m, extended: map[*core.Chain][]string{}, Report: plan.Report}
 	for _, w := range work {
 		a.branches = append(a.branches, w.branch)
 	}
@@ -98,14 +104,15 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[stri
 
 // prepare validates a whole plan and loads its branches' weights. On error
 // nothing is loaded and the model is untouched.
-func prepare(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) ([]*patchWork, error) {
+func prepare(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File) ([]*patchWork, error) {
 	var problems []string
 	var work []*patchWork
 	names := map[string]map[string]bool{} // target path -> branch names
-	for i, p := range plan.GetPatches() {
+	for i := range plan.Patches {
+		p := &plan.Patches[i]
 		w, errs := validate(m, p, files)
 		for _, e := range errs {
-			problems = append(problems, fmt.Sprintf("patch %d (%s): %s", i, p.GetTarget(), e))
+			problems = append(problems, fmt.Sprintf("patch %d (%s): %s", i, p.Target, e))
 		}
 		if w == nil {
 			continue
@@ -167,9 +174,9 @@ func prepare(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[st
 
 // validate resolves a patch's target, builds its branch and checks every
 // binding against the branch's parameters and the files' headers.
-func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patchWork, []string) {
+func validate(m *core.Chain, p *sdk.Patch, files map[string]*weights.File) (*patchWork, []string) {
 	var errs []string
-	kind := p.GetKind()
+	kind := p.Kind
 	if kind == "" {
 		kind = "lora"
 	}
@@ -177,13 +184,13 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 	if !ok {
 		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: %s)", kind, strings.Join(supportedKinds(), ", "))}
 	}
-	target, err := m.BaseLayer(p.GetTarget())
+	target, err := m.BaseLayer(p.Target)
 	if err != nil {
 		return nil, []string{err.Error()}
 	}
-	var desc map[string]any
-	if err := json.Unmarshal([]byte(p.GetBranchJson()), &desc); err != nil {
-		return nil, []string{fmt.Sprintf("branch is not JSON: %v", err)}
+	desc, err := BranchDescription(p.Branch)
+	if err != nil {
+		return nil, []string{err.Error()}
 	}
 	built, err := core.BuildLayer(desc)
 	if err != nil {
@@ -201,33 +208,33 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 		w.params[e.Key] = e
 	}
 	bound := map[string]bool{}
-	for _, b := range p.GetBindings() {
-		f, ok := files[b.GetFile()]
+	for _, b := range p.Bindings {
+		f, ok := files[b.File]
 		if !ok {
-			errs = append(errs, fmt.Sprintf("binding %s: unknown file %q", b.GetParam(), b.GetFile()))
+			errs = append(errs, fmt.Sprintf("binding %s: unknown file %q", b.Param, b.File))
 			continue
 		}
-		info, ok := f.Info(b.GetKey())
+		info, ok := f.Info(b.Key)
 		if !ok {
-			errs = append(errs, fmt.Sprintf("binding %s: file %s has no tensor %q", b.GetParam(), b.GetFile(), b.GetKey()))
+			errs = append(errs, fmt.Sprintf("binding %s: file %s has no tensor %q", b.Param, b.File, b.Key))
 			continue
 		}
-		slot, ok := w.params[b.GetParam()]
+		slot, ok := w.params[b.Param]
 		if !ok {
-			errs = append(errs, fmt.Sprintf("binding: the branch has no parameter %q (it has: %s)", b.GetParam(), strings.Join(keys(w.params), ", ")))
+			errs = append(errs, fmt.Sprintf("binding: the branch has no parameter %q (it has: %s)", b.Param, strings.Join(keys(w.params), ", ")))
 			continue
 		}
 		shape := info.Shape
-		if len(b.GetReshape()) > 0 {
-			shape = b.GetReshape()
+		if len(b.Reshape) > 0 {
+			shape = b.Reshape
 		}
-		if b.GetTranspose() && len(shape) >= 2 {
+		if b.Transpose && len(shape) >= 2 {
 			shape = append(append([]int64(nil), shape[:len(shape)-2]...), shape[len(shape)-1], shape[len(shape)-2])
 		}
 		if !slices.Equal(shape, slot.Shape) {
-			errs = append(errs, fmt.Sprintf("binding %s: %s[%s] gives shape %v, the branch wants %v", b.GetParam(), b.GetFile(), b.GetKey(), shape, slot.Shape))
+			errs = append(errs, fmt.Sprintf("binding %s: %s[%s] gives shape %v, the branch wants %v", b.Param, b.File, b.Key, shape, slot.Shape))
 		}
-		bound[b.GetParam()] = true
+		bound[b.Param] = true
 	}
 	for k := range w.params {
 		if !bound[k] {
@@ -238,6 +245,21 @@ func validate(m *core.Chain, p *pb.Patch, files map[string]*weights.File) (*patc
 		return nil, errs
 	}
 	return w, nil
+}
+
+// BranchDescription is a patch's branch as core.BuildLayer reads it: the
+// form it has after the wire (JSON numbers as float64), whether the plan
+// came from a plugin process or was made in this one.
+func BranchDescription(branch map[string]any) (map[string]any, error) {
+	b, err := json.Marshal(branch)
+	if err != nil {
+		return nil, fmt.Errorf("branch: %v", err)
+	}
+	var desc map[string]any
+	if err := json.Unmarshal(b, &desc); err != nil || desc == nil {
+		return nil, fmt.Errorf("branch is not a JSON object: %s", b)
+	}
+	return desc, nil
 }
 
 // branchTypes are the layer types a patch of each kind may describe.

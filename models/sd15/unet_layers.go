@@ -1,9 +1,10 @@
-package core
+package sd15
 
 import (
 	"fmt"
 	"math"
 
+	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 )
 
@@ -28,31 +29,35 @@ import (
 const DefaultResidualSlots = 13
 
 func init() {
-	leaf("SinusoidalEmbedding", "timesteps [B] to float32 [B, embedding_dim] cos and sin features (RangeEncoder's Lambda(compute_sinusoidal_embedding) in Refiners)",
-		[]ArgSpec{atLeast(1, req("embedding_dim", IntArg, "even: cos and sin halves"))},
-		func(a *Args) (Module, error) {
+	core.RegisterLeaf("SinusoidalEmbedding", "timesteps [B] to float32 [B, embedding_dim] cos and sin features (RangeEncoder's Lambda(compute_sinusoidal_embedding) in Refiners)",
+		[]core.ArgSpec{core.AtLeast(1, core.RequiredArg("embedding_dim", core.IntArg, "even: cos and sin halves"))},
+		func(a *core.Args) (core.Module, error) {
 			d := a.Int("embedding_dim")
 			if d <= 0 || d%2 != 0 {
 				return nil, fmt.Errorf("SinusoidalEmbedding: embedding_dim must be positive and even, got %d", d)
 			}
 			return &SinusoidalEmbedding{Dim: d}, nil
 		})
-	ctxArgs := []ArgSpec{req("context", StringArg, ""), req("key", StringArg, "")}
-	leaf("StatefulFlatten", "flattens dims start_dim..end_dim and pushes their sizes on a stack in a context", append(ctxArgs,
-		opt("start_dim", IntArg, int64(0), ""), opt("end_dim", IntArg, int64(-1), ""),
-	), func(a *Args) (Module, error) {
+	ctxArgs := []core.ArgSpec{core.RequiredArg("context", core.StringArg, ""), core.RequiredArg("key", core.StringArg, "")}
+	core.RegisterLeaf("StatefulFlatten", "flattens dims start_dim..end_dim and pushes their sizes on a stack in a context", append(ctxArgs,
+		core.OptionalArg("start_dim", core.IntArg, int64(0), ""), core.OptionalArg("end_dim", core.IntArg, int64(-1), ""),
+	), func(a *core.Args) (core.Module, error) {
 		return NewStatefulFlatten(a.String("context"), a.String("key"), a.Int("start_dim"), a.Int("end_dim")), nil
 	})
-	leaf("PopContext", "pops the sizes a StatefulFlatten pushed, as an int64 tensor (Refiners: UseContext(...).compose(lambda x: x.pop()))", ctxArgs,
-		func(a *Args) (Module, error) { return NewPopContext(a.String("context"), a.String("key")), nil })
-	n := req("n", IntArg, "slot of the residuals list, negative from the end")
-	leaf("ResidualAccumulator", "adds slot n of the residuals list to x and stores the sum there; passes x on", []ArgSpec{
-		n, atLeast(1, opt("num_residuals", IntArg, int64(DefaultResidualSlots), "slots of the residuals list, if this layer creates it")),
-	}, func(a *Args) (Module, error) { return NewResidualAccumulator(a.Int("n"), a.Int("num_residuals")), nil })
-	leaf("ResidualConcatenator", "concatenates slot n of the residuals list to x along channels", []ArgSpec{n},
-		func(a *Args) (Module, error) { return NewResidualConcatenator(a.Int("n")), nil })
-	leaf("UseResidual", "outputs slot n of the residuals list, 0 while unset (Refiners: UseContext(unet, residuals).compose(lambda x: x[n]))", []ArgSpec{n},
-		func(a *Args) (Module, error) { return &UseResidual{N: a.Int("n")}, nil })
+	core.RegisterLeaf("PopContext", "pops the sizes a StatefulFlatten pushed, as an int64 tensor (Refiners: UseContext(...).compose(lambda x: x.pop()))", ctxArgs,
+		func(a *core.Args) (core.Module, error) {
+			return NewPopContext(a.String("context"), a.String("key")), nil
+		})
+	n := core.RequiredArg("n", core.IntArg, "slot of the residuals list, negative from the end")
+	core.RegisterLeaf("ResidualAccumulator", "adds slot n of the residuals list to x and stores the sum there; passes x on", []core.ArgSpec{
+		n, core.AtLeast(1, core.OptionalArg("num_residuals", core.IntArg, int64(DefaultResidualSlots), "slots of the residuals list, if this layer creates it")),
+	}, func(a *core.Args) (core.Module, error) {
+		return NewResidualAccumulator(a.Int("n"), a.Int("num_residuals")), nil
+	})
+	core.RegisterLeaf("ResidualConcatenator", "concatenates slot n of the residuals list to x along channels", []core.ArgSpec{n},
+		func(a *core.Args) (core.Module, error) { return NewResidualConcatenator(a.Int("n")), nil })
+	core.RegisterLeaf("UseResidual", "outputs slot n of the residuals list, 0 while unset (Refiners: UseContext(unet, residuals).compose(lambda x: x[n]))", []core.ArgSpec{n},
+		func(a *core.Args) (core.Module, error) { return &UseResidual{N: a.Int("n")}, nil })
 }
 
 // SinusoidalEmbedding maps timesteps t [B] to [B, Dim]: cos(t·ω) then
@@ -63,8 +68,8 @@ type SinusoidalEmbedding struct{ Dim int64 }
 func (l *SinusoidalEmbedding) TypeName() string { return "Lambda" }
 func (l *SinusoidalEmbedding) Describe() string { return "Lambda(compute_sinusoidal_embedding)" }
 
-func (l *SinusoidalEmbedding) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
-	return unary(f, "SinusoidalEmbedding", in, func(t *tensor.Tensor) *tensor.Tensor {
+func (l *SinusoidalEmbedding) Forward(f *core.Frame, in ...*tensor.Tensor) (core.Tensors, error) {
+	return core.Unary(f, "SinusoidalEmbedding", in, func(t *tensor.Tensor) *tensor.Tensor {
 		half := l.Dim / 2
 		steps := f.ToDType(f.Arange(half), tensor.Float32)
 		if t.Device() != tensor.CPU {
@@ -83,8 +88,8 @@ type sizeStack struct{ sizes [][]int64 }
 // NewStatefulFlatten flattens dims start..end after pushing their sizes on
 // the stack at context/key (created if missing), for a later PopContext
 // and Unflatten (sizes as its second input).
-func NewStatefulFlatten(context, key string, start, end int64) *Chain {
-	push := &SetContext{Context: context, Key: key, Update: func(f *Frame, current any, x *tensor.Tensor) (any, error) {
+func NewStatefulFlatten(context, key string, start, end int64) *core.Chain {
+	push := &core.SetContext{Context: context, Key: key, Update: func(f *core.Frame, current any, x *tensor.Tensor) (any, error) {
 		shape := x.Shape()
 		i, j := start, end
 		if i < 0 {
@@ -105,7 +110,7 @@ func NewStatefulFlatten(context, key string, start, end int64) *Chain {
 		stack.sizes = append(stack.sizes, append([]int64(nil), shape[i:j+1]...))
 		return stack, nil
 	}}
-	c := NewNamed("StatefulFlatten", Sequence, push, NewFlatten(start, end))
+	c := core.NewNamed("StatefulFlatten", core.Sequence, push, core.NewFlatten(start, end))
 	var kv []any
 	if start != 0 {
 		kv = append(kv, "start_dim", start)
@@ -113,7 +118,7 @@ func NewStatefulFlatten(context, key string, start, end int64) *Chain {
 	if end != -1 {
 		kv = append(kv, "end_dim", end)
 	}
-	d := describe("", kv...)
+	d := core.DescribeArgs("", kv...)
 	c.Args = d[1 : len(d)-1]
 	return c
 }
@@ -121,8 +126,8 @@ func NewStatefulFlatten(context, key string, start, end int64) *Chain {
 // NewPopContext outputs the sizes last pushed at context/key as an int64
 // tensor, removing them from the stack (sizes travel between layers as
 // tensors, as for Interpolate).
-func NewPopContext(context, key string) *UseContext {
-	return &UseContext{Context: context, Key: key, Compose: func(f *Frame, v any) (*tensor.Tensor, error) {
+func NewPopContext(context, key string) *core.UseContext {
+	return &core.UseContext{Context: context, Key: key, Compose: func(f *core.Frame, v any) (*tensor.Tensor, error) {
 		stack, isStack := v.(*sizeStack)
 		if !isStack {
 			return nil, fmt.Errorf("context %q key %q holds %T, not a stack of sizes", context, key, v)
@@ -173,7 +178,7 @@ type UseResidual struct {
 func (l *UseResidual) TypeName() string { return "UseContext" }
 func (l *UseResidual) Describe() string { return "UseContext(context=unet, key=residuals)" }
 
-func (l *UseResidual) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
+func (l *UseResidual) Forward(f *core.Frame, in ...*tensor.Tensor) (core.Tensors, error) {
 	if v, ok := f.LookupContext("unet", "residuals"); ok && v != nil {
 		list, err := asResidualList(v)
 		if err != nil {
@@ -184,7 +189,7 @@ func (l *UseResidual) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 			return nil, err
 		}
 		if t := list.slots[i]; t != nil {
-			return Tensors{f.ShallowCopy(t)}, f.Err()
+			return core.Tensors{f.ShallowCopy(t)}, f.Err()
 		}
 	}
 	if l.Required {
@@ -194,14 +199,14 @@ func (l *UseResidual) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 	if len(in) > 0 && in[0].Valid() {
 		dtype = in[0].DType()
 	}
-	return Tensors{f.Zeros(dtype)}, f.Err()
+	return core.Tensors{f.Zeros(dtype)}, f.Err()
 }
 
 // NewResidualAccumulator adds slot n of the residuals list to its input,
 // stores the sum in slot n and passes its input on unchanged. The first
 // one of a call creates the list with the given number of slots.
-func NewResidualAccumulator(n, slots int64) *Chain {
-	store := &SetContext{Context: "unet", Key: "residuals", Update: func(f *Frame, current any, x *tensor.Tensor) (any, error) {
+func NewResidualAccumulator(n, slots int64) *core.Chain {
+	store := &core.SetContext{Context: "unet", Key: "residuals", Update: func(f *core.Frame, current any, x *tensor.Tensor) (any, error) {
 		list := &residualList{}
 		if current == nil {
 			if slots <= 0 {
@@ -218,25 +223,23 @@ func NewResidualAccumulator(n, slots int64) *Chain {
 		if err != nil {
 			return nil, err
 		}
-		t := f.ShallowCopy(x)
+		t := f.HoldForCall(x) // dropped when the call ends
 		if f.Err() != nil {
 			return nil, f.Err()
 		}
-		t = f.Escape(t)
-		f.run.owned = append(f.run.owned, t) // dropped when the call ends
 		list.slots[i] = t
 		return list, nil
 	}}
-	c := NewNamed("ResidualAccumulator", Passthrough, NewResidual(&UseResidual{N: n}), store)
+	c := core.NewNamed("ResidualAccumulator", core.Passthrough, core.NewResidual(&UseResidual{N: n}), store)
 	c.Args = fmt.Sprintf("n=%d", n)
 	return c
 }
 
 // NewResidualConcatenator concatenates slot n of the residuals list to its
 // input along the channels.
-func NewResidualConcatenator(n int64) *Chain {
-	c := NewNamed("ResidualConcatenator", Sequence,
-		NewConcatenate(1, NewIdentity(), &UseResidual{N: n, Required: true}),
+func NewResidualConcatenator(n int64) *core.Chain {
+	c := core.NewNamed("ResidualConcatenator", core.Sequence,
+		core.NewConcatenate(1, core.NewIdentity(), &UseResidual{N: n, Required: true}),
 	)
 	c.Args = fmt.Sprintf("n=%d", n)
 	return c

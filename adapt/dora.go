@@ -1,4 +1,4 @@
-package hosts
+package adapt
 
 import (
 	"github.com/refiners-go/refiners/core"

@@ -14,7 +14,7 @@
 // - protoc             v3.21.12
 // source: plugin.proto
 
-package pluginpb
+package pluginproto
 
 import (
 	context "context"

@@ -14,7 +14,7 @@
 // 	protoc        v3.21.12
 // source: plugin.proto
 
-package pluginpb
+package pluginproto
 
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
@@ -823,6 +823,7 @@ type Report struct {
 	Layers          int32                  `protobuf:"varint,6,opt,name=layers,proto3" json:"layers,omitempty"`   // candidate layers in the model
 	EffectiveScales map[string]float64     `protobuf:"bytes,7,rep,name=effective_scales,json=effectiveScales,proto3" json:"effective_scales,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	Warnings        []string               `protobuf:"bytes,8,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Skipped         []string               `protobuf:"bytes,9,rep,name=skipped,proto3" json:"skipped,omitempty"` // keys of a component not being planned
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -913,6 +914,13 @@ func (x *Report) GetWarnings() []string {
 	return nil
 }
 
+func (x *Report) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
 var File_plugin_proto protoreflect.FileDescriptor
 
 const file_plugin_proto_rawDesc = "" +
@@ -982,7 +990,7 @@ const file_plugin_proto_rawDesc = "" +
 	"\x05param\x18\x03 \x01(\tR\x05param\x12\x14\n" +
 	"\x05scale\x18\x04 \x01(\x01R\x05scale\x12\x18\n" +
 	"\areshape\x18\x05 \x03(\x03R\areshape\x12\x1c\n" +
-	"\ttranspose\x18\x06 \x01(\bR\ttranspose\"\xf1\x02\n" +
+	"\ttranspose\x18\x06 \x01(\bR\ttranspose\"\x8b\x03\n" +
 	"\x06Report\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\amatched\x18\x02 \x03(\tR\amatched\x12\x1c\n" +
@@ -991,13 +999,14 @@ const file_plugin_proto_rawDesc = "" +
 	"\acovered\x18\x05 \x01(\x05R\acovered\x12\x16\n" +
 	"\x06layers\x18\x06 \x01(\x05R\x06layers\x12Z\n" +
 	"\x10effective_scales\x18\a \x03(\v2/.refiners.plugin.v1.Report.EffectiveScalesEntryR\x0feffectiveScales\x12\x1a\n" +
-	"\bwarnings\x18\b \x03(\tR\bwarnings\x1aB\n" +
+	"\bwarnings\x18\b \x03(\tR\bwarnings\x12\x18\n" +
+	"\askipped\x18\t \x03(\tR\askipped\x1aB\n" +
 	"\x14EffectiveScalesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x012\xa5\x01\n" +
 	"\x06Plugin\x12P\n" +
 	"\bDescribe\x12#.refiners.plugin.v1.DescribeRequest\x1a\x1f.refiners.plugin.v1.Description\x12I\n" +
-	"\x04Plan\x12\x1f.refiners.plugin.v1.PlanRequest\x1a .refiners.plugin.v1.PlanResponseB0Z.github.com/refiners-go/refiners/hosts/pluginpbb\x06proto3"
+	"\x04Plan\x12\x1f.refiners.plugin.v1.PlanRequest\x1a .refiners.plugin.v1.PlanResponseB-Z+github.com/refiners-go/refiners/pluginprotob\x06proto3"
 
 var (
 	file_plugin_proto_rawDescOnce sync.Once

@@ -1,9 +1,8 @@
-package hosts
+package adapt
 
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -11,7 +10,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // TestFusedAgreesWithRuntimeAndUnfusesExactly applies the same plans both
@@ -72,9 +71,8 @@ func TestFusedAgreesWithRuntimeAndUnfusesExactly(t *testing.T) {
 					return err
 				}
 				defer f.Close()
-				branch, _ := json.Marshal(c.branch)
-				plan := &pb.PlanResponse{Report: &pb.Report{}, Patches: []*pb.Patch{{Target: c.target, Kind: "lora", BranchJson: string(branch),
-					Bindings: []*pb.Binding{{File: "f", Key: "down", Param: firstParam(0, c.branch)}, {File: "f", Key: "up", Param: firstParam(1, c.branch)}}}}}
+				plan := &sdk.Plan{Report: &sdk.Report{}, Patches: []sdk.Patch{{Target: c.target, Kind: "lora", Branch: c.branch,
+					Bindings: []sdk.Binding{{File: "f", Key: "down", Param: firstParam(0, c.branch)}, {File: "f", Key: "up", Param: firstParam(1, c.branch)}}}}}
 				files := map[string]*weights.File{"f": f}
 				n := int64(1)
 				for _, d := range c.input {
@@ -165,10 +163,10 @@ func TestStackedPlansEjectInAnyOrder(t *testing.T) {
 				}
 				defer f.Close()
 				files := map[string]*weights.File{"f": f}
-				plan := func(name string, rank int, down, up string) *pb.PlanResponse {
-					b, _ := json.Marshal(map[string]any{"type": "LinearLora", "name": name, "in_features": 4, "out_features": 3, "rank": rank})
-					return &pb.PlanResponse{Report: &pb.Report{}, Patches: []*pb.Patch{{Target: "Linear", BranchJson: string(b),
-						Bindings: []*pb.Binding{{File: "f", Key: down, Param: "Linear_1.weight"}, {File: "f", Key: up, Param: "Linear_2.weight"}}}}}
+				plan := func(name string, rank int, down, up string) *sdk.Plan {
+					b := map[string]any{"type": "LinearLora", "name": name, "in_features": 4, "out_features": 3, "rank": rank}
+					return &sdk.Plan{Report: &sdk.Report{}, Patches: []sdk.Patch{{Target: "Linear", Branch: b,
+						Bindings: []sdk.Binding{{File: "f", Key: down, Param: "Linear_1.weight"}, {File: "f", Key: up, Param: "Linear_2.weight"}}}}}
 				}
 				x := s.FromFloat32([]float32{1, -2, 0.5, 3}, 1, 4)
 				tree, before := print(s, m)
@@ -217,4 +215,12 @@ func TestStackedPlansEjectInAnyOrder(t *testing.T) {
 			}
 		})
 	}
+}
+
+func print(s *tensor.Scope, m *core.Chain) (string, map[string][]byte) {
+	params := map[string][]byte{}
+	for _, e := range core.StateDict(m) {
+		params[e.Key] = s.Bytes(*e.Value)
+	}
+	return m.String(), params
 }

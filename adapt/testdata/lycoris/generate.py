@@ -1,6 +1,6 @@
-"""Reference vectors for the host's LyCORIS patch kinds (hosts/delta_test.go).
+"""Reference vectors for the host's LyCORIS patch kinds (adapt/delta_test.go).
 
-    conformance/.venv/bin/python hosts/testdata/lycoris/generate.py
+    conformance/.venv/bin/python adapt/testdata/lycoris/generate.py
 
 Needs the conformance environment plus lycoris-lora (pinned in
 conformance/requirements.txt). Writes, next to this script:

@@ -1,27 +1,28 @@
-package core
+package clip
 
 import (
 	"fmt"
 
+	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 )
 
 // Layers of Refiners' CLIP text encoder (refiners.foundationals.clip) that
 // cannot be written as a spec block of core layers: the token table (an
 // Embedding under its own type name) and the positional encoder (its
-// position ids come from a function, not a layer). Refiners' generic
-// Converter, which the encoder places right after its tokenizer, is
-// registered with the U-Net's layers (sd15_unet_layers.go).
+// position ids come from a function, not a layer). Refiners' Converter,
+// which the encoder places right after its tokenizer, is generic and stays
+// in core (converter.go).
 
 func init() {
-	leaf("TokenEncoder", "token embedding table (an Embedding named TokenEncoder)", []ArgSpec{
-		atLeast(1, req("vocabulary_size", IntArg, "")), atLeast(1, req("embedding_dim", IntArg, "")),
-	}, func(a *Args) (Module, error) {
+	core.RegisterLeaf("TokenEncoder", "token embedding table (an Embedding named TokenEncoder)", []core.ArgSpec{
+		core.AtLeast(1, core.RequiredArg("vocabulary_size", core.IntArg, "")), core.AtLeast(1, core.RequiredArg("embedding_dim", core.IntArg, "")),
+	}, func(a *core.Args) (core.Module, error) {
 		return NewTokenEncoder(a.Int("vocabulary_size"), a.Int("embedding_dim")), nil
 	})
-	leaf("PositionalEncoder", "learned position embeddings for the positions of its [batch, sequence] input", []ArgSpec{
-		atLeast(1, req("max_sequence_length", IntArg, "")), atLeast(1, req("embedding_dim", IntArg, "")),
-	}, func(a *Args) (Module, error) {
+	core.RegisterLeaf("PositionalEncoder", "learned position embeddings for the positions of its [batch, sequence] input", []core.ArgSpec{
+		core.AtLeast(1, core.RequiredArg("max_sequence_length", core.IntArg, "")), core.AtLeast(1, core.RequiredArg("embedding_dim", core.IntArg, "")),
+	}, func(a *core.Args) (core.Module, error) {
 		return NewPositionalEncoder(a.Int("max_sequence_length"), a.Int("embedding_dim")), nil
 	})
 }
@@ -30,18 +31,18 @@ func init() {
 // [batch, sequence, embedding_dim]; it differs only in its name, which
 // makes its state-dict key (Sum.TokenEncoder.weight).
 type TokenEncoder struct {
-	Embedding
+	core.Embedding
 }
 
 // NewTokenEncoder declares a table of vocab rows of width dim.
 func NewTokenEncoder(vocab, dim int64) *TokenEncoder {
-	return &TokenEncoder{Embedding: Embedding{Count: vocab, Dim: dim}}
+	return &TokenEncoder{Embedding: core.Embedding{Count: vocab, Dim: dim}}
 }
 
 func (l *TokenEncoder) TypeName() string { return "TokenEncoder" }
 
 func (l *TokenEncoder) Describe() string {
-	return weighted(describe("TokenEncoder", "vocabulary_size", l.Count, "embedding_dim", l.Dim), l.Params()[0])
+	return core.DescribeWeighted(core.DescribeArgs("TokenEncoder", "vocabulary_size", l.Count, "embedding_dim", l.Dim), l.Params()[0])
 }
 
 // NewPositionalEncoder is Refiners' PositionalEncoder: a chain that turns
@@ -49,9 +50,9 @@ func (l *TokenEncoder) Describe() string {
 // (get_position_ids) and looks them up in a [maxLen, dim] Embedding. The
 // result [1, sequence, dim] broadcasts over the batch when summed with the
 // token embeddings.
-func NewPositionalEncoder(maxLen, dim int64) *Chain {
-	table := NewEmbedding(maxLen, dim)
-	c := NewNamed("PositionalEncoder", Sequence, positionIDs(maxLen, table), table)
+func NewPositionalEncoder(maxLen, dim int64) *core.Chain {
+	table := core.NewEmbedding(maxLen, dim)
+	c := core.NewNamed("PositionalEncoder", core.Sequence, positionIDs(maxLen, table), table)
 	c.Args = fmt.Sprintf("max_sequence_length=%d, embedding_dim=%d", maxLen, dim)
 	return c
 }
@@ -59,9 +60,9 @@ func NewPositionalEncoder(maxLen, dim int64) *Chain {
 // positionIDs returns 0, 1, ..., sequence-1 as int64 [1, sequence], on the
 // device of the position table, as Refiners takes them from a buffer on the
 // encoder's device.
-func positionIDs(maxLen int64, table *Embedding) *Func {
-	return NewFunc("get_position_ids", func(f *Frame, in Tensors) (Tensors, error) {
-		x, err := one("get_position_ids", in)
+func positionIDs(maxLen int64, table *core.Embedding) *core.Func {
+	return core.NewFunc("get_position_ids", func(f *core.Frame, in core.Tensors) (core.Tensors, error) {
+		x, err := core.OneInput("get_position_ids", in)
 		if err != nil {
 			return nil, err
 		}
@@ -76,6 +77,6 @@ func positionIDs(maxLen int64, table *Embedding) *Func {
 		if table.Weight.Valid() && table.Weight.Device() != tensor.CPU {
 			ids = f.To(ids, table.Weight.Device())
 		}
-		return Tensors{ids}, f.Err()
+		return core.Tensors{ids}, f.Err()
 	})
 }

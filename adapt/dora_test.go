@@ -1,16 +1,15 @@
-package hosts
+package adapt
 
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
-	"google.golang.org/protobuf/proto"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // The DoRA patch kind against reference outputs computed by the reference
@@ -144,20 +143,18 @@ func TestDoraMatchesReference(t *testing.T) {
 // error names the patch and what is wrong with it.
 func TestBadDoraPlansChangeNothing(t *testing.T) {
 	files := testFiles(t, doraDir)
-	edit := func(p *pb.Patch, f func(branch map[string]any)) *pb.Patch {
-		p = proto.Clone(p).(*pb.Patch)
+	edit := func(p sdk.Patch, f func(branch map[string]any)) sdk.Patch {
+		b, err := BranchDescription(p.Branch) // a copy
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Branch, p.Bindings = b, slices.Clone(p.Bindings)
 		if f != nil {
-			var b map[string]any
-			if err := json.Unmarshal([]byte(p.BranchJson), &b); err != nil {
-				t.Fatal(err)
-			}
 			f(b)
-			raw, _ := json.Marshal(b)
-			p.BranchJson = string(raw)
 		}
 		return p
 	}
-	drop := func(p *pb.Patch, param string) *pb.Patch {
+	drop := func(p sdk.Patch, param string) sdk.Patch {
 		p = edit(p, nil)
 		for i, b := range p.Bindings {
 			if b.Param == param {
@@ -171,31 +168,31 @@ func TestBadDoraPlansChangeNothing(t *testing.T) {
 	cases := []struct {
 		name string
 		file string // the bad patch starts from this file's plan
-		bad  func(p *pb.Patch) *pb.Patch
+		bad  func(p sdk.Patch) sdk.Patch
 		want []string
 	}{
-		{"magnitude on the other axis", "dora_kohya_linear", func(p *pb.Patch) *pb.Patch {
+		{"magnitude on the other axis", "dora_kohya_linear", func(p sdk.Patch) sdk.Patch {
 			return edit(p, func(b map[string]any) { b["axis"] = "input" })
 		}, []string{linear + "binding magnitude: ", "gives shape [8], the branch wants [6]"}},
-		{"missing magnitude", "dora_peft_linear", func(p *pb.Patch) *pb.Patch { return drop(p, "magnitude") },
+		{"missing magnitude", "dora_peft_linear", func(p sdk.Patch) sdk.Patch { return drop(p, "magnitude") },
 			[]string{linear + "branch parameter magnitude has no binding"}},
-		{"wrong rank", "dora_peft_linear", func(p *pb.Patch) *pb.Patch {
+		{"wrong rank", "dora_peft_linear", func(p sdk.Patch) sdk.Patch {
 			return edit(p, func(b map[string]any) { b["rank"] = 3 })
 		}, []string{linear + "binding down: ", "gives shape [2 6], the branch wants [3 6]"}},
-		{"Conv2d DoRA on a Linear", "dora_kohya_conv", func(p *pb.Patch) *pb.Patch {
+		{"Conv2d DoRA on a Linear", "dora_kohya_conv", func(p sdk.Patch) sdk.Patch {
 			p = edit(p, nil)
 			p.Target = deltaTargets["Linear"]
 			return p
 		}, []string{linear + `DoRA "lora" (for a Conv2d weight [6 4 3 3]) does not fit Linear`}},
-		{"unknown scale mode", "dora_kohya_linear", func(p *pb.Patch) *pb.Patch {
+		{"unknown scale mode", "dora_kohya_linear", func(p sdk.Patch) sdk.Patch {
 			return edit(p, func(b map[string]any) { b["scale_mode"] = "both" })
 		}, []string{linear + `branch: DoRA: scale_mode "both": want delta (PEFT) or magnitude (LyCORIS)`}},
-		{"DoRA sent as a LoRA", "dora_peft_linear", func(p *pb.Patch) *pb.Patch {
+		{"DoRA sent as a LoRA", "dora_peft_linear", func(p sdk.Patch) sdk.Patch {
 			p = edit(p, nil)
 			p.Kind = "lora"
 			return p
 		}, []string{linear + "branch DoRA(", "is not a lora branch (LinearLora, Conv2dLora)"}},
-		{"unknown kind", "dora_peft_linear", func(p *pb.Patch) *pb.Patch {
+		{"unknown kind", "dora_peft_linear", func(p sdk.Patch) sdk.Patch {
 			p = edit(p, nil)
 			p.Kind = "dara"
 			return p
@@ -211,7 +208,7 @@ func TestBadDoraPlansChangeNothing(t *testing.T) {
 				defer core.ReleaseParams(m)
 				summary := deltaSummary(t, m)
 				good := lycorisPlan(t, summary, files, "dora_peft_conv")
-				plan := &pb.PlanResponse{Report: &pb.Report{}, Patches: []*pb.Patch{good.Patches[0],
+				plan := &sdk.Plan{Report: &sdk.Report{}, Patches: []sdk.Patch{good.Patches[0],
 					c.bad(lycorisPlan(t, summary, files, c.file).Patches[0])}}
 				tree0, params0 := print(s, m)
 				_, errApply := Apply(s, m, plan, files)

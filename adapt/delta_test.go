@@ -1,4 +1,4 @@
-package hosts
+package adapt
 
 import (
 	"bytes"
@@ -7,15 +7,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 	"github.com/refiners-go/refiners/plugins/lora/mapping"
-	"google.golang.org/protobuf/proto"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // The LyCORIS patch kinds (diff, loha, lokr) against reference outputs
@@ -64,11 +64,7 @@ func deltaSummary(t *testing.T, m *core.Chain) []mapping.Layer {
 	var out []mapping.Layer
 	seen := map[string]bool{}
 	for _, l := range Summarize(m) {
-		ps := map[string][]int64{}
-		for _, p := range l.Params {
-			ps[p.Name] = p.Shape
-		}
-		out = append(out, mapping.Layer{Path: l.Path, Type: l.Type, Params: ps})
+		out = append(out, l)
 		seen[l.Path] = true
 	}
 	for _, r := range table.Layers {
@@ -81,16 +77,11 @@ func deltaSummary(t *testing.T, m *core.Chain) []mapping.Layer {
 
 // lycorisPlan plans files (by ID) with the real planner at user scale 0.75,
 // as the LoRA plugin does, and checks that every key was used.
-func lycorisPlan(t *testing.T, summary []mapping.Layer, files map[string]*weights.File, ids ...string) *pb.PlanResponse {
+func lycorisPlan(t *testing.T, summary []mapping.Layer, files map[string]*weights.File, ids ...string) *sdk.Plan {
 	t.Helper()
 	var mfiles []mapping.File
 	for _, id := range ids {
-		h := Header(id, "", files[id])
-		mf := mapping.File{ID: id, Metadata: h.Metadata}
-		for _, x := range h.Tensors {
-			mf.Tensors = append(mf.Tensors, mapping.Tensor{Key: x.Key, DType: x.Dtype, Shape: x.Shape, Value: x.Value})
-		}
-		mfiles = append(mfiles, mf)
+		mfiles = append(mfiles, Header(id, "", files[id]))
 	}
 	patches, report, err := mapping.Plan(summary, mfiles, mapping.Options{Scale: 0.75})
 	if err != nil {
@@ -99,19 +90,7 @@ func lycorisPlan(t *testing.T, summary []mapping.Layer, files map[string]*weight
 	if len(report.Unmatched)+len(report.ShapeMismatched) > 0 || len(report.Warnings) > 0 {
 		t.Fatalf("plan of %v: unmatched %v, mismatched %v, warnings %v", ids, report.Unmatched, report.ShapeMismatched, report.Warnings)
 	}
-	plan := &pb.PlanResponse{Report: &pb.Report{}}
-	for _, q := range patches {
-		branch, err := json.Marshal(q.Branch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := &pb.Patch{Target: q.Target, Kind: q.Kind, BranchJson: string(branch)}
-		for _, b := range q.Bindings {
-			p.Bindings = append(p.Bindings, &pb.Binding{File: b.File, Key: b.Key, Param: b.Param, Scale: b.Scale, Reshape: b.Reshape})
-		}
-		plan.Patches = append(plan.Patches, p)
-	}
-	return plan
+	return &sdk.Plan{Patches: patches, Report: report.SDK()}
 }
 
 // lycorisFiles opens every LyCORIS file of the test data, by ID (the file
@@ -281,29 +260,27 @@ func TestLycorisKindsMatchReference(t *testing.T) {
 // binding.
 func TestBadDeltaPlansChangeNothing(t *testing.T) {
 	files := lycorisFiles(t)
-	patch := func(p *pb.Patch, edit func(branch map[string]any)) *pb.Patch {
-		p = proto.Clone(p).(*pb.Patch)
+	patch := func(p sdk.Patch, edit func(branch map[string]any)) sdk.Patch {
+		b, err := BranchDescription(p.Branch) // a copy
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Branch, p.Bindings = b, slices.Clone(p.Bindings)
 		if edit != nil {
-			var b map[string]any
-			if err := json.Unmarshal([]byte(p.BranchJson), &b); err != nil {
-				t.Fatal(err)
-			}
 			edit(b)
-			raw, _ := json.Marshal(b)
-			p.BranchJson = string(raw)
 		}
 		return p
 	}
 	cases := []struct {
 		name string
 		file string // the bad patch starts from this file's plan
-		bad  func(p *pb.Patch) *pb.Patch
+		bad  func(p sdk.Patch) sdk.Patch
 		want []string
 	}{
-		{"wrong factor shape", "loha_linear", func(p *pb.Patch) *pb.Patch {
+		{"wrong factor shape", "loha_linear", func(p sdk.Patch) sdk.Patch {
 			return patch(p, func(b map[string]any) { b["rank"] = 3 })
 		}, []string{"patch 1 (TimestepEncoder.RangeEncoder.Linear_1): binding hada_w1_a", "gives shape [8 2], the branch wants [8 3]"}},
-		{"missing factor", "lokr_conv_tucker", func(p *pb.Patch) *pb.Patch {
+		{"missing factor", "lokr_conv_tucker", func(p sdk.Patch) sdk.Patch {
 			p = patch(p, nil)
 			for i, b := range p.Bindings {
 				if b.Param == "lokr_t2" {
@@ -313,25 +290,25 @@ func TestBadDeltaPlansChangeNothing(t *testing.T) {
 			}
 			return p
 		}, []string{"patch 1 (DownBlocks.Chain_1.Conv2d): branch parameter lokr_t2 has no binding"}},
-		{"Tucker core bound to a plain LoHa", "loha_linear", func(p *pb.Patch) *pb.Patch {
+		{"Tucker core bound to a plain LoHa", "loha_linear", func(p sdk.Patch) sdk.Patch {
 			p = patch(p, nil)
-			p.Bindings = append(p.Bindings, &pb.Binding{File: "loha_conv_tucker", Key: "lora_unet_conv_in.hada_t1", Param: "hada_t1"})
+			p.Bindings = append(p.Bindings, sdk.Binding{File: "loha_conv_tucker", Key: "lora_unet_conv_in.hada_t1", Param: "hada_t1"})
 			return p
 		}, []string{"patch 1 (TimestepEncoder.RangeEncoder.Linear_1): binding: the branch has no parameter \"hada_t1\""}},
-		{"Tucker LoHa on a Linear target", "loha_conv_tucker", func(p *pb.Patch) *pb.Patch {
+		{"Tucker LoHa on a Linear target", "loha_conv_tucker", func(p sdk.Patch) sdk.Patch {
 			p = patch(p, nil)
 			p.Target = deltaTargets["Linear"]
 			return p
 		}, []string{"patch 1 (TimestepEncoder.RangeEncoder.Linear_1): LoHa \"lora\" (for a Conv2d weight [6 4 3 3]) does not fit Linear"}},
-		{"Tucker LoHa described for a Linear", "loha_conv_tucker", func(p *pb.Patch) *pb.Patch {
+		{"Tucker LoHa described for a Linear", "loha_conv_tucker", func(p sdk.Patch) sdk.Patch {
 			p = patch(p, func(b map[string]any) { b["target_type"], b["weight_shape"] = "Linear", []int{8, 6} })
 			p.Target = deltaTargets["Linear"]
 			return p
 		}, []string{"patch 1 (TimestepEncoder.RangeEncoder.Linear_1): branch: LoHa: Tucker cores need a Conv2d target"}},
-		{"LoKr w1 not dividing the weight", "lokr_linear_full", func(p *pb.Patch) *pb.Patch {
+		{"LoKr w1 not dividing the weight", "lokr_linear_full", func(p sdk.Patch) sdk.Patch {
 			return patch(p, func(b map[string]any) { b["w1_shape"] = []int{3, 2} })
 		}, []string{"patch 1 (TimestepEncoder.RangeEncoder.Linear_1): branch: LoKr: w1 (3, 2) does not divide the weight shape (8, 6)"}},
-		{"kind and branch disagree", "loha_linear", func(p *pb.Patch) *pb.Patch {
+		{"kind and branch disagree", "loha_linear", func(p sdk.Patch) sdk.Patch {
 			p = patch(p, nil)
 			p.Kind = "lokr"
 			return p
@@ -350,7 +327,7 @@ func TestBadDeltaPlansChangeNothing(t *testing.T) {
 				if c.file == "diff_b_conv" {
 					t.Fatal("the bad patch must target another file")
 				}
-				plan := &pb.PlanResponse{Report: &pb.Report{}, Patches: []*pb.Patch{good.Patches[0],
+				plan := &sdk.Plan{Report: &sdk.Report{}, Patches: []sdk.Patch{good.Patches[0],
 					c.bad(lycorisPlan(t, summary, files, c.file).Patches[0])}}
 				tree0, params0 := print(s, m)
 				_, errApply := Apply(s, m, plan, files)

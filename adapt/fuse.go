@@ -1,4 +1,4 @@
-package hosts
+package adapt
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // Fused is a plan merged into the model's weights (no extra layers at run
@@ -15,7 +15,7 @@ import (
 // bit; the cost is one copy of each adapted weight.
 type Fused struct {
 	originals map[**tensor.Tensor]*tensor.Tensor
-	Report    *pb.Report
+	Report    *sdk.Report
 }
 
 // Fuse adds each patch's weight change to its target's weight: a LoRA's
@@ -25,7 +25,7 @@ type Fused struct {
 // whose branch has a 1×1 down or up convolution, can be fused, as can every
 // weight-delta and DoRA branch; other plans are refused before anything
 // changes.
-func Fuse(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[string]*weights.File) (*Fused, error) {
+func Fuse(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File) (*Fused, error) {
 	work, err := prepare(s, m, plan, files)
 	if err != nil {
 		return nil, err
@@ -82,7 +82,7 @@ func Fuse(s *tensor.Scope, m *core.Chain, plan *pb.PlanResponse, files map[strin
 	if err := c.TakeErr(); err != nil {
 		return nil, fmt.Errorf("fuse: %w", err)
 	}
-	f := &Fused{originals: map[**tensor.Tensor]*tensor.Tensor{}, Report: plan.GetReport()}
+	f := &Fused{originals: map[**tensor.Tensor]*tensor.Tensor{}, Report: plan.Report}
 	for _, u := range updates {
 		f.originals[u.slot] = *u.slot
 		*u.slot = c.Escape(c.Contiguous(pending[u.slot]))
