@@ -110,3 +110,17 @@ func (l *ControlnetResidual) Forward(f *core.Frame, in ...*tensor.Tensor) (core.
 	f.SetContext("unet", "residuals", list)
 	return core.Tensors{f.ShallowCopy(in[0])}, f.Err()
 }
+
+// SetControlnet records, in the contexts of a U-Net call, the condition
+// image and the scale of the ControlNet called name (inserted with
+// specs/sd15_controlnet.yaml and that name): what Refiners'
+// set_controlnet_condition and set_scale do. A scale of 0 makes the
+// ControlNet add nothing (the U-Net's output is then exactly its own), so
+// a caller can switch a ControlNet off for some steps without ejecting it.
+func SetControlnet(c core.Contexts, name string, condition *tensor.Tensor, scale float64) {
+	if c[ControlnetContext] == nil {
+		c[ControlnetContext] = map[string]any{}
+	}
+	c[ControlnetContext][ConditionKey(name)] = condition
+	c[ControlnetContext][ScaleKey(name)] = scale
+}
