@@ -257,3 +257,61 @@ func TestBadInsertPlansChangeNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestInsertCastsToTheModelsDType: a float16 ControlNet file (as Refiners'
+// converter saves them) goes into a float32 U-Net as float32 weights that
+// hold exactly the file's values.
+func TestInsertCastsToTheModelsDType(t *testing.T) {
+	dir := t.TempDir()
+	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		unet := buildSpec(t, "sd15_unet.yaml", map[string]any{"channels_1": "4", "channels_2": "8", "channels_3": "12",
+			"sinusoidal_embedding_dim": "8", "timestep_embedding_dim": "16", "clip_embedding_dim": "8", "num_heads": "2", "num_groups": "2"})
+		if err := core.InitRandom(s, unet, 1); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(unet)
+		cn := buildSpec(t, "sd15_controlnet.yaml", tinyControlnet("h", 1))
+		if err := core.InitRandom(s, cn, 5); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(cn)
+		if err := core.ToDType(s, cn, tensor.Float16); err != nil {
+			return err
+		}
+		path := filepath.Join(dir, "h.safetensors")
+		if err := core.SaveState(s, cn, path, nil); err != nil {
+			return err
+		}
+		f, err := weights.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		var b []sdk.Binding
+		for _, e := range core.StateDict(cn) {
+			b = append(b, sdk.Binding{File: "h", Key: e.Key, Param: e.Key})
+		}
+		a, err := Apply(s, unet, insertPlan("h", 1, b), map[string]*weights.File{"h": f})
+		if err != nil {
+			return err
+		}
+		defer a.Eject()
+		inserted := core.StateDict(unet.Children()[0])
+		if len(inserted) != len(b) {
+			t.Fatalf("%d parameters inserted, want %d", len(inserted), len(b))
+		}
+		for _, e := range inserted {
+			if got := (*e.Value).DType(); got != tensor.Float32 {
+				t.Errorf("%s is %s, want float32", e.Key, got)
+				continue
+			}
+			if d := maxAbsDiff(s, *e.Value, s.ToDType(f.Load(s, e.Key), tensor.Float32)); d != 0 {
+				t.Errorf("%s differs from the file's float16 values by %g", e.Key, d)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
