@@ -20,6 +20,9 @@ vet: setup
 test: vet
 	$(GO) test ./...
 	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzExpr -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzRunRequest -fuzztime=20s -fuzzminimizetime=5s ./daemon
+	$(GO) test -run='^$$' -fuzz=FuzzRunMultipart -fuzztime=20s -fuzzminimizetime=5s ./daemon
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
 	scripts/check-cuda-link.sh
 
