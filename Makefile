@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench loadtest golden conformance conformance-full
+.PHONY: setup demo test vet bench bench-convert loadtest golden conformance conformance-full
 
 setup:
 	@scripts/setup.sh
@@ -17,18 +17,37 @@ vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
+# libtorch picks its CPU kernels (and so the order of its float sums) by the
+# instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
+# numeric packages run once per kernel path this CPU can take, so a machine
+# of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
+NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./hosts
+
 test: vet
 	$(GO) test ./...
+	@for cap in $$(scripts/cpu-capabilities.sh); do \
+		echo "ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS)"; \
+		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \
+	done
 	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
 	$(GO) test -run='^$$' -fuzz=FuzzExpr -fuzztime=20s -fuzzminimizetime=5s ./spec
 	$(GO) test -run='^$$' -fuzz=FuzzRunRequest -fuzztime=20s -fuzzminimizetime=5s ./daemon
 	$(GO) test -run='^$$' -fuzz=FuzzRunMultipart -fuzztime=20s -fuzzminimizetime=5s ./daemon
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=20s -fuzzminimizetime=5s ./torchfile
 	scripts/check-cuda-link.sh
 
 bench: setup
 	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./core/tensor
 	$(GO) run ./cmd/refiners-bench
+
+# `refinersd convert` on a full SD 1.5 single-file checkpoint (random
+# weights, 4.3 GB, generated once, not committed): time and peak RSS
+# against the largest component, as safetensors and as .ckpt.
+bench-convert: setup
+	@test -f conformance/testdata/full/convert/sd15_bench.safetensors || { conformance/setup-python.sh && conformance/.venv/bin/python conformance/generate_convert.py --bench; }
+	$(GO) run ./cmd/refiners-bench -mode convert -convert-src conformance/testdata/full/convert/sd15_bench.safetensors
+	$(GO) run ./cmd/refiners-bench -mode convert -convert-src conformance/testdata/full/convert/sd15_bench.ckpt
 
 # A bounded load test of `refinersd serve` on loopback: prints throughput,
 # latency percentiles, 429s and adapter grouping.
@@ -40,14 +59,20 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	conformance/.venv/bin/python conformance/generate_solvers.py
+	conformance/.venv/bin/python conformance/generate_tokenizer.py
 
 conformance: setup
-	@report=$$(mktemp); CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+	@status=0; for cap in $$(scripts/cpu-capabilities.sh); do \
+		report=$$(mktemp); echo "== ATEN_CPU_CAPABILITY=$$cap"; \
+		ATEN_CPU_CAPABILITY=$$cap CONFORMANCE_REPORT=$$report $(GO) test -count=1 ./conformance || status=1; \
+		cat $$report; rm -f $$report; \
+	done; exit $$status
 
 # Real-size models with random weights: generated on demand (several GB,
 # not committed), then checked. Needs the reference environment.
 conformance-full: setup
 	conformance/setup-python.sh
-	for g in vit clip_text sd15_vae sd15_unet lora; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
-	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 90m -run 'TestSpecs|TestLora' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status
+	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
+	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 90m -run 'TestSpecs|TestLora|TestConvert' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status

@@ -182,7 +182,7 @@ func validate(m *core.Chain, p *sdk.Patch, files map[string]*weights.File) (*pat
 	}
 	types, ok := branchTypes[kind]
 	if !ok {
-		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: lora, diff, loha, lokr)", kind)}
+		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: %s)", kind, strings.Join(supportedKinds(), ", "))}
 	}
 	target, err := m.BaseLayer(p.Target)
 	if err != nil {
@@ -268,6 +268,15 @@ var branchTypes = map[string][]string{
 	"diff": {"WeightDelta"},
 	"loha": {"LoHa"},
 	"lokr": {"LoKr"},
+}
+
+func supportedKinds() []string {
+	out := make([]string, 0, len(branchTypes))
+	for k := range branchTypes {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func keys(m map[string]core.Entry) []string {

@@ -90,16 +90,19 @@ func lycorisPlan(t *testing.T, summary []mapping.Layer, files map[string]*weight
 	if len(report.Unmatched)+len(report.ShapeMismatched) > 0 || len(report.Warnings) > 0 {
 		t.Fatalf("plan of %v: unmatched %v, mismatched %v, warnings %v", ids, report.Unmatched, report.ShapeMismatched, report.Warnings)
 	}
-	return &sdk.Plan{Patches: patches, Report: &report}
+	return &sdk.Plan{Patches: patches, Report: report.SDK()}
 }
 
 // lycorisFiles opens every LyCORIS file of the test data, by ID (the file
 // name without .safetensors).
-func lycorisFiles(t *testing.T) map[string]*weights.File {
+func lycorisFiles(t *testing.T) map[string]*weights.File { return testFiles(t, lycorisDir) }
+
+// testFiles opens every safetensors file of dir, by ID.
+func testFiles(t *testing.T, dir string) map[string]*weights.File {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(lycorisDir, "*.safetensors"))
+	paths, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	if err != nil || len(paths) == 0 {
-		t.Fatalf("no test files in %s (%v)", lycorisDir, err)
+		t.Fatalf("no test files in %s (%v)", dir, err)
 	}
 	files := map[string]*weights.File{}
 	for _, p := range paths {

@@ -20,10 +20,11 @@ type Fused struct {
 
 // Fuse adds each patch's weight change to its target's weight: a LoRA's
 // low-rank product scale·up·down, or a weight-delta branch's scale·ΔW (and
-// a WeightDelta's scale·Δb to the bias). LoRAs on Linear targets, and on
-// Conv2d targets whose branch has a 1×1 down or up convolution, can be
-// fused, as can every weight-delta branch; other plans are refused before
-// anything changes.
+// a WeightDelta's scale·Δb to the bias); a DoRA branch rescales the weight
+// as fused so far (dora.go). LoRAs on Linear targets, and on Conv2d targets
+// whose branch has a 1×1 down or up convolution, can be fused, as can every
+// weight-delta and DoRA branch; other plans are refused before anything
+// changes.
 func Fuse(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File) (*Fused, error) {
 	work, err := prepare(s, m, plan, files)
 	if err != nil {
@@ -41,19 +42,25 @@ func Fuse(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weig
 		value *tensor.Tensor
 	}
 	var updates []update
-	pending := map[**tensor.Tensor]*tensor.Tensor{} // several branches on one weight add up
-	add := func(slot **tensor.Tensor, delta *tensor.Tensor) {
-		base, seen := pending[slot]
+	pending := map[**tensor.Tensor]*tensor.Tensor{} // several branches on one weight apply in order
+	change := func(slot **tensor.Tensor, next func(cur *tensor.Tensor) *tensor.Tensor) {
+		cur, seen := pending[slot]
 		if !seen {
-			base = *slot
-		}
-		next := c.Add(base, c.ToDType(delta, base.DType()))
-		if !seen {
+			cur = *slot
 			updates = append(updates, update{slot: slot})
 		}
-		pending[slot] = next
+		pending[slot] = next(cur)
+	}
+	add := func(slot **tensor.Tensor, delta *tensor.Tensor) {
+		change(slot, func(cur *tensor.Tensor) *tensor.Tensor { return c.Add(cur, c.ToDType(delta, cur.DType())) })
 	}
 	for _, w := range work {
+		if d, ok := w.branch.(*core.DoraBranch); ok {
+			if err := fuseDora(c, w.target, d, change); err != nil {
+				return nil, fmt.Errorf("fuse %s: %w", w.patch.Target, err)
+			}
+			continue
+		}
 		if d, ok := w.branch.(*core.DeltaBranch); ok {
 			weight, bias, err := targetSlots(w.target)
 			if err != nil {

@@ -28,7 +28,7 @@ import torch
 from refiners.foundationals.clip.text_encoder import CLIPTextEncoder, CLIPTextEncoderL
 from refiners.foundationals.clip.tokenizer import CLIPTokenizer
 
-from golden import save_spec_case, tree_print
+from golden import float64_twin, save_spec_case, tree_print
 
 SPEC = "specs/clip_text.yaml"
 
@@ -97,14 +97,17 @@ def generate(name, out_dir, full):
     with torch.no_grad():
         y = model(ids)
     took = time.perf_counter() - start
+    with torch.no_grad():
+        y64 = float64_twin(model)(ids)
     # The tree is left out: PositionalEncoder holds a Lambda, printed by
     # Refiners with its Python signature (get_position_ids(x: torch.Tensor) ->
     # torch.Tensor).
     assert "Lambda(" in tree_print(model)
     save_spec_case(out_dir, name, spec=SPEC, overrides={k: str(v) for k, v in params.items()}, model=model,
-                   inputs={"input.0": ids}, outputs=[y],
+                   inputs={"input.0": ids}, outputs=[y], outputs64=[y64],
                    reference=f"refiners {importlib.metadata.version('refiners')}: {type(model).__name__} without its CLIPTokenizer")
-    print(f"{name}: forward {took:.3f}s, input {tuple(ids.shape)}, output {tuple(y.shape)}, |y| max {y.abs().max():.3g}")
+    print(f"{name}: forward {took:.3f}s, input {tuple(ids.shape)}, output {tuple(y.shape)}, |y| max {y.abs().max():.3g}, "
+          f"own float32 error {(y.double() - y64).abs().max():.3g}")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,8 @@ import torch
 from refiners.fluxion.layers.activations import GeLUApproximation
 from safetensors.torch import save_file
 
-from golden import save_spec_case, tree_print
+from golden import float64_twin, reference_error_note, reference_tensors, tree_print, upcast
 
-# Tolerances per dtype: (atol, rtol). Go runs the same libtorch kernels, so
-# float32 agrees to rounding noise; reduced precision gets one ulp's worth.
-TOL = {
-    "float32": (1e-5, 1e-4),
-    "bfloat16": (2e-2, 2e-2),
-    "float16": (2e-3, 2e-3),
-}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 CASES = []
@@ -64,7 +57,7 @@ class Fn(torch.nn.Module):
 
 # Initial context values Refiners needs to exist before a SetContext writes
 # them (an empty context makes SetContext a silent no-op there).
-INITIAL = {"list": [], "unset": None}
+INITIAL = {"list": list, "unset": lambda: None}
 
 
 def make_input(shape, kind, gen, dtype):
@@ -89,6 +82,20 @@ def as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def run_case(c, module, inputs):
+    """Runs the case's module on inputs (seeding its contexts first) and
+    returns its outputs as a tuple."""
+    if c["contexts"] and isinstance(module, fl.Chain):
+        for ctx, kv in c["contexts"].items():
+            module.set_context(ctx, {k: inputs[v] if isinstance(v, int) else INITIAL[v]() for k, v in kv.items()})
+    with torch.no_grad():
+        try:
+            out = c["call"](module, inputs) if c["call"] else module(*inputs)
+        except fl.chain.ReturnException as ret:
+            out = ret.value
+    return as_tuple(out)
+
+
 def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.safetensors"):
@@ -109,19 +116,13 @@ def generate(out_dir: Path) -> None:
         module = module.to(dtype=dtype)
         module.eval()
         inputs = [make_input(shape, kind, gen, dtype) for shape, kind in c["inputs"]]
-        if c["contexts"] and isinstance(module, fl.Chain):
-            for ctx, kv in c["contexts"].items():
-                module.set_context(ctx, {k: inputs[v] if isinstance(v, int) else INITIAL[v] for k, v in kv.items()})
-        with torch.no_grad():
-            try:
-                out = c["call"](module, inputs) if c["call"] else module(*inputs)
-            except fl.chain.ReturnException as ret:
-                out = ret.value
-        outputs = as_tuple(out)
+        outputs = run_case(c, module, inputs)
+        # The same case in float64 on the same (exactly upcast) weights and
+        # inputs: the runner's yardstick for the reference's own error.
+        outputs64 = run_case(c, float64_twin(module), upcast(inputs))
         tensors = {f"param.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
         tensors.update({f"input.{j}": x.contiguous() for j, x in enumerate(inputs)})
-        tensors.update({f"output.{j}": y.detach().clone().contiguous() for j, y in enumerate(outputs)})
-        atol, rtol = TOL[c["dtype"]]
+        tensors.update(reference_tensors(outputs, outputs64))
         meta = {
             "case": c["name"],
             "module": json.dumps(c["module"]),
@@ -129,8 +130,7 @@ def generate(out_dir: Path) -> None:
             "dtype": c["dtype"],
             "inputs": str(len(inputs)),
             "outputs": str(len(outputs)),
-            "atol": repr(atol),
-            "rtol": repr(rtol),
+            **reference_error_note(outputs, outputs64),
             "reference": f"torch {torch.__version__}, refiners {getattr(refiners, '__version__', '0.4.0')}",
         }
         if isinstance(module, fl.Module) and not has_lambda(module):

@@ -61,9 +61,28 @@ parameters):
              up_blocks.1.upsamplers and text encoder layer 0: every kind of
              layer, and files that stay small (a full diff of everything is
              a model-sized file).
+  dora_peft  PEFT LoraConfig(use_dora=True) on the peft case's targets
+             (attention, feed-forward, proj_in/out, resnet conv1/conv2/
+             conv_shortcut/time_emb_proj: Linear, 1x1 and 3x3 Conv2d) and the
+             text encoder's, rank 2, lora_alpha = rank; random lora_A/lora_B
+             and magnitudes (PEFT's initial norms moved by ~10%), saved by
+             StableDiffusionPipeline.save_lora_weights (lora_A, lora_B,
+             lora_magnitude_vector: [out] for a Linear, [1, out, 1, 1] for a
+             Conv2d). Reference: PEFT 0.10's own DoRA layers on the diffusers
+             and transformers models, scale 0.8 by scale_lora_layers
+             (diffusers 0.27's loader does not read DoRA files).
+  dora_lycoris  LyCORIS DoRA in kohya naming (lora_down, lora_up, alpha,
+             dora_scale [out, 1] / [out, 1, 1, 1]: weight_decompose with
+             LyCORIS's default wd_on_out) on the LyCORIS subset, rank 4, alpha
+             2; reference: lycoris.kohya.create_network_from_weights +
+             apply_to, multiplier 0.75 (LyCORIS 3.2 loads only per-output
+             dora_scale files; hosts/testdata/dora covers the other axis).
+  The DoRA cases draw from their own seeded generators, so generating them
+  alone gives the same files.
 """
 
 import copy
+import functools
 import json
 import math
 import sys
@@ -83,7 +102,7 @@ from safetensors.torch import load_file, save_file
 
 import generate_sd15_unet as gu
 from generate_clip_text import without_tokenizer
-from golden import save_spec_case
+from golden import float64_twin, reference_error_note, reference_tensors, save_spec_case
 
 HERE = Path(__file__).resolve().parent
 
@@ -183,6 +202,8 @@ class Base:
 
         self.base_unet = self.refiners_unet_out(self.r_unet)
         self.base_text = self.refiners_text_out(self.r_text)
+        base_unet64 = self.refiners_unet_out(float64_twin(self.r_unet))
+        base_text64 = self.refiners_text_out(float64_twin(self.r_text))
         self.base_max_abs = {
             "unet": (self.diffusers_unet_out(self.d_unet) - self.base_unet).abs().max().item(),
             "text_encoder": (self.hf_text_out(self.d_text) - self.base_text).abs().max().item(),
@@ -191,20 +212,24 @@ class Base:
         self.files = {
             "unet": save_spec_case(out_dir, f"base_unet_{self.tier}", spec="specs/sd15_unet.yaml",
                                    overrides={k: str(v) for k, v in up.items()}, model=self.r_unet,
-                                   outputs=[self.base_unet], reference=f"refiners {REFS['refiners']} SD1UNet",
+                                   outputs=[self.base_unet], outputs64=[base_unet64],
+                                   reference=f"refiners {REFS['refiners']} SD1UNet",
                                    inputs={"input.0": self.x, "context.diffusion.timestep": self.t,
                                            "context.cross_attention_block.clip_text_embedding": self.emb}).name,
             "text_encoder": save_spec_case(out_dir, f"base_text_encoder_{self.tier}", spec="specs/clip_text.yaml",
                                            overrides={k: str(v) for k, v in tp.items()}, model=self.r_text,
-                                           outputs=[self.base_text], inputs={"input.0": self.ids},
+                                           outputs=[self.base_text], outputs64=[base_text64], inputs={"input.0": self.ids},
                                            reference=f"refiners {REFS['refiners']} CLIPTextEncoder without its tokenizer").name,
         }
 
+    # Each runs the model in its own dtype: float32, or float64 for the
+    # twin that measures the reference's own error.
     @torch.no_grad()
     def refiners_unet_out(self, m):
+        dt = dtype_of(m)
         m.set_timestep(self.t)
-        m.set_clip_text_embedding(self.emb)
-        return m(self.x)
+        m.set_clip_text_embedding(self.emb.to(dt))
+        return m(self.x.to(dt))
 
     @torch.no_grad()
     def refiners_text_out(self, m):
@@ -212,11 +237,23 @@ class Base:
 
     @torch.no_grad()
     def diffusers_unet_out(self, m):
-        return m(self.x, self.t, self.emb).sample
+        dt = dtype_of(m)
+        return m(self.x.to(dt), self.t, self.emb.to(dt)).sample
 
     @torch.no_grad()
     def hf_text_out(self, m):
-        return m(self.ids).last_hidden_state
+        # transformers builds its causal mask in the default dtype, filled
+        # with the model dtype's minimum: float64 must be the default then.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype_of(m))
+        try:
+            return m(self.ids).last_hidden_state
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def dtype_of(model):
+    return next(model.parameters()).dtype
 
 
 def randomise_community(model, gen):
@@ -249,32 +286,23 @@ def convert(source, target, source_args, target_args):
 # --- case files -----------------------------------------------------------------
 
 
-# Tolerances (float32). Against Refiners itself: atol 1e-5, rtol 1e-4, as
-# every spec case. Against diffusers / PEFT / LyCORIS: atol 5e-5, because
-# the reference's own float32 rounding is that large: LyCORIS's diff_tiny
-# U-Net output is 2.1e-5 (max abs) away from the same computation in
-# float64, and the libraries order the sums differently (a merged weight
-# W + ΔW against a branch x·ΔW added to x·W).
-CROSS_LIBRARY_ATOL = "5e-5"
-
-
-def save_case(out_dir, base, name, *, adapters, outputs, reference, atol="1e-5", extra=None):
-    """<name>.case.safetensors: expected outputs per component and, in the
-    metadata, the base spec cases and the adapters (file + plugin
-    parameters), applied in order. Fused mode is held to the same
-    tolerance."""
+def save_case(out_dir, base, name, *, adapters, outputs, outputs64, reference, extra=None):
+    """<name>.case.safetensors: expected outputs per component (output.<comp>)
+    with their float64 twins (ref64.<comp>: the same reference run in
+    float64, the runner's yardstick) and, in the metadata, the base spec
+    cases and the adapters (file + plugin parameters), applied in order.
+    Runtime and fused modes are held to the same error model."""
     meta = {
         "format": name.rsplit("_", 1)[0],
         "base": json.dumps(base.files),
         "adapters": json.dumps(adapters),
         "dtype": "float32",
-        "atol": atol, "rtol": "1e-4",
-        "fused_atol": atol, "fused_rtol": "1e-4",
         "reference": reference,
         "base_max_abs": json.dumps(base.base_max_abs),
     }
     meta.update(extra or {})
-    tensors = {f"output.{k}": v.detach().contiguous() for k, v in outputs.items()}
+    meta.update(reference_error_note(outputs, outputs64))
+    tensors = reference_tensors(outputs, outputs64)
     save_file(tensors, str(Path(out_dir) / f"{name}.case.safetensors"), metadata=meta)
     for k, v in outputs.items():
         ref = base.base_unet if k == "unet" else base.base_text
@@ -370,7 +398,9 @@ def case_refiners(base, out_dir, gen):
         adapters.append({"file": file, "params": {"scale": scales[lname], "name": lname}})
         print(f"  {file}: {len(tensors)} tensors")
     outputs = {"unet": base.refiners_unet_out(base.r_unet), "text_encoder": base.refiners_text_out(base.r_text)}
-    save_case(out_dir, base, name, adapters=adapters, outputs=outputs,
+    outputs64 = {"unet": base.refiners_unet_out(float64_twin(base.r_unet)),
+                 "text_encoder": base.refiners_text_out(float64_twin(base.r_text))}
+    save_case(out_dir, base, name, adapters=adapters, outputs=outputs, outputs64=outputs64,
               reference=f"{refs('refiners')}: LoraAdapter with LinearLora / Conv2dLora, two LoRAs stacked (scales 0.7, 1.3)")
     for root in roots:
         for adapter in list(root.layers(LoraAdapter)):
@@ -430,8 +460,9 @@ def diffusers_reference(base, path, scale):
     scale_lora_layers(unet, scale)
     scale_lora_layers(text, scale)
     out = {"unet": base.diffusers_unet_out(unet), "text_encoder": base.hf_text_out(text)}
+    out64 = {"unet": base.diffusers_unet_out(unet.to(torch.float64)), "text_encoder": base.hf_text_out(text.to(torch.float64))}
     del unet, text
-    return out, loaded
+    return out, out64, loaded
 
 
 def case_diffusers_like(base, out_dir, gen, fmt, scale):
@@ -448,10 +479,10 @@ def case_diffusers_like(base, out_dir, gen, fmt, scale):
         tensors = load_file(str(Path(tmp) / "pytorch_lora_weights.safetensors"))
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file))
-    outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
+    outputs, outputs64, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('diffusers', 'peft', 'transformers')}: LoraLoaderMixin.lora_state_dict + "
                         f"load_lora_into_unet / load_lora_into_text_encoder, scale_lora_layers({scale})")
 
@@ -499,10 +530,10 @@ def case_kohya(base, out_dir, gen, scale=0.9):
             "ss_network_args": json.dumps({"conv_dim": "2", "conv_alpha": "3"})}
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file), metadata=meta)
-    outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
+    outputs, outputs64, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('diffusers', 'peft', 'transformers')}: LoraLoaderMixin.lora_state_dict (kohya "
                         f"conversion, network alphas) + load_lora_into_unet / load_lora_into_text_encoder, "
                         f"scale_lora_layers({scale})")
@@ -519,11 +550,11 @@ def case_attnprocs(base, out_dir, gen, scale=1.1, rank=2):
             tensors[f"{proc}.{proj}_lora.up.weight"] = torch.randn(lin.out_features, rank, generator=gen) * 0.3 / math.sqrt(rank)
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file))
-    outputs, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
-    outputs = {"unet": outputs["unet"]}  # a U-Net-only layout
+    outputs, outputs64, loaded = diffusers_reference(base, Path(out_dir) / file, scale)
+    outputs, outputs64 = {"unet": outputs["unet"]}, {"unet": outputs64["unet"]}  # a U-Net-only layout
     print(f"  {file}: {len(tensors)} tensors, {loaded} LoRA parameters loaded by diffusers")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('diffusers', 'peft')}: LoraLoaderMixin.lora_state_dict (attention-processor layout) + "
                         f"load_lora_into_unet, scale_lora_layers({scale})")
 
@@ -592,7 +623,8 @@ def case_lycoris(base, out_dir, gen, kind, multiplier=0.75):
     modules = [m for m in kohya_all(base) if m[1].startswith(LYCORIS_SUBSET)]
     tensors = {}
     for prefix, mod_name, mod in modules:
-        tensors.update(lycoris_tensors(kind, kohya_name(prefix, mod_name), mod, gen))
+        make = dora_tensors if kind == "dora_lycoris" else functools.partial(lycoris_tensors, kind)
+        tensors.update(make(kohya_name(prefix, mod_name), mod, gen))
     file = f"{name}.safetensors"
     save_file(tensors, str(Path(out_dir) / file))
     unet, text = copy.deepcopy(base.d_unet), copy.deepcopy(base.d_text)
@@ -602,12 +634,86 @@ def case_lycoris(base, out_dir, gen, kind, multiplier=0.75):
     assert n == len(modules), f"LyCORIS built {n} modules for {len(modules)}"
     kinds = sorted({type(l).__name__ for l in network.loras})
     outputs = {"unet": base.diffusers_unet_out(unet), "text_encoder": base.hf_text_out(text)}
+    network.to(torch.float64)
+    outputs64 = {"unet": base.diffusers_unet_out(unet.to(torch.float64)), "text_encoder": base.hf_text_out(text.to(torch.float64))}
     del unet, text, network
     print(f"  {file}: {len(tensors)} tensors, LyCORIS modules {kinds} x {n}")
     save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": multiplier}}], outputs=outputs,
-              atol=CROSS_LIBRARY_ATOL,
+              outputs64=outputs64,
               reference=f"{refs('lycoris-lora', 'diffusers', 'transformers')}: lycoris.kohya.create_network_from_weights "
                         f"+ apply_to, multiplier {multiplier}")
+
+
+# --- DoRA ------------------------------------------------------------------------------
+
+
+def jitter_(p, gen, std=0.1):
+    """Moves a magnitude as training would: each value by ~std relative."""
+    p.mul_(1 + std * torch.randn(p.shape, generator=gen))
+
+
+def case_dora_peft(base, out_dir, gen, scale=0.8, rank=2):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import scale_lora_layers
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
+
+    name = f"dora_peft_{base.tier}"
+    unet, text = copy.deepcopy(base.d_unet), copy.deepcopy(base.d_text)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", use_dora=True, target_modules=UNET_PEFT_TARGETS))
+    text.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", use_dora=True, target_modules=TEXT_PEFT_TARGETS))
+    n = 0
+    for model in (unet, text):
+        randomise_lora_params(model, gen)
+        with torch.no_grad():
+            for _, m in sorted(model.named_modules(), key=lambda x: x[0]):
+                if not isinstance(m, LoraLayer) or not m.use_dora.get("default"):
+                    continue
+                # PEFT's initial magnitude is the norm of W + scaling·ΔW
+                # (dora_init); a trained one has moved from it.
+                a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+                w = m.get_base_layer().weight
+                delta = (b.flatten(1) @ a.flatten(1)).reshape(w.shape)
+                mag = m.lora_magnitude_vector["default"]
+                mag.copy_(m._get_weight_norm(w, delta, m.scaling["default"]).reshape(mag.shape))
+                jitter_(mag, gen)
+                n += 1
+    unet_sd, text_sd = get_peft_model_state_dict(unet), get_peft_model_state_dict(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=unet_sd, text_encoder_lora_layers=text_sd,
+                                                  safe_serialization=True)
+        tensors = load_file(str(Path(tmp) / "pytorch_lora_weights.safetensors"))
+    magnitudes = sum(1 for k in tensors if k.endswith(".lora_magnitude_vector"))
+    assert magnitudes == n, f"{magnitudes} magnitudes saved for {n} DoRA layers"
+    file = f"{name}.safetensors"
+    save_file(tensors, str(Path(out_dir) / file))
+    scale_lora_layers(unet, scale)
+    scale_lora_layers(text, scale)
+    outputs = {"unet": base.diffusers_unet_out(unet), "text_encoder": base.hf_text_out(text)}
+    outputs64 = {"unet": base.diffusers_unet_out(unet.to(torch.float64)), "text_encoder": base.hf_text_out(text.to(torch.float64))}
+    del unet, text
+    print(f"  {file}: {len(tensors)} tensors, {n} DoRA layers")
+    save_case(out_dir, base, name, adapters=[{"file": file, "params": {"scale": scale}}], outputs=outputs,
+              outputs64=outputs64,
+              reference=f"{refs('peft', 'diffusers', 'transformers')}: LoraConfig(use_dora=True) layers on "
+                        f"UNet2DConditionModel / CLIPTextModel, scale_lora_layers({scale})")
+
+
+def dora_tensors(kn, mod, gen, r=4, alpha=2.0):
+    """A LyCORIS DoRA module's tensors (LoConModule with weight_decompose):
+    lora_down with the layer's kernel, 1x1 lora_up, alpha, and dora_scale,
+    the norm of each output channel of W + (alpha/r)·ΔW moved by ~10%."""
+    w = mod.weight.detach()
+    out_f, kernel = w.shape[0], list(w.shape[2:])
+    down = torch.randn([r, *w.shape[1:]], generator=gen) / math.sqrt(w[0].numel())
+    up = torch.randn([out_f, r] + [1] * len(kernel), generator=gen) * 0.3 / math.sqrt(r)
+    delta = (up.flatten(1) @ down.flatten(1)).reshape(w.shape) * (alpha / r)
+    norm = (w + delta).reshape(out_f, -1).norm(dim=1).reshape(out_f, *[1] * (w.dim() - 1))
+    dora_scale = norm.clone()
+    jitter_(dora_scale, gen)
+    return {f"{kn}.lora_down.weight": down, f"{kn}.lora_up.weight": up, f"{kn}.alpha": torch.tensor(alpha),
+            f"{kn}.dora_scale": dora_scale}
 
 
 def main():
@@ -630,6 +736,8 @@ def main():
         # (after apply_to it reads the weight it deleted, and would square
         # the multiplier), so diff runs at 1.
         "diff": lambda: case_lycoris(base, out_dir, gen, "diff", multiplier=1.0),
+        "dora_peft": lambda: case_dora_peft(base, out_dir, torch.Generator().manual_seed(20)),
+        "dora_lycoris": lambda: case_lycoris(base, out_dir, torch.Generator().manual_seed(21), "dora_lycoris"),
     }
     for k, f in cases.items():
         if not only or k in only:

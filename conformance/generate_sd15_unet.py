@@ -35,7 +35,7 @@ from refiners.foundationals.latent_diffusion.range_adapter import RangeAdapter2d
 from refiners.foundationals.latent_diffusion.stable_diffusion_1 import unet as sd1
 from refiners.foundationals.latent_diffusion.unet import ResidualAccumulator, ResidualBlock, ResidualConcatenator
 
-from golden import save_spec_case, tree_print
+from golden import float64_twin, save_spec_case, tree_print, upcast
 
 FULL = dict(
     in_channels=4, out_channels=4, channels_1=320, channels_2=640, channels_3=1280,
@@ -189,14 +189,20 @@ def generate(name, out_dir, params, latents_shape, tokens, timestep, model=None)
         model.set_clip_text_embedding(clip_text_embedding)
         y = model(x)
     took = time.perf_counter() - start
+    with torch.no_grad():
+        twin = float64_twin(model)
+        twin.set_timestep(t)
+        twin.set_clip_text_embedding(upcast(clip_text_embedding))
+        y64 = twin(upcast(x))
+    del twin
     # No tree: it holds a Lambda (RangeEncoder's sinusoidal embedding),
     # whose Python signature cannot match.
     path = save_spec_case(out_dir, name, spec="specs/sd15_unet.yaml", overrides={k: str(v) for k, v in params.items()},
-                          model=model, outputs=[y], reference="refiners 0.4.0 SD1UNet",
+                          model=model, outputs=[y], outputs64=[y64], reference="refiners 0.4.0 SD1UNet",
                           inputs={"input.0": x, "context.diffusion.timestep": t,
                                   "context.cross_attention_block.clip_text_embedding": clip_text_embedding})
     size = path.stat().st_size
-    print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)} std {y.std():.3f}, "
+    print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)} std {y.std():.3f}, own float32 error {(y.double() - y64).abs().max():.3g}, "
           f"{sum(v.numel() for v in model.state_dict().values())} parameters, file {size / 1e3:.0f} KB")
 
 

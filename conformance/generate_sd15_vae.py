@@ -31,7 +31,7 @@ import torch
 from refiners.foundationals.latent_diffusion.auto_encoder import Decoder, Encoder, Resnet
 from refiners.foundationals.latent_diffusion.stable_diffusion_1.model import SD1Autoencoder
 
-from golden import save_spec_case, tree_print
+from golden import float64_twin, save_spec_case, tree_print, upcast
 
 
 def mid_block(c, groups):
@@ -112,22 +112,28 @@ def randomize(model, gen):
                 t.copy_(0.1 * torch.randn(t.shape, generator=gen))
 
 
-def write(name, out_dir, spec, overrides, model, x, y, took):
+def write(name, out_dir, spec, overrides, model, x, y, y64, took):
     path = save_spec_case(out_dir, name, spec=spec, overrides=overrides, model=model, inputs={"input.0": x}, outputs=[y],
-                          reference="refiners 0.4.0 (latent_diffusion.auto_encoder)")
+                          outputs64=[y64], reference="refiners 0.4.0 (latent_diffusion.auto_encoder)")
     print(f"{name}: forward {took:.2f}s, {tuple(x.shape)} -> {tuple(y.shape)}, |y| max {y.abs().max():.3g}, "
-          f"{path.stat().st_size / 1e3:.0f} KB")
+          f"own float32 error {(y.double() - y64).abs().max():.3g}, {path.stat().st_size / 1e3:.0f} KB")
 
 
-def case(name, out_dir, half, model, x, overrides, forward=None):
+def case(name, out_dir, half, model, x, overrides, method=None):
+    """method: "encode" or "decode" runs the half through SD1Autoencoder's
+    scaling method instead of calling it directly."""
     gen = torch.Generator().manual_seed(1)
     randomize(model, gen)
     model.eval()
+    run = (lambda m: scaled(m, method)) if method else (lambda m: m)
+    twin = float64_twin(model)  # before scaled() gives model a parent
     start = time.perf_counter()
     with torch.no_grad():
-        y = (forward or model)(x)
+        y = run(model)(x)
     took = time.perf_counter() - start
-    write(name, out_dir, f"specs/sd15_vae_{half}.yaml", overrides, model, x, y, took)
+    with torch.no_grad():
+        y64 = run(twin)(upcast(x))
+    write(name, out_dir, f"specs/sd15_vae_{half}.yaml", overrides, model, x, y, y64, took)
 
 
 def scaled(model, method):
@@ -158,5 +164,5 @@ if __name__ == "__main__":
             if scale:
                 sizes["scale_latents"] = "1"
             enc, dec = encoder(widths, groups), decoder(widths, groups)
-            case(f"sd15_vae_encoder_{suffix}", out, "encoder", enc, image, sizes, scaled(enc, "encode") if scale else None)
-            case(f"sd15_vae_decoder_{suffix}", out, "decoder", dec, latents, sizes, scaled(dec, "decode") if scale else None)
+            case(f"sd15_vae_encoder_{suffix}", out, "encoder", enc, image, sizes, "encode" if scale else None)
+            case(f"sd15_vae_decoder_{suffix}", out, "decoder", dec, latents, sizes, "decode" if scale else None)

@@ -15,7 +15,7 @@ import refiners
 import refiners.fluxion.layers as fl
 import torch
 
-from golden import save_spec_case, tree_print
+from golden import float64_twin, save_spec_case, tree_print, upcast
 
 
 def vit(embedding_dim, patch_size, image_size, num_layers, num_heads):
@@ -59,9 +59,11 @@ def generate(name, out_dir, params, batch):
     with torch.no_grad():
         y = model(x)
     took = time.perf_counter() - start
+    with torch.no_grad():
+        y64 = float64_twin(model)(upcast(x))
     save_spec_case(out_dir, name, spec="specs/vit.yaml", overrides={k: str(v) for k, v in params.items()}, model=model,
-                   inputs={"input.0": x}, outputs=[y], reference="refiners 0.4.0 layers", tree=tree_print(model))
-    print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)}")
+                   inputs={"input.0": x}, outputs=[y], outputs64=[y64], reference="refiners 0.4.0 layers", tree=tree_print(model))
+    print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
 
 
 if __name__ == "__main__":

@@ -73,11 +73,11 @@ func TestLora(t *testing.T) {
 
 	var rows []string
 	row := func(name, comp, mode string, d *Diff, status string) {
-		abs, rel := "-", "-"
 		if d != nil {
-			abs, rel = fmt.Sprintf("%.3g", d.MaxAbs), fmt.Sprintf("%.3g", d.MaxRel)
+			rows = append(rows, reportRow(name, comp+" "+mode, *d))
+			return
 		}
-		rows = append(rows, fmt.Sprintf("%-22s %-13s %-8s %-10s %-10s %s", name, comp, mode, abs, rel, status))
+		rows = append(rows, fmt.Sprintf("%-34s %-14s %s", name, comp+" "+mode, status))
 	}
 	for _, comp := range []string{"unet", "text_encoder"} {
 		var mine []*loraCase
@@ -101,12 +101,12 @@ func TestLora(t *testing.T) {
 			byBase[b] = append(byBase[b], c)
 		}
 		for _, basePath := range bases {
-			err := withSpecModel(basePath, func(s *tensor.Scope, m *core.Chain, run func() ([]*tensor.Tensor, error), want *tensor.Tensor, atol, rtol float64) error {
+			err := withSpecModel(basePath, func(s *tensor.Scope, m *core.Chain, run func() ([]*tensor.Tensor, error), want Reference) error {
 				base, err := run()
 				if err != nil {
 					return err
 				}
-				d := Compare(s, base[0], want, atol, rtol)
+				d := want.Check(s, base[0])
 				row(strings.TrimSuffix(filepath.Base(basePath), ".safetensors"), comp, "base", &d, passFail(d.Pass))
 				if !d.Pass {
 					t.Errorf("%s: base output: %s", basePath, d)
@@ -143,8 +143,7 @@ func TestLora(t *testing.T) {
 	}
 
 	sort.Strings(rows)
-	report := fmt.Sprintf("%-22s %-13s %-8s %-10s %-10s %s\n%s\n", "LoRA case", "model", "mode", "max abs", "max rel", "result", strings.Join(rows, "\n"))
-	publishReport(t, report)
+	publishReport(t, reportHeader("LoRA case")+strings.Join(rows, "\n")+"\n")
 }
 
 func passFail(ok bool) string {
@@ -161,9 +160,7 @@ type loraCase struct {
 	base            map[string]string // component -> base spec case file
 	adapters        []*loraAdapter
 	outputs         map[string]bool
-	atol, rtol      float64
-	fatol, frtol    float64 // fused
-	refused         bool    // the host refused a patch kind
+	refused         bool // the host refused a patch kind
 	reference       string
 	referenceOfBase map[string]float64
 }
@@ -190,11 +187,6 @@ func readLoraCase(path string) (*loraCase, error) {
 		return nil, fmt.Errorf("%s: adapters: %w", path, err)
 	}
 	_ = json.Unmarshal([]byte(meta["base_max_abs"]), &c.referenceOfBase)
-	for k, dst := range map[string]*float64{"atol": &c.atol, "rtol": &c.rtol, "fused_atol": &c.fatol, "fused_rtol": &c.frtol} {
-		if _, err := fmt.Sscan(meta[k], dst); err != nil {
-			return nil, fmt.Errorf("%s: %s: %w", path, k, err)
-		}
-	}
 	for _, k := range f.Keys() {
 		if comp, ok := strings.CutPrefix(k, "output."); ok {
 			c.outputs[comp] = true
@@ -215,13 +207,17 @@ func readLoraCase(path string) (*loraCase, error) {
 // withSpecModel builds a spec case's model, loads its parameters strictly
 // and calls fn with a function running the case's inputs and contexts, and
 // the reference output.
-func withSpecModel(path string, fn func(s *tensor.Scope, m *core.Chain, run func() ([]*tensor.Tensor, error), want *tensor.Tensor, atol, rtol float64) error) error {
+func withSpecModel(path string, fn func(s *tensor.Scope, m *core.Chain, run func() ([]*tensor.Tensor, error), want Reference) error) error {
 	f, err := weights.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	c, err := readSpecCase(f)
+	if err != nil {
+		return err
+	}
+	want, err := ReadReference(f, "output.0")
 	if err != nil {
 		return err
 	}
@@ -258,7 +254,7 @@ func withSpecModel(path string, fn func(s *tensor.Scope, m *core.Chain, run func
 		run := func() ([]*tensor.Tensor, error) {
 			return core.Call{Contexts: contexts}.Forward(s, m, inputs...)
 		}
-		return fn(s, m, run, f.Load(s, "output.0"), c.ATol, c.RTol)
+		return fn(s, m, run, want)
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
@@ -318,7 +314,10 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 		return err
 	}
 	defer cf.Close()
-	want := cf.Load(s, "output."+comp)
+	want, err := ReadReference(cf, "output."+comp)
+	if err != nil {
+		return err
+	}
 
 	// Plan every adapter against the base model, as refinersd does.
 	model := adapt.Summarize(m)
@@ -360,16 +359,16 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 		files[id] = f
 	}
 
-	check := func(mode string, atol, rtol float64) {
+	check := func(mode string) {
 		outs, err := run()
 		if err != nil {
 			t.Errorf("%s: forward: %v", mode, err)
 			return
 		}
-		d := Compare(s, outs[0], want, atol, rtol)
+		d := want.Check(s, outs[0])
 		row(c.name, comp, mode, &d, passFail(d.Pass))
 		if !d.Pass {
-			t.Errorf("%s: %s (atol %g, rtol %g)", mode, d, atol, rtol)
+			t.Errorf("%s: %s", mode, d)
 		}
 	}
 	checkRestored := func(mode string) {
@@ -378,7 +377,7 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 			t.Errorf("after %s: forward: %v", mode, err)
 			return
 		}
-		if d := Compare(s, outs[0], base, 0, 0); !d.Pass {
+		if d := ExactDiff(s, outs[0], base); !d.Pass {
 			t.Errorf("after %s: the output is not the base output bit for bit: %s", mode, d)
 		}
 		if errs := snap.restored(s, m); len(errs) > 0 {
@@ -402,7 +401,7 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 		undo = append(undo, ap.Eject)
 	}
 	if refused == "" && len(undo) == len(plans) {
-		check("runtime", c.atol, c.rtol)
+		check("runtime")
 	}
 	for i := len(undo) - 1; i >= 0; i-- {
 		if err := undo[i](); err != nil {
@@ -432,7 +431,7 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 		undo = append(undo, fu.Unfuse)
 	}
 	if len(undo) == len(plans) {
-		check("fused", c.fatol, c.frtol)
+		check("fused")
 	}
 	for i := len(undo) - 1; i >= 0; i-- {
 		if err := undo[i](); err != nil {

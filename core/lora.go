@@ -10,7 +10,9 @@ import (
 // the rank), the up layer (back to the target's width) and a Multiply by
 // the scale; a LoraAdapter is a Sum of the target and any number of named
 // branches (LoRAs, or the weight-delta branches of delta.go), so several
-// share one target and can be added, removed and rescaled by name.
+// share one target and can be added, removed and rescaled by name. A DoRA
+// branch (dora.go) also sits in a LoraAdapter: it adds the change of the
+// target's rescaled weight.
 
 // NewLinearLora makes a LoRA branch for a Linear(in, out).
 func NewLinearLora(name string, in, out, rank int64, scale float64) *Chain {
@@ -61,11 +63,14 @@ func IsLora(m Module) bool {
 	return ok && (c.typeName == "LinearLora" || c.typeName == "Conv2dLora")
 }
 
-// IsBranch reports whether m is a branch a LoraAdapter holds: a LoRA, or a
-// weight-delta branch (WeightDelta, LoHa, LoKr).
+// IsBranch reports whether m is a branch a LoraAdapter holds: a LoRA, a
+// weight-delta branch (WeightDelta, LoHa, LoKr) or a DoRA.
 func IsBranch(m Module) bool {
-	_, delta := m.(*DeltaBranch)
-	return delta || IsLora(m)
+	switch m.(type) {
+	case *DeltaBranch, *DoraBranch:
+		return true
+	}
+	return IsLora(m)
 }
 
 // BranchName is a branch's name in its adapter.
@@ -75,6 +80,8 @@ func BranchName(branch Module) string {
 		return b.Label
 	case *DeltaBranch:
 		return b.Label
+	case *DoraBranch:
+		return b.Label
 	}
 	return ""
 }
@@ -83,6 +90,8 @@ func BranchName(branch Module) string {
 func LoraScale(branch Module) float64 {
 	switch b := branch.(type) {
 	case *DeltaBranch:
+		return b.Scale
+	case *DoraBranch:
 		return b.Scale
 	case *Chain:
 		for _, m := range b.children {
@@ -98,6 +107,8 @@ func LoraScale(branch Module) float64 {
 func SetLoraScale(branch Module, scale float64) {
 	switch b := branch.(type) {
 	case *DeltaBranch:
+		b.Scale = scale
+	case *DoraBranch:
 		b.Scale = scale
 	case *Chain:
 		for _, m := range b.children {
@@ -122,9 +133,13 @@ func NewLoraAdapter(target Module, branches ...Module) (*Chain, error) {
 	return NewAdapter("LoraAdapter", Sum, target, children...)
 }
 
-// attach gives a weight-delta branch its target's geometry.
+// attach gives a weight-delta branch its target's geometry, and a DoRA
+// branch its target.
 func attach(target, branch Module) {
-	if d, ok := branch.(*DeltaBranch); ok {
+	switch d := branch.(type) {
+	case *DeltaBranch:
+		d.attach(target)
+	case *DoraBranch:
 		d.attach(target)
 	}
 }
@@ -173,14 +188,20 @@ func CheckLoraFit(target Module, branches ...Module) error { return loraFits(tar
 // loraFits checks that each branch's shapes fit the target layer.
 func loraFits(target Module, branches ...Module) error {
 	for _, b := range branches {
-		if d, ok := b.(*DeltaBranch); ok {
+		switch d := b.(type) {
+		case *DeltaBranch:
+			if err := d.fits(target); err != nil {
+				return err
+			}
+			continue
+		case *DoraBranch:
 			if err := d.fits(target); err != nil {
 				return err
 			}
 			continue
 		}
 		if !IsLora(b) {
-			return fmt.Errorf("%s is not a LoRA or weight-delta branch", Describe(b))
+			return fmt.Errorf("%s is not a LoRA, weight-delta or DoRA branch", Describe(b))
 		}
 		l := b.(*Chain)
 		down, up := l.children[0], l.children[1]
@@ -233,13 +254,13 @@ func init() {
 	})
 	// In a description, a LoraAdapter lists its target first, then its
 	// branches: the tree as it is after injection.
-	chainKind("LoraAdapter", "a target plus LoRA or weight-delta branches, summed", nil, func(a *Args, children []Module) (Module, error) {
+	chainKind("LoraAdapter", "a target plus LoRA, weight-delta or DoRA branches, summed", nil, func(a *Args, children []Module) (Module, error) {
 		if len(children) < 1 {
 			return nil, fmt.Errorf("LoraAdapter: the first child is the target")
 		}
 		for _, m := range children[1:] {
 			if !IsBranch(m) {
-				return nil, fmt.Errorf("LoraAdapter: %s is not a LoRA or weight-delta branch", Describe(m))
+				return nil, fmt.Errorf("LoraAdapter: %s is not a LoRA, weight-delta or DoRA branch", Describe(m))
 			}
 		}
 		c, err := NewLoraAdapter(children[0], children[1:]...)

@@ -10,6 +10,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -188,6 +189,42 @@ func (s *Store) AddModel(name, specPath, weightsPath string, overrides map[strin
 	if err != nil {
 		return nil, err
 	}
+	rel, err := relativeSet(sp.Files)
+	if err != nil {
+		return nil, err
+	}
+	return s.addModel(name, sp, rel, func(i int) (Blob, error) { return s.putFile(sp.Files[i]) }, weightsPath, overrides, prefix)
+}
+
+// AddModelFS is AddModel for a spec read from fsys (the specs embedded in
+// the binary, say), under its name there.
+func (s *Store) AddModelFS(name string, fsys fs.FS, specName, weightsPath string, overrides map[string]string, prefix string) (*Model, error) {
+	if err := names.Check("model", name); err != nil {
+		return nil, err
+	}
+	sp, err := spec.LoadFS(fsys, specName)
+	if err != nil {
+		return nil, err
+	}
+	put := func(i int) (Blob, error) {
+		b, err := fs.ReadFile(fsys, sp.Files[i])
+		if err != nil {
+			return Blob{}, err
+		}
+		blob, err := s.PutBlob(bytes.NewReader(b), "", 0)
+		if err != nil {
+			return Blob{}, fmt.Errorf("%s: %w", sp.Files[i], err)
+		}
+		blob.Source = path.Base(sp.Files[i])
+		return blob, nil
+	}
+	return s.addModel(name, sp, sp.Files, put, weightsPath, overrides, prefix)
+}
+
+// addModel checks the weights against the built spec, then stores the
+// spec's files (put stores file i, named rel[i] in the manifest), the
+// weights and the manifest.
+func (s *Store) addModel(name string, sp *spec.Spec, rel []string, put func(i int) (Blob, error), weightsPath string, overrides map[string]string, prefix string) (*Model, error) {
 	m, err := sp.Build(overrides)
 	if err != nil {
 		return nil, err
@@ -197,15 +234,11 @@ func (s *Store) AddModel(name, specPath, weightsPath string, overrides map[strin
 		return nil, err
 	}
 	if rep := spec.PlanHeader(m, header, prefix); !rep.OK() {
-		return nil, fmt.Errorf("%s does not fit %s: %w", weightsPath, specPath, rep.Errors(weightsPath))
-	}
-	rel, err := relativeSet(sp.Files)
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s does not fit %s: %w", weightsPath, sp.File, rep.Errors(weightsPath))
 	}
 	model := &Model{Name: name, Created: time.Now().UTC(), SpecFiles: map[string]string{}, Overrides: overrides, Prefix: prefix}
-	for i, f := range sp.Files {
-		b, err := s.putFile(f)
+	for i := range sp.Files {
+		b, err := put(i)
 		if err != nil {
 			return nil, err
 		}

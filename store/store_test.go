@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -210,5 +211,28 @@ func TestOpenRemovesLeftoverTemporaryFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(left); !os.IsNotExist(err) {
 		t.Errorf("temporary file survived: %v", err)
+	}
+}
+
+// TestAddModelFS stores a spec read from a file system (the binary's
+// embedded specs): same files, same digests, same manifest as from disk.
+func TestAddModelFS(t *testing.T) {
+	s := open(t)
+	fromDisk, err := s.AddModel("unet-disk", unetSpec, unetWeights, unetTiny, "param.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.AddModelFS("unet-fs", os.DirFS("../specs"), "sd15_unet.yaml", unetWeights, unetTiny, "param.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Spec != fromDisk.Spec || !maps.Equal(m.SpecFiles, fromDisk.SpecFiles) || m.Weights.Digest != fromDisk.Weights.Digest {
+		t.Errorf("from fs %+v, from disk %+v", m, fromDisk)
+	}
+	if _, err := s.AddModelFS("bad", os.DirFS("../specs"), "sd15_unet.yaml", clipWeights, unetTiny, "param."); err == nil {
+		t.Error("weights that do not fit were stored")
+	}
+	if _, err := s.Model("bad"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Model(bad): %v", err)
 	}
 }

@@ -4,7 +4,9 @@
 //     tensor.Scope, interleaved in alternating blocks so that drift on a
 //     shared machine hits both sides alike; it prints ns/op and scope/raw;
 //   - memory: RSS after a warm-up and after many small ops through the
-//     tensor layer, which must stay flat (growth within -limit percent).
+//     tensor layer, which must stay flat (growth within -limit percent);
+//   - -mode convert: time and peak RSS of converting a full SD 1.5
+//     checkpoint, against its largest component (convert.go).
 //
 // It exits with status 1 when an RSS check fails. Timings are figures to
 // read, never pass/fail: compare the ratios, not absolute numbers.
@@ -35,12 +37,26 @@ func main() {
 	warmup := flag.Int("warmup", 20000, "ops before the first RSS read")
 	iters := flag.Int("module-iters", 1000, "iterations of the linear -> gelu -> add sequence")
 	limit := flag.Float64("limit", 2, "largest RSS growth accepted, in percent")
-	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet")
+	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet; convert: refinersd convert on a full SD 1.5 checkpoint")
+	convertSrc := flag.String("convert-src", "conformance/testdata/full/convert/sd15_bench.safetensors", "convert mode: the checkpoint (make bench-convert writes one)")
+	convertDTypes := flag.String("convert-dtypes", ",float16", "convert mode: output dtypes to run, comma-separated (empty: the source's)")
+	convertLimit := flag.Float64("convert-limit", 1.2, "convert mode: largest peak RSS accepted, as a multiple of the largest component")
 	unetSpec := flag.String("unet-spec", "specs/sd15_unet.yaml", "lora mode: the UNet spec")
 	unetWeights := flag.String("unet-weights", "", "lora mode: UNet weights (param.<key>, e.g. conformance/testdata/full/sd15_unet_full.safetensors); random if empty")
 	rank := flag.Int64("rank", 32, "lora mode: LoRA rank")
 	cycles := flag.Int("cycles", 1000, "lora mode: apply/remove cycles for the RSS check")
 	flag.Parse()
+	if *mode == "convert" {
+		pass, err := runConvert(*convertSrc, strings.Split(*convertDTypes, ","), *convertLimit)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+			os.Exit(1)
+		}
+		if !pass {
+			os.Exit(1)
+		}
+		return
+	}
 	if *mode == "lora" {
 		pass, err := runLora(*unetSpec, *unetWeights, *rank, *cycles, *limit)
 		if err != nil {

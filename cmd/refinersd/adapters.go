@@ -100,6 +100,9 @@ func applyAdapters(s *tensor.Scope, m *core.Chain, adapters adapterFlags, dir st
 		}
 		fmt.Fprintf(out, "adapter %s (%s, format %s): %d layers adapted, %d keys matched, %d unmatched, %d shape-mismatched\n",
 			a.file, a.plugin, r.Format, len(plan.Patches), len(r.Matched), len(r.Unmatched), len(r.ShapeMismatched))
+		for _, w := range r.Warnings {
+			fmt.Fprintf(out, "  %s\n", w)
+		}
 	}
 	return undo, nil
 }

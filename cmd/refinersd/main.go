@@ -44,6 +44,8 @@ func run(args []string, out io.Writer) error {
 		return serve(args, out)
 	case "models":
 		return modelsVerb(args, out)
+	case "convert":
+		return convertVerb(args, out)
 	case "adapters":
 		return adaptersVerb(args, out)
 	case "schema":
@@ -71,7 +73,13 @@ const usage = `usage: refinersd VERB [flags]
   plugins check BINARY          run the plugin conformance kit against a binary
   serve [--addr A] [--config F]  the daemon: HTTP API on 127.0.0.1:8642 by default (docs/api.md);
                                 off loopback it needs a token (REFINERSD_TOKEN)
+  convert SRC --to OUT [--component C] [--dtype D] [--ema] [--lenient] [--dry-run]
+                                convert a diffusers folder, an SD 1.5 single-file checkpoint
+                                (.safetensors, .ckpt) or a PyTorch file to the specs' keys
+                                (docs/convert.md); OUT: a .safetensors file or a folder
   models add NAME --spec S --weights W [--set k=v]... [--prefix P]
+  models add NAME --from SRC [--component C] [--dtype D] [--ema]
+                                convert SRC and store each model it holds (NAME-unet, ...)
   models list | show NAME | rm NAME
                                 the daemon's model store ($REFINERSD_STORE)
   adapters add NAME FILE | list | rm NAME

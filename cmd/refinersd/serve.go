@@ -127,7 +127,7 @@ func serve(args []string, out io.Writer) error {
 // modelsVerb manages the model store.
 func modelsVerb(args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("models: add NAME --spec S --weights W, list, show NAME or rm NAME")
+		return errors.New("models: add NAME --spec S --weights W, add NAME --from SRC, list, show NAME or rm NAME")
 	}
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("models "+verb, flag.ContinueOnError)
@@ -136,6 +136,8 @@ func modelsVerb(args []string, out io.Writer) error {
 	specPath := fs.String("spec", "", "spec file (its imports are stored with it)")
 	weightsPath := fs.String("weights", "", "safetensors weights")
 	prefix := fs.String("prefix", "", "key prefix of the model's tensors in the weights file")
+	from := fs.String("from", "", "add: convert this source (diffusers folder, single-file checkpoint, PyTorch file) instead of --spec/--weights")
+	co := convertFlags(fs)
 	sets := setFlags{}
 	fs.Var(sets, "set", "name=value: a spec parameter override (repeatable)")
 	rest, err := parseInterleaved(fs, args)
@@ -158,8 +160,14 @@ func modelsVerb(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if *from != "" {
+			if *specPath != "" || *weightsPath != "" || *prefix != "" {
+				return errors.New("models add: --from replaces --spec, --weights and --prefix")
+			}
+			return addFrom(st, name, *from, *co, sets, out)
+		}
 		if *specPath == "" || *weightsPath == "" {
-			return errors.New("models add: --spec and --weights are required")
+			return errors.New("models add: --spec and --weights (or --from) are required")
 		}
 		m, err := st.AddModel(name, *specPath, *weightsPath, sets, *prefix)
 		if err != nil {

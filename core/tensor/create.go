@@ -116,6 +116,22 @@ func (s *Scope) Arange(n int64) *Tensor {
 	})
 }
 
+// Linspace makes the CPU tensor of steps values from start to end, evenly
+// spaced, computed by libtorch in dtype (torch.linspace: its rounding is
+// libtorch's, which depends on the CPU kernel in use).
+func (s *Scope) Linspace(start, end float64, steps int64, dtype DType) *Tensor {
+	if steps < 0 {
+		s.Failf("linspace: negative number of steps %d", steps)
+		return nil
+	}
+	return s.op("linspace", func() (*ts.Tensor, error) {
+		a, b := ts.FloatScalar(start), ts.FloatScalar(end)
+		defer a.Drop()
+		defer b.Drop()
+		return ts.Linspace(a, b, steps, dtype.kind(), CPU.gotch())
+	})
+}
+
 // Bytes copies the tensor's elements, row-major, into Go memory in their own
 // dtype's little-endian encoding (the safetensors layout).
 func (s *Scope) Bytes(t *Tensor) []byte {

@@ -90,6 +90,11 @@ func (s *Scope) Exp(t *Tensor) *Tensor {
 	return s.op("exp", func() (*ts.Tensor, error) { return t.h.Exp(false) }, t)
 }
 
+// Log returns the element-wise natural logarithm.
+func (s *Scope) Log(t *Tensor) *Tensor {
+	return s.op("log", func() (*ts.Tensor, error) { return t.h.Log(false) }, t)
+}
+
 // Sin returns the element-wise sine.
 func (s *Scope) Sin(t *Tensor) *Tensor {
 	return s.op("sin", func() (*ts.Tensor, error) { return t.h.Sin(false) }, t)
@@ -123,6 +128,11 @@ func (s *Scope) Sum(t *Tensor, keepDim bool, dims ...int64) *Tensor {
 		return s.op("sum", func() (*ts.Tensor, error) { return t.h.Sum(gotch.Invalid, false) }, t)
 	}
 	return s.op("sum", func() (*ts.Tensor, error) { return t.h.SumDimIntlist(dims, keepDim, gotch.Invalid, false) }, t)
+}
+
+// Cumprod is the running product along dim, in t's dtype.
+func (s *Scope) Cumprod(t *Tensor, dim int64) *Tensor {
+	return s.op("cumprod", func() (*ts.Tensor, error) { return t.h.Cumprod(dim, gotch.Invalid, false) }, t)
 }
 
 // Mean averages over dims (all dims when none are given).

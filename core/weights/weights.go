@@ -29,6 +29,7 @@ import (
 	"sync"
 	"syscall"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/nlpodyssey/safetensors"
 
@@ -217,6 +218,54 @@ func (f *File) Bytes(key string) ([]byte, error) {
 	return bytes.Clone(view.Data()), nil
 }
 
+// Borrow returns the tensor's raw bytes in place, without a copy: for a
+// file from Open they are the mapping's (read-only). Call release once done
+// with b: until then Close waits; and for a mapped file release tells the
+// kernel the pages may leave this process's memory (they stay in the page
+// cache), so streaming a whole checkpoint through Borrow does not
+// accumulate it in resident memory.
+func (f *File) Borrow(key string) (b []byte, release func(), err error) {
+	f.mu.RLock()
+	if f.data == nil {
+		f.mu.RUnlock()
+		return nil, nil, keyErrorf(f.path, key, "file is closed")
+	}
+	if _, ok := f.infos[key]; !ok {
+		f.mu.RUnlock()
+		return nil, nil, keyErrorf(f.path, key, "not in file (or of an unsupported dtype)")
+	}
+	view, _ := f.st.Tensor(key)
+	b = view.Data()
+	done := false
+	return b, func() {
+		if done {
+			return
+		}
+		done = true
+		if f.mapped {
+			evict(f.data, b)
+		}
+		f.mu.RUnlock()
+	}, nil
+}
+
+// evict advises the kernel that the pages of mapping under b may be dropped
+// from this process; they are mapped again from the page cache if read.
+func evict(mapping, b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(mapping)))
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	if p < base || p+uintptr(len(b)) > base+uintptr(len(mapping)) {
+		return
+	}
+	page := uintptr(os.Getpagesize())
+	start := (p - base) / page * page // the mapping starts on a page
+	end := min((p-base+uintptr(len(b))+page-1)/page*page, uintptr(len(mapping)))
+	_ = syscall.Madvise(mapping[start:end], syscall.MADV_DONTNEED) // advice only
+}
+
 // Scalar reads the value of a one-element tensor (a LoRA's alpha, say)
 // without libtorch: hosts hand such values to plugins, which never see
 // tensor data.
@@ -246,6 +295,51 @@ func (f *File) Scalar(key string) (float64, error) {
 		return float64(int64(binary.LittleEndian.Uint64(b))), nil
 	}
 	return 0, keyErrorf(f.path, key, "dtype %s has no numeric value", info.DType)
+}
+
+// Float64s reads a floating-point tensor's values as float64 without
+// libtorch, for checks that need more precision than the tensor layer's
+// dtypes offer (the conformance runner's float64 references). It accepts
+// F64, F32, F16 and BF16 tensors and returns the values in row-major order
+// with the tensor's shape.
+func (f *File) Float64s(key string) ([]float64, []int64, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.data == nil {
+		return nil, nil, keyErrorf(f.path, key, "file is closed")
+	}
+	view, ok := f.st.Tensor(key)
+	if !ok {
+		return nil, nil, keyErrorf(f.path, key, "not in file")
+	}
+	shape := make([]int64, len(view.Shape()))
+	for i, d := range view.Shape() {
+		shape[i] = int64(d)
+	}
+	b := view.Data()
+	var size int
+	var read func(b []byte) float64
+	switch view.DType().String() {
+	case "F64":
+		size, read = 8, func(b []byte) float64 { return math.Float64frombits(binary.LittleEndian.Uint64(b)) }
+	case "F32":
+		size, read = 4, func(b []byte) float64 { return float64(math.Float32frombits(binary.LittleEndian.Uint32(b))) }
+	case "F16":
+		size, read = 2, func(b []byte) float64 { return float64(tensor.Float16FromBits(binary.LittleEndian.Uint16(b))) }
+	case "BF16":
+		size, read = 2, func(b []byte) float64 { return float64(tensor.BFloat16FromBits(binary.LittleEndian.Uint16(b))) }
+	default:
+		return nil, nil, keyErrorf(f.path, key, "dtype %s is not floating point", view.DType())
+	}
+	n := tensor.Numel(shape)
+	if int64(len(b)) != n*int64(size) {
+		return nil, nil, keyErrorf(f.path, key, "%d bytes for %d elements of %s", len(b), n, view.DType())
+	}
+	out := make([]float64, n)
+	for i := range out {
+		out[i] = read(b[i*size:])
+	}
+	return out, shape, nil
 }
 
 // Close unmaps the file. Closing again does nothing; Load after Close fails.
@@ -597,27 +691,167 @@ func Save(s *tensor.Scope, path string, tensors map[string]*tensor.Tensor, metad
 		}
 		views[key] = newView(s, t)
 	}
-	f, err := atomicfile.Create(filepath.Dir(path))
+	p, err := writePending(path, func(f *os.File) error { return writeFile(f, views, metadata, s.Err) })
 	if err != nil {
-		return ioError(path, err)
+		return err
 	}
-	defer f.Abort()
-	w := bufio.NewWriterSize(f, 1<<20)
-	if err := safetensors.SerializeToWriter(views, metadata, w); err != nil {
-		return errorf(path, "%w", err)
+	return p.Commit()
+}
+
+// Stream is a tensor to save whose bytes are produced only when its turn to
+// be written comes: a view into a mapped source file, or a conversion made
+// on the spot.
+type Stream struct {
+	DType tensor.DType
+	Shape []int64
+	// Bytes returns the tensor's little-endian, row-major bytes. release
+	// (may be nil) is called once they are written, or once the write has
+	// failed, so that the bytes can be let go.
+	Bytes func() (b []byte, release func(), err error)
+}
+
+// SaveStream writes tensors produced one at a time (Stream.Bytes is called
+// in file order, each tensor released before the next is asked for) to path,
+// atomically as Save does. It never holds more than one tensor's bytes.
+func SaveStream(path string, tensors map[string]Stream, metadata map[string]string) error {
+	p, err := WriteStream(path, tensors, metadata)
+	if err != nil {
+		return err
 	}
-	// A view whose tensor could not be read out wrote nothing; s says why.
-	if err := s.Err(); err != nil {
-		return errorf(path, "%w", err)
+	return p.Commit()
+}
+
+// Pending is a complete, synced safetensors file written next to its final
+// path, waiting to be renamed into place: a caller writing several files
+// commits them only once all were written.
+type Pending struct {
+	path string
+	f    *atomicfile.File
+}
+
+// WriteStream is SaveStream's first half: the file is written and synced
+// under a temporary name in path's directory. Commit or Discard it.
+func WriteStream(path string, tensors map[string]Stream, metadata map[string]string) (*Pending, error) {
+	views := make(map[string]*streamView, len(tensors))
+	st := &streamState{}
+	for key, t := range tensors {
+		if key == metadataKey {
+			return nil, keyErrorf(path, key, "reserved for metadata")
+		}
+		n := int64(t.DType.Size())
+		shape := make([]uint64, len(t.Shape))
+		for i, d := range t.Shape {
+			if d < 0 {
+				return nil, keyErrorf(path, key, "negative dimension in %v", t.Shape)
+			}
+			shape[i] = uint64(d)
+			n *= d
+		}
+		if t.Bytes == nil {
+			return nil, keyErrorf(path, key, "no bytes")
+		}
+		views[key] = &streamView{st: st, key: key, t: t, dtype: stDTypes[t.DType], shape: shape, n: uint64(n)}
 	}
-	if err := w.Flush(); err != nil {
-		return errorf(path, "%w", err)
+	p, err := writePending(path, func(f *os.File) error {
+		err := writeFile(f, views, metadata, func() error { return st.err })
+		st.releasePrev()
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return p, nil
+}
+
+// Commit renames the file into place and syncs the directory.
+func (p *Pending) Commit() error {
 	// A checkpoint is usually shared (the temporary file is private).
-	if err := f.Commit(path, 0o644); err != nil {
-		return errorf(path, "%w", err)
+	if err := p.f.Commit(p.path, 0o644); err != nil {
+		return errorf(p.path, "%w", err)
 	}
 	return nil
+}
+
+// Discard removes the temporary file.
+func (p *Pending) Discard() { p.f.Abort() }
+
+// writePending runs write on a new temporary file next to path, then syncs
+// and closes it; on failure the file is removed.
+func writePending(path string, write func(*os.File) error) (*Pending, error) {
+	f, err := atomicfile.Create(filepath.Dir(path))
+	if err != nil {
+		return nil, ioError(path, err)
+	}
+	if err := write(f.File); err != nil {
+		f.Abort()
+		return nil, errorf(path, "%w", err)
+	}
+	if err := f.Seal(0o644); err != nil {
+		f.Abort()
+		return nil, errorf(path, "%w", err)
+	}
+	return &Pending{path: path, f: f}, nil
+}
+
+// streamState is shared by a file's stream views: the first failure, and
+// the release of the tensor written last.
+type streamState struct {
+	err     error
+	release func()
+}
+
+func (st *streamState) releasePrev() {
+	if st.release != nil {
+		st.release()
+		st.release = nil
+	}
+}
+
+type streamView struct {
+	st    *streamState
+	key   string
+	t     Stream
+	dtype safetensors.DType
+	shape []uint64
+	n     uint64
+}
+
+func (v *streamView) DType() safetensors.DType { return v.dtype }
+func (v *streamView) Shape() []uint64          { return v.shape }
+func (v *streamView) DataLen() uint64          { return v.n }
+
+// Data is called by the serializer right before it writes the bytes, in
+// file order: the previous tensor's bytes are written by then.
+func (v *streamView) Data() []byte {
+	v.st.releasePrev()
+	if v.st.err != nil {
+		return nil
+	}
+	b, release, err := v.t.Bytes()
+	v.st.release = release
+	switch {
+	case err != nil:
+		v.st.err = fmt.Errorf("key %s: %w", v.key, err)
+		return nil
+	case uint64(len(b)) != v.n:
+		v.st.err = fmt.Errorf("key %s: %d bytes for %s %v, want %d", v.key, len(b), v.t.DType, v.t.Shape, v.n)
+		return nil
+	}
+	return b
+}
+
+// writeFile serializes views into f, syncs and closes it. failed reports a
+// failure a view recorded while it was being written.
+func writeFile[V safetensors.View](f *os.File, views map[string]V, metadata map[string]string, failed func() error) error {
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err := safetensors.SerializeToWriter(views, metadata, w); err != nil {
+		return err
+	}
+	// A view whose tensor could not be read out wrote nothing; failed says why.
+	if err := failed(); err != nil {
+		return err
+	}
+	return w.Flush()
 }
 
 // Raw is a tensor's bytes in Go memory, little-endian and row-major.

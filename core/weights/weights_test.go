@@ -576,3 +576,42 @@ func TestEncodeThenParseRoundTrips(t *testing.T) {
 		}
 	}
 }
+
+func TestFloat64s(t *testing.T) {
+	// One tensor per floating dtype, holding values each dtype represents
+	// exactly, and one integer tensor.
+	data := binary.LittleEndian.AppendUint64(nil, math.Float64bits(math.Pi))
+	data = binary.LittleEndian.AppendUint64(data, math.Float64bits(-1e-300))
+	data = binary.LittleEndian.AppendUint32(data, math.Float32bits(1.5))
+	data = binary.LittleEndian.AppendUint16(data, tensor.Float16Bits(-0.25))
+	data = binary.LittleEndian.AppendUint16(data, tensor.BFloat16Bits(3))
+	data = binary.LittleEndian.AppendUint64(data, 7)
+	header := `{"d": {"dtype": "F64", "shape": [2, 1], "data_offsets": [0, 16]},
+		"f": {"dtype": "F32", "shape": [1], "data_offsets": [16, 20]},
+		"h": {"dtype": "F16", "shape": [], "data_offsets": [20, 22]},
+		"b": {"dtype": "BF16", "shape": [1], "data_offsets": [22, 24]},
+		"i": {"dtype": "I64", "shape": [1], "data_offsets": [24, 32]}}`
+	raw := rawFile(header, 0)
+	path := writeTemp(t, "floats.safetensors", append(raw, data...))
+	f := mustOpen(t, path)
+	for _, c := range []struct {
+		key   string
+		want  []float64
+		shape []int64
+	}{
+		{"d", []float64{math.Pi, -1e-300}, []int64{2, 1}},
+		{"f", []float64{1.5}, []int64{1}},
+		{"h", []float64{-0.25}, []int64{}},
+		{"b", []float64{3}, []int64{1}},
+	} {
+		got, shape, err := f.Float64s(c.key)
+		if err != nil || !slices.Equal(got, c.want) || !slices.Equal(shape, c.shape) {
+			t.Errorf("Float64s(%s) = %v %v, %v; want %v %v", c.key, got, shape, err, c.want, c.shape)
+		}
+	}
+	for key, want := range map[string]string{"i": "dtype I64 is not floating point", "x": "key x: not in file"} {
+		if _, _, err := f.Float64s(key); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Float64s(%s) error = %v, want %q", key, err, want)
+		}
+	}
+}

@@ -1,7 +1,10 @@
 // Command lora is the refiners-go LoRA plugin. It plans LoRA patches for a
 // model from community LoRA files (Refiners, kohya/A1111, diffusers/PEFT,
-// LyCORIS, full-weight deltas): which layers to adapt, with which branch,
-// and which file keys fill it. It never reads tensor data.
+// LyCORIS LoHa/LoKr, full-weight deltas, DoRA in the kohya/LyCORIS and PEFT
+// layouts): which layers to adapt, with which branch, and which file keys
+// fill it. It never reads tensor data. Its report says per component what
+// was matched and skipped, and names every kind of key it did not use with
+// a count and an example (sent as warnings).
 package main
 
 import (
@@ -12,7 +15,7 @@ import (
 )
 
 // version is the plugin's version; bump it with every behaviour change.
-const version = "0.2.1"
+const version = "0.3.1"
 
 type params struct {
 	Scale       float64            `json:"scale"`
@@ -38,7 +41,7 @@ type planner struct{}
 func (planner) Describe(context.Context) (*sdk.Description, error) {
 	return &sdk.Description{Name: "lora", Version: version,
 		Operations: []sdk.Operation{{Name: "apply", ParamsSchema: schema, Example: example,
-			Doc: "LoRA files onto a model: low-rank branches on Linear and Conv2d layers, keys matched from the file's format"}}}, nil
+			Doc: "LoRA files onto a model: low-rank (and DoRA, LoHa, LoKr, full-weight delta) branches on Linear and Conv2d layers, keys matched from the file's format"}}}, nil
 }
 
 // example is a Refiners-style LoRA on a one-layer model, for the kit.
@@ -66,7 +69,7 @@ func (planner) Plan(_ context.Context, req *sdk.PlanRequest) (*sdk.Plan, error) 
 		// The files or options do not fit the model: the user's input.
 		return nil, sdk.Errorf("%v", err)
 	}
-	return &sdk.Plan{Patches: patches, Report: &report}, nil
+	return &sdk.Plan{Patches: patches, Report: report.SDK()}, nil
 }
 
 func main() { sdk.Serve(planner{}) }

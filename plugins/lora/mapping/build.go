@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -9,41 +10,58 @@ import (
 
 // build checks a resolved module against its target layer and adds its
 // patch. Keys of a module that cannot be used are reported as unmatched
-// (incomplete or unsupported) or shape-mismatched.
+// (incomplete or unsupported, with the reason in the report's groups) or
+// shape-mismatched.
 func (pl *planner) build(f *File, m *module, name string) (string, bool) {
 	layer := pl.layers[m.target]
 	kinds := map[string]bool{}
+	roles := make([]string, 0, len(m.tensors))
 	for role := range m.tensors {
+		roles = append(roles, role)
+	}
+	slices.Sort(roles)
+	magnitude := ""
+	for _, role := range roles {
 		if what, bad := unsupportedRoles[role]; bad {
-			pl.warn(fmt.Sprintf("%s: %s is not supported; %s left out", f.ID, what, m.name))
-			pl.unmatched(f, m)
+			pl.refused(f, m, role, what+" is not supported by this plugin version")
 			return "", false
+		}
+		if doraRoles[role] {
+			magnitude = role
 		}
 		if k := kindOfRole[role]; k != "" {
 			kinds[k] = true
 		}
 	}
+	if len(kinds) == 0 && magnitude != "" {
+		kinds["lora"] = true // a magnitude alone: reported as lacking down and up
+	}
 	if len(kinds) != 1 {
-		what := "no weights"
+		what := "hold no weights"
 		if len(kinds) > 1 {
-			what = "tensors of several kinds"
+			what = "mix tensors of several kinds (" + strings.Join(slices.Sorted(maps.Keys(kinds)), ", ") + ")"
 		}
-		pl.warn(fmt.Sprintf("%s: module %s has %s", f.ID, m.name, what))
-		pl.unmatched(f, m)
+		pl.leftOut(f, m, what)
 		return "", false
 	}
 	var kind string
 	for k := range kinds {
 		kind = k
 	}
+	if magnitude != "" {
+		if kind != "lora" {
+			pl.refused(f, m, magnitude, fmt.Sprintf("DoRA on %s modules is not supported by this plugin version", kindNames[kind]))
+			return "", false
+		}
+		kind = "dora"
+	}
 	if layer.Type != "Linear" && layer.Type != "Conv2d" {
-		pl.warn(fmt.Sprintf("%s: %s targets %s, a %s (LoRAs adapt Linear and Conv2d layers)", f.ID, m.name, m.target, layer.Type))
-		pl.unmatched(f, m)
+		pl.leftOut(f, m, fmt.Sprintf("target layers that are not Linear or Conv2d (%s, a %s)", m.target, layer.Type))
 		return "", false
 	}
 	w := layer.Params["weight"]
 	if (layer.Type == "Linear" && len(w) != 2) || (layer.Type == "Conv2d" && len(w) != 4) {
-		pl.unmatched(f, m)
+		pl.leftOut(f, m, fmt.Sprintf("target a %s whose weight is %v", layer.Type, w))
 		return "", false
 	}
 	var p *Patch
@@ -60,24 +78,27 @@ func (pl *planner) build(f *File, m *module, name string) (string, bool) {
 		p, scale, missing, mismatch = pl.buildLoha(f, m, layer, name)
 	case "lokr":
 		p, scale, missing, mismatch = pl.buildLokr(f, m, layer, name)
+	case "dora":
+		p, scale, missing, mismatch = pl.buildDora(f, m, layer, name, magnitude)
 	}
 	if missing != "" {
-		pl.warn(fmt.Sprintf("%s: module %s lacks %s", f.ID, m.name, missing))
-		pl.unmatched(f, m)
+		pl.leftOut(f, m, "lack "+missing)
 		return "", false
 	}
 	if mismatch {
 		pl.report.ShapeMismatched = append(pl.report.ShapeMismatched, pl.labels(f, m.keys)...)
+		pl.group(f, m.component, "", "do not fit the shapes of the layers they name", moduleOf(m), m.keys, 1, 0)
 		return "", false
 	}
 	for _, q := range pl.patches {
 		if q.Target == m.target && q.Branch["name"] == name {
-			pl.warn(fmt.Sprintf("%s: two modules adapt %s; %s left out", f.ID, m.target, m.name))
-			pl.unmatched(f, m)
+			pl.leftOut(f, m, "adapt a layer another module of the file already adapts")
 			return "", false
 		}
 	}
 	pl.report.Matched = append(pl.report.Matched, pl.labels(f, m.keys)...)
+	c := pl.component(f, m.component)
+	c.Matched += len(m.keys)
 	user := pl.o.Scale * pl.blockScale(m.target)
 	if user == 0 {
 		pl.warn(fmt.Sprintf("block scale 0 leaves %s out", m.target))
@@ -91,11 +112,8 @@ func (pl *planner) build(f *File, m *module, name string) (string, bool) {
 	}
 	pl.report.EffectiveScales[key] = user * scale
 	pl.patches = append(pl.patches, *p)
+	c.Layers++
 	return kind, true
-}
-
-func (pl *planner) unmatched(f *File, m *module) {
-	pl.report.Unmatched = append(pl.report.Unmatched, pl.labels(f, m.keys)...)
 }
 
 // require lists the roles a module lacks.
@@ -353,6 +371,84 @@ func (pl *planner) buildLokr(f *File, m *module, layer *Layer, name string) (*Pa
 	}
 	sort.SliceStable(p.Bindings, func(i, j int) bool { return p.Bindings[i].Param < p.Bindings[j].Param })
 	return p, scale, "", false
+}
+
+// float32Eps is float32's machine epsilon (torch.finfo(torch.float32).eps),
+// which LyCORIS adds to DoRA norms.
+const float32Eps = 1.1920928955078125e-07
+
+// buildDora: a LoRA's down and up as a DoRA takes them (down [r, in] for a
+// Linear, [r, in, kh, kw] with the target's kernel for a Conv2d, a 1x1
+// target's possibly as a matrix; up [out, r] or [out, r, 1, 1]) and a
+// magnitude, one value per channel:
+//
+//   - kohya / LyCORIS dora_scale, [out, 1] or [out, 1, 1, 1] (per output
+//     channel, LyCORIS's default wd_on_out) or [1, in] / [1, in, 1, 1]
+//     (wd_on_out=False). Such modules keep LyCORIS's conventions: the user
+//     scale moves the rescaling factor (LyCORIS's multiplier; ΔW enters
+//     whole) and float32's eps is added to the norm.
+//   - PEFT's lora_magnitude_vector, [out] for a Linear, [1, out, 1, 1] for
+//     a Conv2d (PEFT 0.10). PEFT's conventions: the scale multiplies ΔW
+//     inside the norm, no eps.
+//
+// alpha/rank goes on up, as for LoRAs.
+func (pl *planner) buildDora(f *File, m *module, layer *Layer, name, magRole string) (*Patch, float64, string, bool) {
+	if miss := require(m, roleDown, roleUp); miss != "" {
+		return nil, 0, miss, false
+	}
+	w := layer.Params["weight"]
+	d, u, g := m.tensors[roleDown].Shape, m.tensors[roleUp].Shape, m.tensors[magRole].Shape
+	if len(d) < 2 || len(u) < 2 || d[0] != u[1] || d[1] != w[1] || u[0] != w[0] {
+		return nil, 0, "", true
+	}
+	rank, out, in := d[0], w[0], w[1]
+	wantD, wantU := append([]int64{rank, in}, w[2:]...), []int64{out, rank}
+	if len(w) == 4 {
+		wantU = append(wantU, 1, 1)
+	}
+	dr, ok1 := fitShape(d, wantD)
+	ur, ok2 := fitShape(u, wantU)
+	if !ok1 || !ok2 {
+		return nil, 0, "", true
+	}
+	ones := func(s []int64) bool { return !slices.ContainsFunc(s, func(x int64) bool { return x != 1 }) }
+	axis, magShape := "", []int64(nil)
+	switch {
+	case magRole == "magnitude" && numel(g) == out && !slices.ContainsFunc(g, func(x int64) bool { return x != 1 && x != out }):
+		axis, magShape = "output", []int64{out}
+	case magRole == "dora_scale" && len(g) >= 1 && g[0] == out && ones(g[1:]):
+		axis, magShape = "output", []int64{out}
+	case magRole == "dora_scale" && len(g) >= 2 && g[0] == 1 && g[1] == in && ones(g[2:]):
+		axis, magShape = "input", []int64{in}
+	default:
+		return nil, 0, "", true
+	}
+	var mr []int64
+	if !slices.Equal(g, magShape) {
+		mr = magShape
+	}
+	scale := pl.alphaScale(f, m, rank, len(w) == 4 && w[2]*w[3] > 1)
+	p := &Patch{Branch: deltaBranch("DoRA", name, layer)}
+	p.Branch["rank"], p.Branch["axis"] = rank, axis
+	if magRole == "dora_scale" {
+		p.Branch["scale_mode"], p.Branch["eps"] = "magnitude", float32Eps
+	}
+	p.Bindings = []Binding{pl.binding(f, m, roleDown, "down", 1, dr), pl.binding(f, m, roleUp, "up", scale, ur),
+		pl.binding(f, m, magRole, "magnitude", 1, mr)}
+	return p, scale, "", false
+}
+
+// fitShape is the reshape a tensor of shape got needs to be want: none
+// when equal, want when both are matrix-like ([a, b] or [a, b, 1, 1]) with
+// the same elements; ok is false otherwise.
+func fitShape(got, want []int64) (reshape []int64, ok bool) {
+	if slices.Equal(got, want) {
+		return nil, true
+	}
+	if numel(got) == numel(want) && isMatrixLike(got) && isMatrixLike(want) && got[0] == want[0] {
+		return slices.Clone(want), true
+	}
+	return nil, false
 }
 
 func numel(s []int64) int64 {

@@ -10,8 +10,9 @@ import (
 // LoRA file layouts, as data. A key is <prefix><module><suffix>: the prefix
 // names the component (U-Net or text encoder) and the naming scheme of the
 // module, the suffix the tensor's role. A module's roles decide its kind:
-// down/up make a LoRA, diff/diff_b a full-weight delta, hada_* a LoHa,
-// lokr_* a LoKr (LyCORIS).
+// down/up make a LoRA (a DoRA with a magnitude: kohya/LyCORIS dora_scale or
+// PEFT's lora_magnitude_vector), diff/diff_b a full-weight delta, hada_* a
+// LoHa, lokr_* a LoKr (LyCORIS).
 
 // Tensor roles.
 const (
@@ -20,7 +21,8 @@ const (
 	roleAlpha = "alpha"
 )
 
-// kindOfRole is the patch kind a role belongs to; alpha belongs to any.
+// kindOfRole is the patch kind a role belongs to; alpha belongs to any, and
+// a DoRA magnitude (doraRoles) makes a LoRA a DoRA.
 var kindOfRole = map[string]string{
 	roleDown: "lora", roleUp: "lora",
 	"diff": "diff", "diff_b": "diff",
@@ -28,12 +30,17 @@ var kindOfRole = map[string]string{
 	"lokr_w1": "lokr", "lokr_w1_a": "lokr", "lokr_w1_b": "lokr", "lokr_w2": "lokr", "lokr_w2_a": "lokr", "lokr_w2_b": "lokr", "lokr_t2": "lokr",
 }
 
+// doraRoles are the DoRA magnitudes: kohya / LyCORIS dora_scale and PEFT's
+// lora_magnitude_vector.
+var doraRoles = map[string]bool{"dora_scale": true, "magnitude": true}
+
+// kindNames name the patch kinds in messages.
+var kindNames = map[string]string{"lora": "LoRA", "diff": "full-weight delta (diff)", "loha": "LoHa", "lokr": "LoKr"}
+
 // unsupportedRoles are recognised so that a module using them is refused
 // whole rather than planned without them (which would change its math).
 var unsupportedRoles = map[string]string{
 	"lora_mid":       "LoCon Tucker decomposition (lora_mid)",
-	"dora_scale":     "DoRA (dora_scale)",
-	"magnitude":      "DoRA (lora_magnitude_vector)",
 	"w_norm":         "LyCORIS norm layers (w_norm/b_norm)",
 	"oft":            "OFT/BOFT",
 	"glora":          "GLoRA",
@@ -145,6 +152,15 @@ type module struct {
 	// set by resolution
 	target string
 	row    *tableRow // the layer's geometry when the name table knows it
+	miss   string    // why no target was found, when the resolver knows
+}
+
+// noTarget says why a module has no target.
+func (m *module) noTarget() string {
+	if m.miss != "" {
+		return m.miss
+	}
+	return "name no layer of the model"
 }
 
 // split parses a key with a naming's affixes.

@@ -452,6 +452,7 @@ func TestMismatchesAndErrors(t *testing.T) {
 		unmatched  []string
 		mismatched []string
 		warn       string
+		summary    []string // lines the report's summary must have
 	}{
 		{name: "shape mismatch is reported", files: []File{sd2.file("f", true)},
 			mismatched: []string{"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.alpha",
@@ -460,30 +461,37 @@ func TestMismatchesAndErrors(t *testing.T) {
 		{name: "shape mismatch fails strict", files: []File{sd2.file("f", true)}, o: Options{Strict: true},
 			err: "strict: 0 unmatched and 3 mis-shaped keys"},
 		{name: "unmatched keys are reported", files: []File{extra.file("f", true)},
-			unmatched: []string{"lora_unet_not_a_layer.lora_down.weight", "something_else_entirely"}},
+			unmatched: []string{"lora_unet_not_a_layer.lora_down.weight", "something_else_entirely"},
+			summary: []string{"unet: 15 keys matched (5 layers adapted), 1 key not used",
+				"unet: 1 module (1 key): name no layer of the sd15 unet, e.g. lora_unet_not_a_layer",
+				"1 `something_else_entirely` key: not a kind of key this plugin version knows, e.g. something_else_entirely"}},
 		{name: "unmatched keys fail strict", files: []File{extra.file("f", true)}, o: Options{Strict: true},
 			err: "strict: 2 unmatched"},
 		{name: "a file matching nothing fails", files: []File{nothing.file("f", true)},
-			err: "f: the LoRA matches nothing in the model (layout kohya",
+			err: "f: nothing in the file applies to this model (layout kohya, 3 keys): unet: 3 keys not used; " +
+				"unet: 1 module (3 keys): name no layer of the sd15 unet, e.g. lora_unet_down_blocks_0_attentions_0_proj_sideways",
 			unmatched: []string{"lora_unet_down_blocks_0_attentions_0_proj_sideways.alpha",
 				"lora_unet_down_blocks_0_attentions_0_proj_sideways.lora_down.weight",
 				"lora_unet_down_blocks_0_attentions_0_proj_sideways.lora_up.weight"}},
 		{name: "one file of two matching nothing fails", files: []File{kohya.file("a", true), nothing.file("b", true)},
-			err: "b: the LoRA matches nothing"},
+			err: "b: nothing in the file applies to this model"},
 		{name: "a text encoder LoRA on a U-Net fails", files: []File{te.file("f", true)},
-			err: "216 keys, 72 modules for text_encoder, which is not planned here"},
+			err: "f: nothing in the file applies to this model (layout kohya, 216 keys): text_encoder: 216 keys skipped (the model has no sd15 text_encoder)"},
 		{name: "unknown layout fails", files: []File{{ID: "f", Tensors: []Tensor{{Key: "weight", Shape: []int64{3}}}}},
-			err: "f: no known LoRA layout", unmatched: []string{"weight"}},
+			err:       "f: no known LoRA layout: keys of no component: 1 key not used; 1 `weight` key: not a kind of key this plugin version knows, e.g. weight",
+			unmatched: []string{"weight"}},
 		{name: "component not in the model", files: []File{kohya.file("f", true)}, o: Options{Component: "text_encoder"},
-			err: "matches nothing"},
+			err: "f: nothing in the file applies to this model (layout kohya, 15 keys): unet: 15 keys skipped (the plan is for the text_encoder only)"},
 		{name: "bad component", files: []File{kohya.file("f", true)}, o: Options{Component: "vae"}, err: `component "vae"`},
 		{name: "LoCon Tucker modules are refused whole", files: []File{locon.file("f", true)},
-			err: "matches nothing", warn: "lora_mid",
+			err: "unet: 1 `lora_mid.weight` key: LoCon Tucker decomposition (lora_mid) is not supported by this plugin version " +
+				"(left out with the other 3 keys of their modules), e.g. lora_unet_down_blocks_0_attentions_0_proj_in.lora_mid.weight",
 			unmatched: []string{"lora_unet_down_blocks_0_attentions_0_proj_in.alpha",
 				"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
 				"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
 				"lora_unet_down_blocks_0_attentions_0_proj_in.lora_mid.weight"}},
-		{name: "LDM names are reported", files: []File{ldm.file("f", true)}, err: "matches nothing", warn: "LDM"},
+		{name: "LDM names are reported", files: []File{ldm.file("f", true)},
+			err: "unet: 1 module (3 keys): original Stable Diffusion (LDM) block names are not supported by this plugin version, e.g. lora_unet_input_blocks_1_1_proj_in"},
 		{name: "several files, one branch each", files: []File{kohya.file("k", true), peft.file("p", false)}},
 	}
 	for _, c := range cases {
@@ -503,6 +511,14 @@ func TestMismatchesAndErrors(t *testing.T) {
 			}
 			if c.warn != "" && !strings.Contains(strings.Join(r.Warnings, "\n"), c.warn) {
 				t.Errorf("warnings %q lack %q", r.Warnings, c.warn)
+			}
+			for _, line := range c.summary {
+				if !slices.Contains(r.Summary(), line) {
+					t.Errorf("summary lacks %q:\n%s", line, strings.Join(r.Summary(), "\n"))
+				}
+			}
+			if err != nil && strings.Contains(err.Error(), "matches nothing") {
+				t.Errorf("the error does not say what the file holds: %v", err)
 			}
 		})
 	}
@@ -615,5 +631,217 @@ func TestRefinersLayoutOnAnyModel(t *testing.T) {
 		{Key: "lora_unet_conv_in.lora_up.weight", Shape: []int64{8, 2, 1, 1}}}}
 	if _, r, err := Plan(m, []File{f}, Options{}); err == nil || !strings.Contains(strings.Join(r.Warnings, ""), "not a known architecture") {
 		t.Errorf("error %v, warnings %v", err, r.Warnings)
+	}
+}
+
+// withMagnitudes adds a DoRA magnitude to every LoRA module of h, in the
+// shape the tools write: kohya/LyCORIS dora_scale [out, 1(, 1, 1)] (axis
+// "output") or [1, in(, 1, 1)] ("input"); PEFT lora_magnitude_vector
+// [out] for a Linear, [1, out, 1, 1] for a Conv2d (PEFT 0.10).
+func (h header) withMagnitudes(axis string) header {
+	out := h
+	out.Tensors = nil
+	for _, x := range h.Tensors {
+		out.Tensors = append(out.Tensors, x)
+		y := x
+		y.Param, y.Value, y.Scale = "magnitude", nil, nil
+		conv := len(x.Shape) == 4
+		switch {
+		case strings.HasSuffix(x.Key, ".lora_up.weight") && axis == "output":
+			y.Key, y.Shape = strings.TrimSuffix(x.Key, "lora_up.weight")+"dora_scale", []int64{x.Shape[0], 1}
+		case strings.HasSuffix(x.Key, ".lora_down.weight") && axis == "input":
+			y.Key, y.Shape = strings.TrimSuffix(x.Key, "lora_down.weight")+"dora_scale", []int64{1, x.Shape[1]}
+		case strings.HasSuffix(x.Key, ".lora_B.weight"):
+			y.Key, y.Shape = strings.TrimSuffix(x.Key, "lora_B.weight")+"lora_magnitude_vector", []int64{x.Shape[0]}
+			if conv {
+				y.Shape = []int64{1, x.Shape[0], 1, 1}
+			}
+			conv = false
+		default:
+			continue
+		}
+		if conv {
+			y.Shape = append(y.Shape, 1, 1)
+		}
+		out.Tensors = append(out.Tensors, y)
+	}
+	return out
+}
+
+// TestDora plans DoRA files in both layouts: kohya/LyCORIS dora_scale per
+// output and per input channel (LyCORIS's conventions: the user scale on
+// the rescaling factor, float32's eps) and PEFT's lora_magnitude_vector
+// (the scale inside the norm), on Linear, 1x1 and strided 3x3 Conv2d
+// targets; every key is bound, and the branches build and fit.
+func TestDora(t *testing.T) {
+	unet := summary(model(t, "unet"), "")
+	kohya := loadHeader(t, "kohya_sd15").pick(kohyaModules...)
+	peft := loadHeader(t, "peft_sd15").pick("unet.down_blocks.0.attentions.0.proj_in.", "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.",
+		"unet.down_blocks.0.resnets.0.conv1.")
+	cases := []struct {
+		name, format, axis, mode string
+		h                        header
+		eps                      float64
+	}{
+		{"kohya, per output channel", "kohya-dora", "output", "magnitude", kohya.withMagnitudes("output"), float32Eps},
+		{"kohya, per input channel", "kohya-dora", "input", "magnitude", kohya.withMagnitudes("input"), float32Eps},
+		{"peft", "peft-dora", "output", "", peft.withMagnitudes("output"), 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ps, r, err := Plan(unet, []File{c.h.file("f", true)}, Options{Scale: 0.8, Strict: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Format != c.format || len(r.Matched) != len(c.h.Tensors) || r.Covered != len(ps) || len(ps) != len(c.h.Tensors)/map[bool]int{true: 4, false: 3}[c.format == "kohya-dora"] {
+				t.Errorf("format %q, %d of %d keys matched, %d patches", r.Format, len(r.Matched), len(c.h.Tensors), len(ps))
+			}
+			shapes := map[string][]int64{}
+			for _, x := range c.h.Tensors {
+				shapes[x.Key] = x.Shape
+			}
+			for _, p := range ps {
+				b := p.Branch
+				if p.Kind != "dora" || b["type"] != "DoRA" || b["axis"] != c.axis || b["scale"] != 0.8 {
+					t.Errorf("%s: kind %s, branch %v", p.Target, p.Kind, b)
+				}
+				if mode, _ := b["scale_mode"].(string); mode != c.mode {
+					t.Errorf("%s: scale_mode %q, want %q", p.Target, mode, c.mode)
+				}
+				if eps, _ := b["eps"].(float64); eps != c.eps {
+					t.Errorf("%s: eps %v, want %v", p.Target, eps, c.eps)
+				}
+				var mag Binding
+				for _, x := range p.Bindings {
+					if x.Param == "magnitude" {
+						mag = x
+					}
+				}
+				if mag.Key == "" || (mag.Reshape != nil) != (len(shapes[mag.Key]) != 1) {
+					t.Errorf("%s: magnitude binding %+v", p.Target, mag)
+				}
+			}
+			checkBranches(t, model(t, "unet"), "", ps, shapes)
+			// alpha/rank on up, as for LoRAs: 0.25 for kohya's attention.
+			for _, p := range ps {
+				if p.Target == q1 {
+					want := 0.25
+					if c.format == "peft-dora" {
+						want = 1 // no alpha in the file: alpha = rank
+					}
+					if p.Bindings[1].Param != "up" || p.Bindings[1].Scale != want || r.EffectiveScales[q1] != 0.8*want {
+						t.Errorf("%s: up binding %+v, effective scale %v", q1, p.Bindings[1], r.EffectiveScales[q1])
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestDoraFileOnEachComponent: the issue's file, a combined kohya DoRA
+// (U-Net and text encoder modules, each with a dora_scale), planned onto
+// the text encoder alone and onto the U-Net alone: each plans its own part
+// and the report says the other part was skipped and why.
+func TestDoraFileOnEachComponent(t *testing.T) {
+	h := loadHeader(t, "kohya_sd15").withMagnitudes("output")
+	for _, c := range []struct{ comp, other string }{{"text_encoder", "unet"}, {"unet", "text_encoder"}} {
+		_, r, err := Plan(summary(model(t, c.comp), ""), []File{h.file("f", true)}, Options{Strict: true})
+		if err != nil {
+			t.Fatalf("%s: %v", c.comp, err)
+		}
+		var mine, skipped int
+		for _, x := range h.Tensors {
+			if x.Component == c.comp {
+				mine++
+			} else {
+				skipped++
+			}
+		}
+		want := []string{
+			fmt.Sprintf("%s: %d keys matched (%d layers adapted)", c.comp, mine, r.Covered),
+			fmt.Sprintf("%s: %d keys skipped (the model has no sd15 %s)", c.other, skipped, c.other),
+		}
+		if got := r.Summary(); !slices.Equal(got, want) || r.Format != "kohya-dora" || len(r.Matched) != mine {
+			t.Errorf("%s: format %s, summary %q, want %q", c.comp, r.Format, got, want)
+		}
+	}
+}
+
+// TestKeysNotUnderstood: keys of a kind the plugin does not know, or does
+// not support, are named with their count and an example, per component;
+// the rest of the file is still planned, and a file with nothing usable
+// fails with what it holds.
+func TestKeysNotUnderstood(t *testing.T) {
+	unet := summary(model(t, "unet"), "")
+	kohya := loadHeader(t, "kohya_sd15").pick(kohyaModules...)
+	// An unknown tensor next to each module's LoRA, and a text encoder
+	// module (skipped on a U-Net).
+	weird := kohya
+	weird.Tensors = nil
+	for _, x := range kohya.Tensors {
+		weird.Tensors = append(weird.Tensors, x)
+		if strings.HasSuffix(x.Key, ".alpha") {
+			x.Key = strings.TrimSuffix(x.Key, "alpha") + "weird_thing"
+			weird.Tensors = append(weird.Tensors, x)
+		}
+	}
+	weird.Tensors = append(weird.Tensors, loadHeader(t, "kohya_sd15").pick("lora_te_text_model_encoder_layers_0_self_attn_q_proj.").Tensors...)
+	loha := loadHeader(t, "loha_sd15").pick("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.")
+	for _, x := range loha.Tensors {
+		if strings.HasSuffix(x.Key, ".hada_w1_a") {
+			x.Key, x.Shape = strings.TrimSuffix(x.Key, "hada_w1_a")+"dora_scale", []int64{x.Shape[0], 1}
+			loha.Tensors = append(loha.Tensors, x)
+			break
+		}
+	}
+	only := File{ID: "f", Tensors: []Tensor{{Key: "model.diffusion_model.input_blocks.1.1.norm.weight", Shape: []int64{320}},
+		{Key: "model.diffusion_model.input_blocks.2.1.norm.weight", Shape: []int64{320}}, {Key: "model.diffusion_model.out.2.bias", Shape: []int64{4}}}}
+
+	many := File{ID: "f"}
+	for i := range 10 {
+		many.Tensors = append(many.Tensors, Tensor{Key: fmt.Sprintf("model.block.layer%c.weight", 'a'+i), Shape: []int64{4}})
+	}
+	cases := []struct {
+		name    string
+		f       File
+		o       Options
+		err     string
+		summary []string
+	}{
+		{name: "unknown kind next to LoRAs", f: weird.file("f", true), summary: []string{
+			"unet: 15 keys matched (5 layers adapted), 5 keys not used",
+			"text_encoder: 3 keys skipped (the model has no sd15 text_encoder)",
+			"unet: 5 `weird_thing` keys: not a kind of key this plugin version knows, e.g. lora_unet_down_blocks_0_attentions_0_proj_in.weird_thing",
+		}},
+		{name: "unknown kind, strict", f: weird.file("f", true), o: Options{Strict: true},
+			err: "strict: 5 unmatched and 0 mis-shaped keys: unet: 5 `weird_thing` keys: not a kind of key this plugin version knows"},
+		{name: "DoRA on a LoHa", f: loha.file("f", true),
+			err: "f: nothing in the file applies to this model (layout kohya, 6 keys): unet: 6 keys not used; " +
+				"unet: 1 `dora_scale` key: DoRA on LoHa modules is not supported by this plugin version (left out with the other 5 keys of their modules), " +
+				"e.g. lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.dora_scale"},
+		{name: "a checkpoint, not a LoRA", f: only,
+			err: "f: no known LoRA layout: keys of no component: 3 keys not used; 2 `norm.weight` keys: not a kind of key this plugin version knows, " +
+				"e.g. model.diffusion_model.input_blocks.1.1.norm.weight; 1 `bias` key: not a kind of key this plugin version knows, e.g. model.diffusion_model.out.2.bias"},
+		{name: "many kinds are cut short", f: many,
+			err: "1 `layerh.weight` key: not a kind of key this plugin version knows, e.g. model.block.layerh.weight; 2 more groups of keys not used (2 keys; see the unmatched keys)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, r, err := Plan(unet, []File{c.f}, c.o)
+			switch {
+			case c.err == "" && err != nil:
+				t.Fatalf("error %v", err)
+			case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+				t.Fatalf("error %v\nwant %q", err, c.err)
+			}
+			for _, line := range c.summary {
+				if !slices.Contains(r.Summary(), line) {
+					t.Errorf("summary lacks %q:\n%s", line, strings.Join(r.Summary(), "\n"))
+				}
+			}
+			if c.summary != nil && !slices.Equal(r.Notes(), r.Summary()) {
+				t.Errorf("notes %q: want the summary when keys are not used", r.Notes())
+			}
+		})
 	}
 }

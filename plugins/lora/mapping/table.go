@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -98,6 +99,16 @@ func (a *arch) build() {
 // lookup finds a row by one of its names.
 func (a *arch) lookup(naming, comp, name string) *tableRow {
 	return a.index[naming+"/"+comp][name]
+}
+
+// rootNames lists the root class names, sorted.
+func (a *arch) rootNames() []string {
+	var out []string
+	for _, r := range a.Roots {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // componentOfRoot maps a Refiners root class name to its component.
