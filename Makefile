@@ -21,7 +21,7 @@ vet: setup
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
 # numeric packages run once per kernel path this CPU can take, so a machine
 # of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
-NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./hosts
+NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./hosts ./models/sd15
 
 test: vet
 	$(GO) test ./...
@@ -30,6 +30,9 @@ test: vet
 		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \
 	done
 	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzExpr -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzRunRequest -fuzztime=20s -fuzzminimizetime=5s ./daemon
+	$(GO) test -run='^$$' -fuzz=FuzzRunMultipart -fuzztime=20s -fuzzminimizetime=5s ./daemon
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=20s -fuzzminimizetime=5s ./torchfile
 	scripts/check-cuda-link.sh
@@ -69,7 +72,7 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet controlnet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py

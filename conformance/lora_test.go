@@ -13,11 +13,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -27,10 +28,10 @@ import (
 // files are planned by the real LoRA plugin binary through hosts (as
 // `refinersd run --adapter lora:FILE` does), then
 //
-//   - runtime: hosts.Apply, every adapter in order; the output is compared
+//   - runtime: adapt.Apply, every adapter in order; the output is compared
 //     with the reference; Eject (in reverse) must give back the base output
 //     and every weight bit for bit, and the same tree;
-//   - fused: hosts.Fuse, every adapter in order; compared with the reference
+//   - fused: adapt.Fuse, every adapter in order; compared with the reference
 //     at the case's fused tolerance; Unfuse must restore the same way.
 //
 // The plans' reports must use every key of every file (over the two
@@ -319,8 +320,8 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 	}
 
 	// Plan every adapter against the base model, as refinersd does.
-	model := hosts.Summarize(m)
-	var plans []*pb.PlanResponse
+	model := adapt.Summarize(m)
+	var plans []*sdk.Plan
 	files := map[string]*weights.File{}
 	for i, a := range c.adapters {
 		path := filepath.Join(filepath.Dir(c.path), a.File)
@@ -335,22 +336,25 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 		}
 		id := fmt.Sprintf("file%d", i)
 		params := strings.TrimSuffix(string(a.Params), "}") + `, "strict": true}`
-		plan, err := h.Plan(ctx, "lora", &pb.PlanRequest{Operation: "apply", ParamsJson: params, Model: model,
-			Files: []*pb.WeightFile{hosts.Header(id, sum, f)}})
+		plan, err := h.Plan(ctx, "lora", &sdk.PlanRequest{Operation: "apply", Params: params, Model: model,
+			Files: []sdk.File{adapt.Header(id, sum, f)}})
 		if err != nil {
 			row(c.name, comp, "plan", nil, "FAIL")
 			return fmt.Errorf("plan %s: %w", a.File, err)
 		}
-		r := plan.GetReport()
-		for _, k := range r.GetMatched() {
+		r := plan.Report
+		if r == nil {
+			return fmt.Errorf("plan %s: no report", a.File)
+		}
+		for _, k := range r.Matched {
 			a.matched[k] = true
 		}
-		if len(r.GetUnmatched()) > 0 || len(r.GetShapeMismatched()) > 0 {
-			t.Errorf("plan %s: %d unmatched (%v), %d mis-shaped (%v)", a.File, len(r.GetUnmatched()), first(r.GetUnmatched()),
-				len(r.GetShapeMismatched()), first(r.GetShapeMismatched()))
+		if len(r.Unmatched) > 0 || len(r.ShapeMismatched) > 0 {
+			t.Errorf("plan %s: %d unmatched (%v), %d mis-shaped (%v)", a.File, len(r.Unmatched), first(r.Unmatched),
+				len(r.ShapeMismatched), first(r.ShapeMismatched))
 		}
-		t.Logf("%s on %s: format %s, %d layers adapted of %d, %d keys matched, warnings %v", a.File, comp, r.GetFormat(),
-			r.GetCovered(), r.GetLayers(), len(r.GetMatched()), r.GetWarnings())
+		t.Logf("%s on %s: format %s, %d layers adapted of %d, %d keys matched, warnings %v", a.File, comp, r.Format,
+			r.Covered, r.Layers, len(r.Matched), r.Warnings)
 		plans = append(plans, plan)
 		files[id] = f
 	}
@@ -385,7 +389,7 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 	var undo []func() error
 	refused := ""
 	for _, plan := range plans {
-		ap, err := hosts.Apply(s, m, plan, files)
+		ap, err := adapt.Apply(s, m, plan, files)
 		if err != nil {
 			if i := strings.Index(err.Error(), "is not supported by this host"); i >= 0 {
 				refused = err.Error()[strings.LastIndex(err.Error()[:i], "\n")+1:]
@@ -418,7 +422,7 @@ func runLoraCase(t *caseErrors, h *hosts.Host, s *tensor.Scope, m *core.Chain, c
 	// Fused.
 	undo = nil
 	for _, plan := range plans {
-		fu, err := hosts.Fuse(s, m, plan, files)
+		fu, err := adapt.Fuse(s, m, plan, files)
 		if err != nil {
 			row(c.name, comp, "fused", nil, "FAIL: "+firstLine(err.Error()))
 			t.Errorf("fuse: %v", err)

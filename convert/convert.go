@@ -31,6 +31,7 @@ import (
 
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
+	_ "github.com/refiners-go/refiners/models/all" // the layers the specs it checks against use
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
 )

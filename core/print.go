@@ -10,30 +10,47 @@ type printNode struct {
 	value     string
 	className string
 	children  []*printNode
+	id        int // equal ids: equal subtrees (value, class and children)
 }
 
-func (n *printNode) equal(o *printNode) bool {
-	if n.value != o.value || n.className != o.className || len(n.children) != len(o.children) {
-		return false
-	}
-	for i := range n.children {
-		if !n.children[i].equal(o.children[i]) {
-			return false
-		}
-	}
-	return true
+// TreeOptions bound a tree print.
+type TreeOptions struct {
+	// Depth < 0 prints everything; otherwise chains deeper than Depth show
+	// "...".
+	Depth int
+	// MaxLines > 0 stops the print after that many lines and ends it with
+	// a line saying how many more there were.
+	MaxLines int
 }
+
+// MaxIndent is the number of nesting levels a tree print draws guides for.
+// Deeper lines start with their level ("[1234]") and the guides of the
+// last MaxIndent levels only, so every line has a bounded width and a
+// print is linear in the size of the tree.
+const MaxIndent = 64
 
 // Tree renders m as Refiners does: one line per module, chains tagged
 // ((CHAIN), (RES), (SUM), ...), repeated sibling types numbered #1, #2, and
 // runs of identical siblings folded into one line marked (xN). depth < 0
 // prints everything; otherwise chains deeper than depth show "...".
 func Tree(m Module, depth int) string {
+	s, _ := TreeWith(m, TreeOptions{Depth: depth})
+	return s
+}
+
+// TreeWith renders m like Tree, within o's bounds; it reports whether
+// lines were left out because of MaxLines.
+func TreeWith(m Module, o TreeOptions) (string, bool) {
 	root := toPrintNode(m)
+	ids := map[string]int{}
+	intern(root, ids)
 	foldIdentical(root)
-	var lines []string
-	renderTree(root, "", true, true, depth, &lines)
-	return strings.Join(lines, "\n")
+	r := &treeRenderer{max: o.MaxLines}
+	r.render(root, true, true, o.Depth)
+	if r.dropped > 0 {
+		fmt.Fprintf(&r.b, "\n... (%d more lines)", r.dropped)
+	}
+	return r.b.String(), r.dropped > 0
 }
 
 // String prints the whole tree.
@@ -61,11 +78,30 @@ func toPrintNode(m Module) *printNode {
 	return n
 }
 
+// intern gives every subtree an id, equal for equal subtrees, bottom-up:
+// comparing two siblings is then one integer comparison, not a walk.
+func intern(n *printNode, ids map[string]int) {
+	var key strings.Builder
+	key.WriteString(n.value)
+	key.WriteByte(0)
+	key.WriteString(n.className)
+	for _, ch := range n.children {
+		intern(ch, ids)
+		fmt.Fprintf(&key, "\x00%d", ch.id)
+	}
+	id, ok := ids[key.String()]
+	if !ok {
+		id = len(ids)
+		ids[key.String()] = id
+	}
+	n.id = id
+}
+
 func foldIdentical(n *printNode) {
 	var out []*printNode
 	for i := 0; i < len(n.children); {
 		j := i + 1
-		for j < len(n.children) && n.children[i].equal(n.children[j]) {
+		for j < len(n.children) && n.children[i].id == n.children[j].id {
 			j++
 		}
 		child := n.children[i]
@@ -79,27 +115,60 @@ func foldIdentical(n *printNode) {
 	n.children = out
 }
 
-func renderTree(n *printNode, prefix string, isLast, isRoot bool, depth int, lines *[]string) {
+// treeRenderer writes lines; guides holds the indentation of each level
+// ("│   " or "    "), so a line costs its own width, not its depth.
+type treeRenderer struct {
+	b       strings.Builder
+	guides  []string
+	lines   int
+	max     int
+	dropped int
+}
+
+func (r *treeRenderer) line(branch, value string) {
+	if r.max > 0 && r.lines >= r.max {
+		r.dropped++
+		return
+	}
+	if r.lines > 0 {
+		r.b.WriteByte('\n')
+	}
+	r.lines++
+	g := r.guides
+	if len(g) > MaxIndent {
+		fmt.Fprintf(&r.b, "[%d] ", len(g))
+		g = g[len(g)-MaxIndent:]
+	}
+	for _, s := range g {
+		r.b.WriteString(s)
+	}
+	r.b.WriteString(branch)
+	r.b.WriteString(value)
+}
+
+func (r *treeRenderer) render(n *printNode, isLast, isRoot bool, depth int) {
 	branch := "├── "
 	if isLast {
 		branch = "└── "
 	}
 	if depth == 0 && len(n.children) > 0 {
-		*lines = append(*lines, prefix+branch+n.value+" ...")
+		r.line(branch, n.value+" ...")
 		return
 	}
 	if depth > 0 {
 		depth--
 	}
-	icon := branch
 	if isRoot {
-		icon = ""
+		r.line("", n.value)
+	} else {
+		r.line(branch, n.value)
 	}
-	*lines = append(*lines, prefix+icon+n.value)
-	childPrefix := prefix + "│   "
+	guide := "│   "
 	if isLast {
-		childPrefix = prefix + "    "
+		guide = "    "
 	}
+	r.guides = append(r.guides, guide)
+	defer func() { r.guides = r.guides[:len(r.guides)-1] }()
 	counts := map[string]int{}
 	for _, ch := range n.children {
 		counts[ch.className]++
@@ -111,6 +180,6 @@ func renderTree(n *printNode, prefix string, isLast, isRoot bool, depth int, lin
 		if counts[ch.className] > 1 {
 			shown.value = fmt.Sprintf("%s #%d", ch.value, seen[ch.className])
 		}
-		renderTree(&shown, childPrefix, i == len(n.children)-1, false, depth, lines)
+		r.render(&shown, i == len(n.children)-1, false, depth)
 	}
 }

@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand"
 	"slices"
 	"sort"
@@ -183,13 +184,34 @@ func SaveState(s *tensor.Scope, m Module, path string, metadata map[string]strin
 	return weights.Save(s, path, ts, metadata)
 }
 
-// CountParams is the number of parameter elements of m.
+// CountParams is the number of parameter elements of m, or math.MaxInt64
+// if that does not fit an int64 (see ParamCount).
 func CountParams(m Module) int64 {
-	var n int64
-	for _, e := range StateDict(m) {
-		n += tensor.Numel(e.Shape)
+	n, ok := ParamCount(m)
+	if !ok {
+		return math.MaxInt64
 	}
 	return n
+}
+
+// ParamCount is the number of parameter elements of m; ok is false when it
+// does not fit an int64 (no such model could be loaded anyway).
+func ParamCount(m Module) (n int64, ok bool) {
+	for _, e := range StateDict(m) {
+		k := int64(1)
+		for _, d := range e.Shape {
+			hi, lo := bits.Mul64(uint64(k), uint64(d))
+			if d < 0 || hi != 0 || lo > math.MaxInt64 {
+				return 0, false
+			}
+			k = int64(lo)
+		}
+		if n > math.MaxInt64-k {
+			return 0, false
+		}
+		n += k
+	}
+	return n, true
 }
 
 // InitRandom gives every parameter of m deterministic random values from

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -27,12 +28,16 @@ type Config struct {
 	QueueSize       int           `yaml:"queue_size"`       // queued jobs beyond which requests get 429
 	MaxBody         int64         `yaml:"max_body"`         // bytes of a run request
 	MaxUpload       int64         `yaml:"max_upload"`       // bytes of an uploaded blob
+	MaxDecodes      int           `yaml:"max_decodes"`      // run requests read and decoded at once; others wait
+	MaxActivation   int64         `yaml:"max_activation"`   // bytes of activation memory one run may need (estimated); 0: no check
 	KeepAlive       time.Duration `yaml:"keep_alive"`       // idle time before a model is unloaded (0: never)
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"` // for in-flight jobs on SIGTERM
 	JobTTL          time.Duration `yaml:"job_ttl"`          // how long finished jobs stay readable
 	MaxJobs         int           `yaml:"max_jobs"`         // finished jobs kept at most
 	GroupLimit      int           `yaml:"group_limit"`      // same-adapter jobs run in a row before older ones get a turn
 	PluginTimeout   time.Duration `yaml:"plugin_timeout"`   // per plugin call
+	IdleTimeout     time.Duration `yaml:"idle_timeout"`     // a keep-alive connection idle this long is closed
+	BodyTimeout     time.Duration `yaml:"body_timeout"`     // a request body that sends nothing for this long is cut (408)
 	LogLevel        string        `yaml:"log_level"`
 	LogJSON         bool          `yaml:"log_json"`
 }
@@ -44,12 +49,16 @@ func Defaults() Config {
 		QueueSize:       64,
 		MaxBody:         64 << 20,
 		MaxUpload:       8 << 30,
+		MaxDecodes:      2,
+		MaxActivation:   physicalMemory() / 2,
 		KeepAlive:       5 * time.Minute,
 		ShutdownTimeout: 30 * time.Second,
 		JobTTL:          10 * time.Minute,
 		MaxJobs:         1000,
 		GroupLimit:      16,
 		PluginTimeout:   30 * time.Second,
+		IdleTimeout:     60 * time.Second,
+		BodyTimeout:     30 * time.Second,
 		LogLevel:        "info",
 	}
 }
@@ -76,7 +85,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = v
 		}
 	}
-	ints := map[string]*int{"QUEUE_SIZE": &c.QueueSize, "MAX_JOBS": &c.MaxJobs, "GROUP_LIMIT": &c.GroupLimit}
+	ints := map[string]*int{"QUEUE_SIZE": &c.QueueSize, "MAX_JOBS": &c.MaxJobs, "GROUP_LIMIT": &c.GroupLimit, "MAX_DECODES": &c.MaxDecodes}
 	for k, p := range ints {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			n, err := strconv.Atoi(v)
@@ -86,7 +95,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = n
 		}
 	}
-	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload}
+	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload, "MAX_ACTIVATION": &c.MaxActivation}
 	for k, p := range sizes {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -96,7 +105,8 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = n
 		}
 	}
-	durs := map[string]*time.Duration{"KEEP_ALIVE": &c.KeepAlive, "SHUTDOWN_TIMEOUT": &c.ShutdownTimeout, "JOB_TTL": &c.JobTTL, "PLUGIN_TIMEOUT": &c.PluginTimeout}
+	durs := map[string]*time.Duration{"KEEP_ALIVE": &c.KeepAlive, "SHUTDOWN_TIMEOUT": &c.ShutdownTimeout, "JOB_TTL": &c.JobTTL,
+		"PLUGIN_TIMEOUT": &c.PluginTimeout, "IDLE_TIMEOUT": &c.IdleTimeout, "BODY_TIMEOUT": &c.BodyTimeout}
 	for k, p := range durs {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			d, err := time.ParseDuration(v)
@@ -142,8 +152,40 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("group_limit %d: want at least 1", c.GroupLimit)
 	case c.MaxJobs < 1:
 		return fmt.Errorf("max_jobs %d: want at least 1", c.MaxJobs)
+	case c.MaxDecodes < 1:
+		return fmt.Errorf("max_decodes %d: want at least 1", c.MaxDecodes)
+	case c.MaxActivation < 0:
+		return fmt.Errorf("max_activation %d: want a number of bytes, or 0 for no check", c.MaxActivation)
+	case c.KeepAlive < 0:
+		return fmt.Errorf("keep_alive %v: want 0 (never) or more", c.KeepAlive)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"shutdown_timeout", c.ShutdownTimeout}, {"job_ttl", c.JobTTL}, {"plugin_timeout", c.PluginTimeout},
+		{"idle_timeout", c.IdleTimeout}, {"body_timeout", c.BodyTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s %v: want more than 0", d.name, d.v)
+		}
 	}
 	return nil
+}
+
+// physicalMemory is the machine's memory in bytes (MemTotal), or 8 GiB
+// where it cannot be read.
+func physicalMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				var kb int64
+				if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err == nil && kb > 0 {
+					return kb << 10
+				}
+			}
+		}
+	}
+	return 8 << 30
 }
 
 // IsLoopback reports whether a listen host only accepts local connections.

@@ -93,3 +93,30 @@ func TestJSONTensorsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigRefusesNegativeAndZeroDurations(t *testing.T) {
+	for _, c := range []struct {
+		yaml, want string // want "": valid
+	}{
+		{"keep_alive: 0s", ""}, // never unload
+		{"keep_alive: -5m", "keep_alive -5m0s: want 0 (never) or more"},
+		{"shutdown_timeout: -1s", "shutdown_timeout -1s: want more than 0"},
+		{"shutdown_timeout: 0s", "shutdown_timeout 0s: want more than 0"},
+		{"plugin_timeout: 0s", "plugin_timeout 0s: want more than 0"},
+		{"job_ttl: 0s", "job_ttl 0s: want more than 0"},
+		{"job_ttl: -1h", "job_ttl -1h0m0s: want more than 0"},
+		{"idle_timeout: 0s", "idle_timeout 0s: want more than 0"},
+		{"body_timeout: -1s", "body_timeout -1s: want more than 0"},
+	} {
+		file := filepath.Join(t.TempDir(), "refinersd.yaml")
+		os.WriteFile(file, []byte("store: /s\nplugins_dir: /p\n"+c.yaml+"\n"), 0o644)
+		cfg := Defaults()
+		err := cfg.LoadFile(file)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v, want %q", c.yaml, err, c.want)
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -15,11 +14,14 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/internal/names"
+	_ "github.com/refiners-go/refiners/models/all" // the layers of every model the specs may use
+	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/store"
 )
 
@@ -31,6 +33,7 @@ type Daemon struct {
 	log     hclog.Logger
 	metrics *metrics
 	jobs    *jobTable
+	decodes chan struct{} // a slot per request body being read
 
 	mu       sync.Mutex
 	models   map[string]*warm
@@ -58,6 +61,10 @@ type warm struct {
 	quit     chan struct{}
 	applied  *appliedSet
 	streak   int
+
+	// estimates caches activation estimates by adapter set and input
+	// shapes (-1: the dry run failed); the worker alone uses it.
+	estimates map[string]int64
 }
 
 // appliedSet is the adapter set currently on a warm model.
@@ -90,7 +97,7 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
-		models: map[string]*warm{}, stop: make(chan struct{})}
+		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes)}
 	d.metrics = newMetrics(d)
 	go d.reaper()
 	return d, nil
@@ -112,7 +119,10 @@ func errorf(code int, format string, args ...any) error {
 // statusOf maps an error to an HTTP status.
 func statusOf(err error) int {
 	var ae *apiError
+	var adm *admissionError
 	switch {
+	case errors.As(err, &adm):
+		return http.StatusUnprocessableEntity
 	case errors.As(err, &ae):
 		return ae.code
 	case errors.Is(err, store.ErrInvalid):
@@ -122,8 +132,6 @@ func statusOf(err error) int {
 	}
 	return http.StatusInternalServerError
 }
-
-var pluginNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 
 // resolve checks a job's adapters: plugin names, files (adapter names or
 // digests, which never leave the store), parameters; and computes the key
@@ -135,14 +143,16 @@ func (d *Daemon) resolve(j *Job) error {
 	}
 	var keyParts []string
 	for i, a := range j.Adapters {
-		if !pluginNameRE.MatchString(a.Plugin) {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q: want a plugin name ([a-z0-9_-])", i, a.Plugin)
+		if err := names.Check("plugin", a.Plugin); err != nil {
+			return errorf(http.StatusBadRequest, "adapters[%d].plugin: %v", i, err)
 		}
 		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
 			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
 		}
-		if a.Operation != "" && !pluginNameRE.MatchString(a.Operation) {
-			return errorf(http.StatusBadRequest, "adapters[%d].operation %q: want [a-z0-9_-]", i, a.Operation)
+		if a.Operation != "" {
+			if err := names.Check("operation", a.Operation); err != nil {
+				return errorf(http.StatusBadRequest, "adapters[%d].operation: %v", i, err)
+			}
 		}
 		var digest string
 		if strings.HasPrefix(a.File, "sha256:") {
@@ -151,7 +161,7 @@ func (d *Daemon) resolve(j *Job) error {
 			}
 			digest = a.File
 		} else {
-			if err := store.CheckName(a.File); err != nil {
+			if err := names.Check("adapter", a.File); err != nil {
 				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
 			}
 			ad, err := d.store.Adapter(a.File)
@@ -254,7 +264,7 @@ func (d *Daemon) Load(ctx context.Context, name string) error {
 // Unload stops a model's worker: queued jobs fail, the running one
 // finishes, adapters are ejected and the weights released.
 func (d *Daemon) Unload(name string) error {
-	if err := store.CheckName(name); err != nil {
+	if err := names.Check("model", name); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -422,7 +432,7 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	}
 	set := &appliedSet{key: j.key}
 	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
-		model := hosts.Summarize(w.chain)
+		model := adapt.Summarize(w.chain)
 		for i, a := range j.resolved {
 			rep, undo, err := d.applyOne(j.ctx, s, w.chain, model, i, a, j.Fuse)
 			if err != nil {
@@ -444,7 +454,7 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	return nil
 }
 
-func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, model []*pb.Layer, i int, a resolvedAdapter, fuse bool) (AdapterReport, func() error, error) {
+func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, model []sdk.Layer, i int, a resolvedAdapter, fuse bool) (AdapterReport, func() error, error) {
 	rep := AdapterReport{Plugin: a.req.Plugin, File: a.req.File, Digest: a.digest}
 	f, err := weights.Open(a.path)
 	if err != nil {
@@ -455,7 +465,7 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	if op == "" {
 		desc, err := d.host.Describe(ctx, a.req.Plugin)
 		if err != nil {
-			return rep, nil, errorf(http.StatusBadGateway, "%v", err)
+			return rep, nil, errorf(pluginStatus(err), "%v", err)
 		}
 		if len(desc.Operations) == 0 {
 			return rep, nil, errorf(http.StatusBadGateway, "plugin %s has no operations", a.req.Plugin)
@@ -463,31 +473,45 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 		op = desc.Operations[0].Name
 	}
 	id := fmt.Sprintf("file%d", i)
-	plan, err := d.host.Plan(ctx, a.req.Plugin, &pb.PlanRequest{Operation: op, ParamsJson: a.params, Model: model,
-		Files: []*pb.WeightFile{hosts.Header(id, strings.TrimPrefix(a.digest, "sha256:"), f)}})
+	plan, err := d.host.Plan(ctx, a.req.Plugin, &sdk.PlanRequest{Operation: op, Params: a.params, Model: model,
+		Files: []sdk.File{adapt.Header(id, strings.TrimPrefix(a.digest, "sha256:"), f)}})
 	if err != nil {
-		code := http.StatusBadGateway
-		if strings.Contains(err.Error(), "InvalidArgument") {
-			code = http.StatusBadRequest
-		}
-		return rep, nil, errorf(code, "%v", err)
+		return rep, nil, errorf(pluginStatus(err), "%v", err)
 	}
-	r := plan.GetReport()
-	rep.Format, rep.LayersAdapted, rep.Matched = r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched())
-	rep.Unmatched, rep.ShapeMismatched, rep.Warnings, rep.EffectiveScales = r.GetUnmatched(), r.GetShapeMismatched(), r.GetWarnings(), r.GetEffectiveScales()
+	r := plan.Report
+	if r == nil {
+		r = &sdk.Report{}
+	}
+	rep.Format, rep.LayersAdapted, rep.Matched = r.Format, len(plan.Patches), len(r.Matched)
+	rep.Unmatched, rep.ShapeMismatched, rep.Warnings, rep.EffectiveScales = r.Unmatched, r.ShapeMismatched, r.Warnings, r.EffectiveScales
 	files := map[string]*weights.File{id: f}
 	if fuse {
-		fu, err := hosts.Fuse(s, m, plan, files)
+		fu, err := adapt.Fuse(s, m, plan, files)
 		if err != nil {
 			return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
 		}
 		return rep, fu.Unfuse, nil
 	}
-	ap, err := hosts.Apply(s, m, plan, files)
+	ap, err := adapt.Apply(s, m, plan, files)
 	if err != nil {
 		return rep, nil, errorf(http.StatusUnprocessableEntity, "%v", err)
 	}
 	return rep, ap.Eject, nil
+}
+
+// pluginStatus maps a plugin call's code (never its text) to an HTTP
+// status: the plugin's verdict on the request's input is the client's
+// problem (400, or 422 for a request that does not apply to this model);
+// anything else — a crash, a hang, an error without a code — is the
+// plugin's (502).
+func pluginStatus(err error) int {
+	switch sdk.CodeOf(err) {
+	case sdk.InvalidArgument, sdk.NotFound:
+		return http.StatusBadRequest
+	case sdk.FailedPrecondition:
+		return http.StatusUnprocessableEntity
+	}
+	return http.StatusBadGateway
 }
 
 // execute runs one job on a warm model (loaded: a failed load retires the
@@ -567,6 +591,9 @@ func (d *Daemon) forward(w *warm, j *Job) (map[string]weights.Raw, error) {
 		if err := s.Err(); err != nil {
 			return errorf(http.StatusBadRequest, "inputs: %v", err)
 		}
+		if err := d.admit(s, w, j, call, inputs); err != nil {
+			return err
+		}
 		outs, err := call.Forward(s, w.chain, inputs...)
 		if err != nil {
 			if j.ctx.Err() != nil {
@@ -580,6 +607,68 @@ func (d *Daemon) forward(w *warm, j *Job) (map[string]weights.Raw, error) {
 		return s.Err()
 	})
 	return outputs, err
+}
+
+// admissionError is a run refused because its estimated activation
+// memory is over MaxActivation.
+type admissionError struct{ estimate, budget int64 }
+
+func (e *admissionError) Error() string {
+	return fmt.Sprintf("the run needs about %s of activation memory (estimated from the model and the input shapes), more than this daemon's max_activation of %s; send smaller inputs or a smaller batch",
+		humanBytes(e.estimate), humanBytes(e.budget))
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// admit estimates a job's activation memory (a dry run, see
+// core.Call.EstimatePeak; cached by adapter set and input shapes) and
+// refuses it over MaxActivation. A model whose dry run fails is logged
+// and admitted: the estimate is a guard, not a second implementation.
+func (d *Daemon) admit(s *tensor.Scope, w *warm, j *Job, call core.Call, inputs []*tensor.Tensor) error {
+	if d.cfg.MaxActivation <= 0 {
+		return nil
+	}
+	key := j.key + "\x00" + shapesKey(j.inputs)
+	est, ok := w.estimates[key]
+	if !ok {
+		var err error
+		est, err = call.EstimatePeak(s, w.chain, inputs...)
+		if err != nil {
+			d.log.Warn("cannot estimate activation memory; admitting the run", "model", w.name, "error", err)
+			est = -1
+		}
+		if w.estimates == nil || len(w.estimates) >= 256 {
+			w.estimates = map[string]int64{}
+		}
+		w.estimates[key] = est
+	}
+	if est > d.cfg.MaxActivation {
+		d.metrics.refused.Inc()
+		return &admissionError{estimate: est, budget: d.cfg.MaxActivation}
+	}
+	return nil
+}
+
+// shapesKey names the inputs' names, dtypes and shapes.
+func shapesKey(inputs map[string]weights.Raw) string {
+	names := make([]string, 0, len(inputs))
+	for k := range inputs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var sb strings.Builder
+	for _, k := range names {
+		fmt.Fprintf(&sb, "%s:%s%v;", k, inputs[k].DType, inputs[k].Shape)
+	}
+	return sb.String()
 }
 
 // Cancel cancels a job: a queued one ends at once, a running one at its

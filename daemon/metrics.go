@@ -16,6 +16,8 @@ type metrics struct {
 	jobSeconds   prometheus.Histogram
 	adapterSwaps prometheus.Counter
 	modelLoads   prometheus.Counter
+	decoding     prometheus.Gauge
+	refused      prometheus.Counter
 }
 
 func newMetrics(d *Daemon) *metrics {
@@ -34,10 +36,13 @@ func newMetrics(d *Daemon) *metrics {
 		adapterSwaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "refinersd_adapter_swaps_total",
 			Help: "Times a model's adapter set was changed (eject and apply)."}),
 		modelLoads: prometheus.NewCounter(prometheus.CounterOpts{Name: "refinersd_model_loads_total", Help: "Models loaded into memory."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "refinersd_admission_refused_total",
+			Help: "Runs refused because their estimated activation memory was over max_activation."}),
+		decoding: prometheus.NewGauge(prometheus.GaugeOpts{Name: "refinersd_requests_decoding", Help: "Run requests whose body is being read (at most max_decodes)."}),
 	}
 	restarts := prometheus.NewDesc("refinersd_plugin_restarts_total", "Plugin processes restarted after a crash, a hang or a failed health check.", []string{"plugin"}, nil)
 	loaded := prometheus.NewDesc("refinersd_models_loaded", "Models in memory (loaded or loading).", nil, nil)
-	m.registry.MustRegister(m.requests, m.latency, m.queueDepth, m.rejected, m.jobs, m.jobSeconds, m.adapterSwaps, m.modelLoads,
+	m.registry.MustRegister(m.requests, m.latency, m.queueDepth, m.rejected, m.jobs, m.jobSeconds, m.adapterSwaps, m.modelLoads, m.decoding, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectorFunc{descs: []*prometheus.Desc{restarts, loaded}, collect: func(ch chan<- prometheus.Metric) {
 			for name, n := range d.host.Restarts() {

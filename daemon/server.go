@@ -21,6 +21,7 @@ import (
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/store"
 )
 
@@ -75,7 +76,40 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
-	return d.authenticate(refuseDotSegments(mux))
+	return d.bodyTimeout(d.authenticate(refuseDotSegments(mux)))
+}
+
+// bodyTimeout cuts a request body that sends nothing for BodyTimeout: the
+// read deadline moves forward before each read, so a large upload that
+// keeps coming is never cut, and a stalled one does not hold a connection
+// and a decode slot forever.
+func (d *Daemon) bodyTimeout(next http.Handler) http.Handler {
+	if d.cfg.BodyTimeout <= 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &progressBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: d.cfg.BodyTimeout}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// progressBody extends the connection's read deadline before every read.
+type progressBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout)) // unsupported by a test recorder: then no deadline
+	n, err := b.ReadCloser.Read(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = errorf(http.StatusRequestTimeout, "request body: nothing received for %v", b.timeout)
+	}
+	return n, err
 }
 
 // refuseDotSegments answers 400 to paths with "." or ".." segments (also
@@ -167,12 +201,19 @@ type errorBody struct {
 	Error struct {
 		Status  int    `json:"status"`
 		Message string `json:"message"`
+		// With a run refused for its memory: the estimate and the budget.
+		EstimateBytes int64 `json:"estimate_bytes,omitempty"`
+		BudgetBytes   int64 `json:"budget_bytes,omitempty"`
 	} `json:"error"`
 }
 
 func writeError(w http.ResponseWriter, code int, err error) {
 	var b errorBody
 	b.Error.Status, b.Error.Message = code, err.Error()
+	var adm *admissionError
+	if errors.As(err, &adm) {
+		b.Error.EstimateBytes, b.Error.BudgetBytes = adm.estimate, adm.budget
+	}
 	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
@@ -209,6 +250,8 @@ type ModelInfo struct {
 	*store.Model
 	State ModelState `json:"state"`
 	Tree  string     `json:"tree,omitempty"`
+	// TreeTruncated says Tree stops after maxTreeLines lines.
+	TreeTruncated bool `json:"tree_truncated,omitempty"`
 	// Params counts the model's parameters (elements).
 	Params int64 `json:"params,omitempty"`
 }
@@ -226,9 +269,13 @@ func (d *Daemon) listModels(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"models": out})
 }
 
+// maxTreeLines bounds the tree GET /v1/models/{name} shows (the SD 1.5
+// U-Net prints in about 1,200 lines); tree_depth shortens it.
+const maxTreeLines = 5000
+
 func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := store.CheckName(name); err != nil {
+	if err := names.Check("model", name); err != nil {
 		d.fail(w, err)
 		return
 	}
@@ -237,12 +284,19 @@ func (d *Daemon) showModel(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, err)
 		return
 	}
+	depth := -1
+	if q := r.URL.Query().Get("tree_depth"); q != "" {
+		if depth, err = strconv.Atoi(q); err != nil || depth < 0 {
+			d.fail(w, errorf(http.StatusBadRequest, "tree_depth %q: want a non-negative integer", q))
+			return
+		}
+	}
 	info := ModelInfo{Model: m, State: d.modelState(name)}
 	sp, err := d.store.LoadSpec(m)
 	if err == nil {
 		var c *core.Chain
 		if c, err = sp.Build(m.Overrides); err == nil {
-			info.Tree = core.Tree(c, -1)
+			info.Tree, info.TreeTruncated = core.TreeWith(c, core.TreeOptions{Depth: depth, MaxLines: maxTreeLines})
 			info.Params = core.CountParams(c)
 		}
 	}
@@ -315,34 +369,47 @@ func (d *Daemon) listPlugins(w http.ResponseWriter, r *http.Request) {
 		SHA256   string `json:"sha256"`
 		PID      int    `json:"pid,omitempty"`
 		Restarts int    `json:"restarts"`
+		Status   string `json:"status"` // "ok", or why the plugin will not start
 	}
 	out := []plugin{}
 	for _, e := range es {
-		out = append(out, plugin{Name: e.Name, Version: e.Version, SHA256: e.SHA256, PID: d.host.PID(e.Name), Restarts: restarts[e.Name]})
+		status := "ok"
+		if err := d.host.Verify(e); err != nil {
+			status = "refused: " + err.Error()
+		}
+		out = append(out, plugin{Name: e.Name, Version: e.Version, SHA256: e.SHA256, PID: d.host.PID(e.Name), Restarts: restarts[e.Name], Status: status})
 	}
 	writeJSON(w, 200, map[string]any{"plugins": out})
 }
 
 // parseRun reads a run request: JSON, or multipart/form-data with a
 // "request" JSON part and an "inputs" safetensors part (the file format of
-// `refinersd run --input`).
+// `refinersd run --input`). At most MaxDecodes requests are read at once;
+// the others wait for their turn before their body is read.
 func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string, error) {
 	if r.ContentLength > d.cfg.MaxBody {
 		return nil, "", &http.MaxBytesError{Limit: d.cfg.MaxBody}
 	}
+	select {
+	case d.decodes <- struct{}{}:
+	case <-r.Context().Done():
+		return nil, "", errorf(http.StatusServiceUnavailable, "request canceled while waiting to be read: %v", r.Context().Err())
+	}
+	defer func() { <-d.decodes }()
+	d.metrics.decoding.Inc()
+	defer d.metrics.decoding.Dec()
 	r.Body = http.MaxBytesReader(w, r.Body, d.cfg.MaxBody)
 	var req RunRequest
 	inputs := map[string]weights.Raw{}
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {
 	case "application/json", "":
-		dec := json.NewDecoder(r.Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := newJSONDecoder(r.Body).runRequest(&req, inputs); err != nil {
 			return nil, "", badBody(err)
 		}
 	case "multipart/form-data":
 		mr := multipart.NewReader(r.Body, params["boundary"])
+		seen := map[string]bool{}
 		for {
 			part, err := mr.NextPart()
 			if err == io.EOF {
@@ -351,23 +418,28 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 			if err != nil {
 				return nil, "", badBody(err)
 			}
-			data, err := io.ReadAll(part)
-			if err != nil {
-				return nil, "", badBody(err)
+			if seen[part.FormName()] {
+				return nil, "", errorf(http.StatusBadRequest, "multipart part %q is given twice", part.FormName())
 			}
+			seen[part.FormName()] = true
 			switch part.FormName() {
 			case "request":
-				dec := json.NewDecoder(bytes.NewReader(data))
-				dec.DisallowUnknownFields()
-				if err := dec.Decode(&req); err != nil {
+				if err := newJSONDecoder(part).runRequest(&req, inputs); err != nil {
 					return nil, "", badBody(err)
 				}
 			case "inputs":
+				data, err := io.ReadAll(part)
+				if err != nil {
+					return nil, "", badBody(err)
+				}
 				f, err := weights.Parse("inputs", data)
 				if err != nil {
 					return nil, "", errorf(http.StatusBadRequest, "%v", err)
 				}
 				for _, k := range f.Keys() {
+					if _, dup := inputs[k]; dup {
+						return nil, "", errorf(http.StatusBadRequest, "input %s is given twice", k)
+					}
 					info, _ := f.Info(k)
 					raw, err := f.Bytes(k)
 					if err != nil {
@@ -384,16 +456,6 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 		}
 	default:
 		return nil, "", errorf(http.StatusUnsupportedMediaType, "Content-Type %q: send application/json or multipart/form-data", mt)
-	}
-	for name, jt := range req.Inputs {
-		if _, dup := inputs[name]; dup {
-			return nil, "", errorf(http.StatusBadRequest, "input %s is given twice", name)
-		}
-		raw, err := decodeTensor(name, &jt)
-		if err != nil {
-			return nil, "", errorf(http.StatusBadRequest, "inputs: %v", err)
-		}
-		inputs[name] = raw
 	}
 	for name := range inputs {
 		if !tensorNameRE.MatchString(name) {
@@ -414,7 +476,7 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 	if req.Model == "" {
 		return nil, "", errorf(http.StatusBadRequest, "model: missing")
 	}
-	if err := store.CheckName(req.Model); err != nil {
+	if err := names.Check("model", req.Model); err != nil {
 		return nil, "", fmt.Errorf("model: %w", err)
 	}
 	out := req.Outputs
@@ -434,7 +496,8 @@ func (d *Daemon) parseRun(w http.ResponseWriter, r *http.Request) (*Job, string,
 
 func badBody(err error) error {
 	var mb *http.MaxBytesError
-	if errors.As(err, &mb) {
+	var ae *apiError
+	if errors.As(err, &mb) || errors.As(err, &ae) {
 		return err
 	}
 	return errorf(http.StatusBadRequest, "request body: %v", err)
@@ -666,7 +729,7 @@ func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, j *Job, withResu
 // until ShutdownTimeout to finish (then are canceled), the listener
 // closes, models are released and plugins stopped.
 func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: d.cfg.IdleTimeout}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	d.log.Info("listening", "addr", l.Addr().String(), "auth", d.cfg.Token != "")

@@ -33,22 +33,64 @@ var tensorNameRE = regexp.MustCompile(`^(input\.[0-9]{1,4}|context\.[A-Za-z0-9_]
 // allocated for it (the body limit bounds it too; this gives a clear error).
 const maxJSONElements = 1 << 26
 
-// decodeTensor turns a JSON tensor into raw bytes, checking that the data
-// fills the shape.
+// checkShape validates a tensor's shape and returns its element count.
+func checkShape(name string, shape []int64) (int64, error) {
+	n := int64(1)
+	for _, d := range shape {
+		if d < 0 || d > maxJSONElements {
+			return 0, fmt.Errorf("%s: bad dimension %d in shape %v", name, d, shape)
+		}
+		n *= d
+		if n > maxJSONElements {
+			return 0, fmt.Errorf("%s: shape %v has more than %d elements", name, shape, maxJSONElements)
+		}
+	}
+	return n, nil
+}
+
+// appendFloat appends element i, of value v, as dt's little-endian bytes.
+// A value dt cannot hold (a fraction for int64, 2 for bool, 1e39 for
+// float32) is an error, not a silent Inf or truncation.
+func appendFloat(b []byte, dt tensor.DType, v float64, i int64) ([]byte, error) {
+	switch dt {
+	case tensor.Float32, tensor.BFloat16, tensor.Float16:
+		f := float32(v)
+		if math.IsInf(float64(f), 0) && !math.IsInf(v, 0) {
+			return b, fmt.Errorf("element %d (%v) is out of the range of %s", i, v, dt)
+		}
+		switch dt {
+		case tensor.Float32:
+			return binary.LittleEndian.AppendUint32(b, math.Float32bits(f)), nil
+		case tensor.BFloat16:
+			return binary.LittleEndian.AppendUint16(b, tensor.BFloat16Bits(f)), nil
+		}
+		return binary.LittleEndian.AppendUint16(b, tensor.Float16Bits(f)), nil
+	case tensor.Int64:
+		if v != math.Trunc(v) || math.Abs(v) > 1<<53 {
+			return b, fmt.Errorf("element %d (%v) is not an integer", i, v)
+		}
+		return appendInt64(b, int64(v)), nil
+	case tensor.Bool:
+		if v != 0 && v != 1 {
+			return b, fmt.Errorf("element %d (%v) is not 0 or 1", i, v)
+		}
+		return append(b, byte(v)), nil
+	}
+	return b, fmt.Errorf("dtype %s cannot be given as JSON values", dt)
+}
+
+func appendInt64(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
+
+// decodeTensor turns a JSON tensor held in memory into raw bytes, checking
+// that the data fills the shape.
 func decodeTensor(name string, jt *JSONTensor) (weights.Raw, error) {
 	dt, err := tensor.ParseDType(jt.DType)
 	if err != nil {
 		return weights.Raw{}, fmt.Errorf("%s: %w", name, err)
 	}
-	n := int64(1)
-	for _, d := range jt.Shape {
-		if d < 0 || d > maxJSONElements {
-			return weights.Raw{}, fmt.Errorf("%s: bad dimension %d in shape %v", name, d, jt.Shape)
-		}
-		n *= d
-		if n > maxJSONElements {
-			return weights.Raw{}, fmt.Errorf("%s: shape %v has more than %d elements", name, jt.Shape, maxJSONElements)
-		}
+	n, err := checkShape(name, jt.Shape)
+	if err != nil {
+		return weights.Raw{}, err
 	}
 	shape := append([]int64{}, jt.Shape...)
 	if jt.DataBase64 != "" {
@@ -69,23 +111,8 @@ func decodeTensor(name string, jt *JSONTensor) (weights.Raw, error) {
 	}
 	b := make([]byte, 0, n*int64(dt.Size()))
 	for i, v := range jt.Data {
-		switch dt {
-		case tensor.Float32:
-			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(float32(v)))
-		case tensor.BFloat16:
-			b = binary.LittleEndian.AppendUint16(b, tensor.BFloat16Bits(float32(v)))
-		case tensor.Float16:
-			b = binary.LittleEndian.AppendUint16(b, tensor.Float16Bits(float32(v)))
-		case tensor.Int64:
-			if v != math.Trunc(v) || math.Abs(v) > 1<<53 {
-				return weights.Raw{}, fmt.Errorf("%s: element %d (%v) is not an integer", name, i, v)
-			}
-			b = binary.LittleEndian.AppendUint64(b, uint64(int64(v)))
-		case tensor.Bool:
-			if v != 0 && v != 1 {
-				return weights.Raw{}, fmt.Errorf("%s: element %d (%v) is not 0 or 1", name, i, v)
-			}
-			b = append(b, byte(v))
+		if b, err = appendFloat(b, dt, v, int64(i)); err != nil {
+			return weights.Raw{}, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	return weights.Raw{DType: dt, Shape: shape, Data: b}, nil

@@ -10,8 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
@@ -69,36 +72,39 @@ func Check(ctx context.Context, binary string) ([]CheckResult, error) {
 			add(fmt.Sprintf("operation %q: has an example request", op.Name), fmt.Errorf("no example: the kit cannot check that its plans are well-formed"))
 			continue
 		}
-		req := op.Example
+		req := *op.Example
 		req.Operation = op.Name
-		resp, err := h.Plan(ctx, e.Name, req)
+		resp, err := h.Plan(ctx, e.Name, &req)
 		if err == nil {
-			err = checkPlan(resp, req)
+			err = checkPlan(resp, &req)
 		}
 		add(fmt.Sprintf("operation %q: its example plans, and the plan is well-formed", op.Name), err)
 	}
 	bad := []struct {
 		what string
-		req  *pb.PlanRequest
+		req  *sdk.PlanRequest
 	}{
-		{"an unknown operation", &pb.PlanRequest{Operation: "no-such-operation-" + e.Name}},
-		{"parameters that are not JSON", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: "{not json"}},
-		{"parameters of the wrong shape", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: `[1, 2, 3]`}},
-		{"an empty model and no files", &pb.PlanRequest{Operation: firstOp(d), ParamsJson: `{}`}},
+		{"an unknown operation", &sdk.PlanRequest{Operation: "no-such-operation-" + e.Name}},
+		{"parameters that are not JSON", &sdk.PlanRequest{Operation: firstOp(d), Params: "{not json"}},
+		{"parameters of the wrong shape", &sdk.PlanRequest{Operation: firstOp(d), Params: `[1, 2, 3]`}},
+		{"an empty model and no files", &sdk.PlanRequest{Operation: firstOp(d), Params: `{}`}},
 	}
 	for _, b := range bad {
+		name := "rejects " + b.what + " with InvalidArgument"
 		resp, err := h.Plan(ctx, e.Name, b.req)
-		switch {
-		case err != nil && strings.Contains(err.Error(), "crashed"):
-			add("rejects "+b.what+" with an error", fmt.Errorf("the plugin crashed: %v", err))
-		case err != nil && strings.Contains(err.Error(), "did not answer"):
-			add("rejects "+b.what+" with an error", fmt.Errorf("the plugin hung: %v", err))
-		case err == nil && len(resp.GetPatches()) > 0:
-			add("rejects "+b.what+" with an error", fmt.Errorf("it answered with %d patches", len(resp.Patches)))
+		switch code := sdk.CodeOf(err); {
+		case code == codes.Unavailable:
+			add(name, fmt.Errorf("the plugin crashed: %v", err))
+		case code == codes.DeadlineExceeded:
+			add(name, fmt.Errorf("the plugin hung: %v", err))
+		case err == nil && len(resp.Patches) > 0:
+			add(name, fmt.Errorf("it answered with %d patches", len(resp.Patches)))
 		case err == nil:
-			add("rejects "+b.what+" with an error", fmt.Errorf("it answered without an error (an empty plan)"))
+			add(name, fmt.Errorf("it answered without an error (an empty plan)"))
+		case code != sdk.InvalidArgument:
+			add(name, fmt.Errorf("it answered with code %v (%v); bad input is InvalidArgument (sdk.Errorf), which a daemon answers with 400", code, err))
 		default:
-			add("rejects "+b.what+" with an error", nil)
+			add(name, nil)
 		}
 	}
 	var wg sync.WaitGroup
@@ -118,17 +124,17 @@ func Check(ctx context.Context, binary string) ([]CheckResult, error) {
 	return results, nil
 }
 
-func firstOp(d *pb.Description) string {
+func firstOp(d *sdk.Description) string {
 	if len(d.Operations) > 0 {
 		return d.Operations[0].Name
 	}
 	return "apply"
 }
 
-func checkDescription(d *pb.Description) error {
+func checkDescription(d *sdk.Description) error {
 	var problems []string
-	if !sdk.ValidName.MatchString(d.Name) {
-		problems = append(problems, fmt.Sprintf("name %q is not [a-z0-9][a-z0-9_-]*", d.Name))
+	if err := names.Check("plugin", d.Name); err != nil {
+		problems = append(problems, err.Error())
 	}
 	if !semver.MatchString(d.Version) {
 		problems = append(problems, fmt.Sprintf("version %q is not a semantic version", d.Version))
@@ -141,13 +147,13 @@ func checkDescription(d *pb.Description) error {
 	}
 	seen := map[string]bool{}
 	for _, op := range d.Operations {
-		if !sdk.ValidName.MatchString(op.Name) || seen[op.Name] {
+		if !names.Valid(op.Name) || seen[op.Name] {
 			problems = append(problems, fmt.Sprintf("operation name %q is invalid or repeated", op.Name))
 		}
 		seen[op.Name] = true
 	}
 	for _, lt := range d.LayerTypes {
-		if !sdk.ValidName.MatchString(strings.ToLower(lt.Name)) || lt.Spec == "" {
+		if !names.Valid(strings.ToLower(lt.Name)) || lt.Spec == "" {
 			problems = append(problems, fmt.Sprintf("layer type %q needs a name and a spec", lt.Name))
 		}
 	}
@@ -159,7 +165,7 @@ func checkDescription(d *pb.Description) error {
 
 // checkLayerType parses a contributed layer type's spec as a block library
 // and builds a model made of that block with its defaults.
-func checkLayerType(plugin string, lt *pb.LayerType) error {
+func checkLayerType(plugin string, lt sdk.LayerType) error {
 	use := fmt.Sprintf("refiners: 1\nlayers:\n  - %s/%s\n", plugin, lt.Name)
 	s, err := spec.Parse("kit", []byte(use))
 	if err != nil {
@@ -186,8 +192,8 @@ func checkSchema(s string) error {
 // checkPlan checks that every patch targets a layer of the request's model,
 // has a branch the host can build, and binds keys that the request's files
 // have to parameters the branch has.
-func checkPlan(resp *pb.PlanResponse, req *pb.PlanRequest) error {
-	if resp.GetReport() == nil {
+func checkPlan(resp *sdk.Plan, req *sdk.PlanRequest) error {
+	if resp.Report == nil {
 		return fmt.Errorf("the plan has no report")
 	}
 	layers := map[string]bool{}
@@ -196,18 +202,18 @@ func checkPlan(resp *pb.PlanResponse, req *pb.PlanRequest) error {
 	}
 	keys := map[string]map[string]bool{}
 	for _, f := range req.Files {
-		keys[f.Id] = map[string]bool{}
+		keys[f.ID] = map[string]bool{}
 		for _, t := range f.Tensors {
-			keys[f.Id][t.Key] = true
+			keys[f.ID][t.Key] = true
 		}
 	}
 	for i, p := range resp.Patches {
 		if !layers[p.Target] {
 			return fmt.Errorf("patch %d targets %q, which is not in the model", i, p.Target)
 		}
-		var desc map[string]any
-		if err := json.Unmarshal([]byte(p.BranchJson), &desc); err != nil {
-			return fmt.Errorf("patch %d: branch is not JSON: %v", i, err)
+		desc, err := adapt.BranchDescription(p.Branch)
+		if err != nil {
+			return fmt.Errorf("patch %d: %v", i, err)
 		}
 		branch, err := core.BuildLayer(desc)
 		if err != nil {

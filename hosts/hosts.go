@@ -3,7 +3,9 @@
 // TLS); its binary is pinned by sha256 in a lockfile and checked at every
 // launch. A plugin that crashes or hangs fails the one call it was serving
 // with a clear error; the next call starts it again. The host process never
-// goes down with a plugin.
+// goes down with a plugin. Calls speak the sdk's plain types, and a failed
+// call is a CallError with a code. Turning a plan into adapters is package
+// adapt's job; the conformance kit (Check) lives here.
 package hosts
 
 import (
@@ -27,7 +29,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/internal/atomicfile"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/sdk"
 )
 
@@ -63,6 +66,7 @@ type Host struct {
 }
 
 type running struct {
+	cmd      *exec.Cmd
 	client   *plugin.Client
 	rpc      plugin.ClientProtocol
 	planner  sdk.Planner
@@ -121,7 +125,21 @@ func (h *Host) writeLock(entries []Entry) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(h.dir, lockName), append(b, '\n'), 0o644)
+	return atomicfile.WriteFile(filepath.Join(h.dir, lockName), append(b, '\n'), 0o644)
+}
+
+// Verify checks that an installed plugin's binary is still the one that
+// was installed (the check every launch makes): nil, or why not.
+func (h *Host) Verify(e Entry) error {
+	path := filepath.Join(h.dir, e.File)
+	sum, err := FileSHA256(path)
+	if err != nil {
+		return fmt.Errorf("binary %s: %w", path, err)
+	}
+	if sum != e.SHA256 {
+		return fmt.Errorf("binary %s changed since it was installed (sha256 %s, lockfile has %s)", path, sum, e.SHA256)
+	}
+	return nil
 }
 
 // lookup returns the lockfile entry of an installed plugin.
@@ -135,7 +153,7 @@ func (h *Host) lookup(name string) (Entry, error) {
 			return e, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("plugin %q is not installed (see `refinersd plugins list`)", name)
+	return Entry{}, callErrorf(name, "start", codes.NotFound, "plugin %q is not installed (see `refinersd plugins list`)", name)
 }
 
 // Install copies a plugin binary into the plugins directory, asks it to
@@ -146,25 +164,32 @@ func (h *Host) Install(ctx context.Context, path string) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
-	// Describe it from a private copy, so what we check is what we keep.
-	tmp := filepath.Join(h.dir, ".install-"+sum[:16])
-	if err := copyFile(path, tmp, 0o755); err != nil {
-		return Entry{}, fmt.Errorf("install %s: %w", path, err)
-	}
-	defer os.Remove(tmp)
-	desc, err := h.describeBinary(ctx, tmp, sum)
+	// Describe it from a private copy, so what we check is what we keep;
+	// the copy becomes the installed binary at once.
+	tmp, err := atomicfile.Create(h.dir)
 	if err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
-	if !sdk.ValidName.MatchString(desc.Name) {
-		return Entry{}, fmt.Errorf("install %s: plugin name %q is not of the form [a-z0-9][a-z0-9_-]*", path, desc.Name)
+	defer tmp.Abort()
+	if err := copyInto(tmp, path); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	if err := tmp.Seal(0o755); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	desc, err := h.describeBinary(ctx, tmp.Name(), sum)
+	if err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
+	}
+	if err := names.Check("plugin", desc.Name); err != nil {
+		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
 	if desc.Protocol != sdk.ProtocolVersion {
 		return Entry{}, fmt.Errorf("install %s: plugin speaks protocol %d, this host speaks %d", path, desc.Protocol, sdk.ProtocolVersion)
 	}
 	e := Entry{Name: desc.Name, Version: desc.Version, Protocol: desc.Protocol, SHA256: sum, File: desc.Name + ".plugin"}
 	h.stop(e.Name)
-	if err := os.Rename(tmp, filepath.Join(h.dir, e.File)); err != nil {
+	if err := tmp.Commit(filepath.Join(h.dir, e.File), 0o755); err != nil {
 		return Entry{}, fmt.Errorf("install %s: %w", path, err)
 	}
 	entries, err := h.readLock()
@@ -211,8 +236,8 @@ func (h *Host) Remove(name string) error {
 }
 
 // Describe asks an installed plugin to describe itself.
-func (h *Host) Describe(ctx context.Context, name string) (*pb.Description, error) {
-	var out *pb.Description
+func (h *Host) Describe(ctx context.Context, name string) (*sdk.Description, error) {
+	var out *sdk.Description
 	err := h.call(ctx, name, "Describe", func(ctx context.Context, p sdk.Planner) error {
 		d, err := p.Describe(ctx)
 		out = d
@@ -222,14 +247,36 @@ func (h *Host) Describe(ctx context.Context, name string) (*pb.Description, erro
 }
 
 // Plan asks an installed plugin for a patch plan.
-func (h *Host) Plan(ctx context.Context, name string, req *pb.PlanRequest) (*pb.PlanResponse, error) {
-	var out *pb.PlanResponse
+func (h *Host) Plan(ctx context.Context, name string, req *sdk.PlanRequest) (*sdk.Plan, error) {
+	var out *sdk.Plan
 	err := h.call(ctx, name, "Plan", func(ctx context.Context, p sdk.Planner) error {
 		r, err := p.Plan(ctx, req)
 		out = r
 		return err
 	})
 	return out, err
+}
+
+// CallError is a failed plugin call. Code says what kind of failure it
+// was, so that callers map codes, never text: the plugin's own code for an
+// error it returned (sdk.InvalidArgument for bad input), Unavailable when
+// the plugin crashed or could not start, DeadlineExceeded when it hung,
+// NotFound when it is not installed, PermissionDenied when its binary
+// changed since it was installed.
+type CallError struct {
+	Plugin string
+	Call   string // Describe, Plan, start
+	Code   sdk.Code
+	Msg    string
+}
+
+func (e *CallError) Error() string { return e.Msg }
+
+// GRPCStatus gives the error's code to sdk.CodeOf and status.Code.
+func (e *CallError) GRPCStatus() *status.Status { return status.New(e.Code, e.Msg) }
+
+func callErrorf(name, call string, code sdk.Code, format string, args ...any) *CallError {
+	return &CallError{Plugin: name, Call: call, Code: code, Msg: fmt.Sprintf(format, args...)}
 }
 
 // call runs one request on a plugin, starting it if needed, under the call
@@ -246,24 +293,25 @@ func (h *Host) call(ctx context.Context, name, what string, f func(context.Conte
 	if err == nil {
 		return nil
 	}
-	if status.Code(err) == codes.Unavailable {
+	st, _ := status.FromError(err)
+	if st.Code() == codes.Unavailable {
 		// The connection broke: the process is dying or dead. gRPC can
 		// report it before go-plugin notices the exit, so give it a moment.
 		for deadline := time.Now().Add(time.Second); !r.client.Exited() && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 		}
 		h.stop(name)
-		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
+		return callErrorf(name, what, codes.Unavailable, "plugin %s crashed during %s (it will be restarted on the next call): %s", name, what, st.Message())
 	}
 	switch {
 	case r.client.Exited():
 		h.stop(name)
-		return fmt.Errorf("plugin %s crashed during %s (it will be restarted on the next call): %w", name, what, err)
-	case errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
+		return callErrorf(name, what, codes.Unavailable, "plugin %s crashed during %s (it will be restarted on the next call): %s", name, what, st.Message())
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || st.Code() == codes.DeadlineExceeded:
 		h.stop(name)
-		return fmt.Errorf("plugin %s did not answer %s within %v; it was stopped and will be restarted on the next call", name, what, h.opts.CallTimeout)
+		return callErrorf(name, what, codes.DeadlineExceeded, "plugin %s did not answer %s within %v; it was stopped and will be restarted on the next call", name, what, h.opts.CallTimeout)
 	}
-	return fmt.Errorf("plugin %s: %s: %w", name, what, err)
+	return callErrorf(name, what, st.Code(), "plugin %s: %s: %s", name, what, st.Message())
 }
 
 // get returns a running plugin, (re)starting it if it is not running.
@@ -279,7 +327,7 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 			return r, nil
 		}
 		h.log.Warn("plugin failed its health check; restarting it", "name", name)
-		r.client.Kill()
+		r.kill()
 		delete(h.running, name)
 	}
 	e, err := h.lookup(name)
@@ -287,16 +335,12 @@ func (h *Host) get(ctx context.Context, name string) (*running, error) {
 		return nil, err
 	}
 	path := filepath.Join(h.dir, e.File)
-	sum, err := FileSHA256(path)
-	if err != nil {
-		return nil, fmt.Errorf("plugin %s: %w", name, err)
-	}
-	if sum != e.SHA256 {
-		return nil, fmt.Errorf("plugin %s refused: its binary %s changed since it was installed (sha256 %s, lockfile has %s); reinstall it if the change is intended", name, path, sum, e.SHA256)
+	if err := h.Verify(e); err != nil {
+		return nil, callErrorf(name, "start", codes.PermissionDenied, "plugin %s refused: %v; reinstall it if the change is intended", name, err)
 	}
 	r, err := h.launch(path, e.SHA256, name)
 	if err != nil {
-		return nil, err
+		return nil, &CallError{Plugin: name, Call: "start", Code: codes.Unavailable, Msg: err.Error()}
 	}
 	r.entry = e
 	r.lastUsed = time.Now()
@@ -325,8 +369,11 @@ func (h *Host) launch(path, sum, name string) (*running, error) {
 		return nil, fmt.Errorf("plugin %s: bad checksum %q in lockfile", name, sum)
 	}
 	cmd := exec.Command(path)
-	// The plugin dies with the host, even if the host is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// The plugin dies with the host, even if the host is killed; it runs
+	// in a process group of its own, so that stopping it stops whatever it
+	// started too (a child holding its output pipes open would otherwise
+	// outlive it and keep go-plugin waiting).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
@@ -338,32 +385,44 @@ func (h *Host) launch(path, sum, name string) (*running, error) {
 		Logger:           h.log.Named(name),
 		SkipHostEnv:      true,
 	})
+	r := &running{cmd: cmd, client: client}
 	rpc, err := client.Client()
 	if err != nil {
-		client.Kill()
+		r.kill()
 		return nil, fmt.Errorf("plugin %s: start: %w", name, err)
 	}
 	raw, err := rpc.Dispense(sdk.PluginName)
 	if err != nil {
-		client.Kill()
+		r.kill()
 		return nil, fmt.Errorf("plugin %s: %w", name, err)
 	}
 	planner, ok := raw.(sdk.Planner)
 	if !ok {
-		client.Kill()
+		r.kill()
 		return nil, fmt.Errorf("plugin %s does not serve the planner interface", name)
 	}
 	h.log.Debug("started plugin", "name", name, "protocol", client.NegotiatedVersion())
-	return &running{client: client, rpc: rpc, planner: planner}, nil
+	r.rpc, r.planner = rpc, planner
+	return r, nil
+}
+
+// kill stops a plugin: its whole process group first (children it
+// started included), then go-plugin's client, which waits for the output
+// pipes to close.
+func (r *running) kill() {
+	if r.cmd.Process != nil {
+		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL) // the group: pgid = pid
+	}
+	r.client.Kill()
 }
 
 // describeBinary launches a binary that is not installed yet, once.
-func (h *Host) describeBinary(ctx context.Context, path, sum string) (*pb.Description, error) {
+func (h *Host) describeBinary(ctx context.Context, path, sum string) (*sdk.Description, error) {
 	r, err := h.launch(path, sum, "install")
 	if err != nil {
 		return nil, err
 	}
-	defer r.client.Kill()
+	defer r.kill()
 	ctx, cancel := context.WithTimeout(ctx, h.opts.CallTimeout)
 	defer cancel()
 	return r.planner.Describe(ctx)
@@ -375,7 +434,7 @@ func (h *Host) stop(name string) {
 	delete(h.running, name)
 	h.mu.Unlock()
 	if r != nil {
-		r.client.Kill()
+		r.kill()
 	}
 }
 
@@ -387,7 +446,7 @@ func (h *Host) Close() {
 	h.running = map[string]*running{}
 	h.mu.Unlock()
 	for _, r := range rs {
-		r.client.Kill()
+		r.kill()
 	}
 }
 
@@ -418,42 +477,13 @@ func FileSHA256(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
+// copyInto copies the file at src into w.
+func copyInto(w io.Writer, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	_, err = io.Copy(w, in)
+	return err
 }

@@ -16,10 +16,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 var bins = map[string]string{} // plugin name -> freshly built binary
@@ -61,7 +62,7 @@ func install(t *testing.T, h *Host, name string) Entry {
 func TestInstallListDescribeRemove(t *testing.T) {
 	h := newHost(t, Options{})
 	e := install(t, h, "example")
-	if e.Name != "example" || e.Version != "1.0.0" || e.Protocol != 1 || len(e.SHA256) != 64 {
+	if e.Name != "example" || e.Version != "1.1.0" || e.Protocol != 1 || len(e.SHA256) != 64 {
 		t.Errorf("entry %+v", e)
 	}
 	list, err := h.List()
@@ -105,26 +106,26 @@ func TestCrashedOrHungPluginFailsOneCall(t *testing.T) {
 	h := newHost(t, Options{CallTimeout: 2 * time.Second})
 	install(t, h, "faulty")
 	ctx := context.Background()
-	if _, err := h.Plan(ctx, "faulty", &pb.PlanRequest{Operation: "ok"}); err != nil {
+	if _, err := h.Plan(ctx, "faulty", &sdk.PlanRequest{Operation: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 	first := h.PID("faulty")
-	_, err := h.Plan(ctx, "faulty", &pb.PlanRequest{Operation: "crash"})
+	_, err := h.Plan(ctx, "faulty", &sdk.PlanRequest{Operation: "crash"})
 	if err == nil || !strings.Contains(err.Error(), "plugin faulty crashed during Plan") {
 		t.Errorf("crash: %v", err)
 	}
-	if _, err := h.Plan(ctx, "faulty", &pb.PlanRequest{Operation: "ok"}); err != nil {
+	if _, err := h.Plan(ctx, "faulty", &sdk.PlanRequest{Operation: "ok"}); err != nil {
 		t.Fatalf("call after a crash: %v", err)
 	}
 	if second := h.PID("faulty"); second == 0 || second == first {
 		t.Errorf("plugin not restarted: pid %d then %d", first, second)
 	}
 	hung := h.PID("faulty")
-	_, err = h.Plan(ctx, "faulty", &pb.PlanRequest{Operation: "hang"})
+	_, err = h.Plan(ctx, "faulty", &sdk.PlanRequest{Operation: "hang"})
 	if err == nil || !strings.Contains(err.Error(), "did not answer Plan within 2s") {
 		t.Errorf("hang: %v", err)
 	}
-	if _, err := h.Plan(ctx, "faulty", &pb.PlanRequest{Operation: "ok"}); err != nil {
+	if _, err := h.Plan(ctx, "faulty", &sdk.PlanRequest{Operation: "ok"}); err != nil {
 		t.Fatalf("call after a hang: %v", err)
 	}
 	if alive(hung) {
@@ -139,7 +140,7 @@ func TestPluginLogsAreRelevelled(t *testing.T) {
 	var buf syncBuffer
 	h := newHost(t, Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "host", Level: hclog.Debug, Output: &buf})})
 	install(t, h, "faulty")
-	if _, err := h.Plan(context.Background(), "faulty", &pb.PlanRequest{Operation: "ok"}); err != nil {
+	if _, err := h.Plan(context.Background(), "faulty", &sdk.PlanRequest{Operation: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(3 * time.Second)
@@ -172,7 +173,7 @@ func (s *syncBuffer) String() string {
 func TestClosingTheHostLeavesNoPlugin(t *testing.T) {
 	h := newHost(t, Options{})
 	install(t, h, "faulty")
-	if _, err := h.Plan(context.Background(), "faulty", &pb.PlanRequest{Operation: "ok"}); err != nil {
+	if _, err := h.Plan(context.Background(), "faulty", &sdk.PlanRequest{Operation: "ok"}); err != nil {
 		t.Fatal(err)
 	}
 	pid := h.PID("faulty")
@@ -231,13 +232,13 @@ func TestApplyAndEjectThroughThePlugin(t *testing.T) {
 		before, params := print(s, m)
 		base, _ := core.Forward(s, m.Children()[0], x)
 
-		req := &pb.PlanRequest{Operation: "lora", ParamsJson: `{"target": "Linear_1", "file": "f", "down": "down", "up": "up", "scale": 0.5}`,
-			Model: Summarize(m), Files: []*pb.WeightFile{Header("f", "", f)}}
+		req := &sdk.PlanRequest{Operation: "lora", Params: `{"target": "Linear_1", "file": "f", "down": "down", "up": "up", "scale": 0.5}`,
+			Model: adapt.Summarize(m), Files: []sdk.File{adapt.Header("f", "", f)}}
 		plan, err := h.Plan(context.Background(), "example", req)
 		if err != nil {
 			return err
 		}
-		a, err := Apply(s, m, plan, map[string]*weights.File{"f": f})
+		a, err := adapt.Apply(s, m, plan, map[string]*weights.File{"f": f})
 		if err != nil {
 			return err
 		}
@@ -260,7 +261,7 @@ func TestApplyAndEjectThroughThePlugin(t *testing.T) {
 		}
 		// A plan whose binding does not fit changes nothing and says why.
 		plan.Patches[0].Bindings[1].Key = "down"
-		if _, err := Apply(s, m, plan, map[string]*weights.File{"f": f}); err == nil || !strings.Contains(err.Error(), "f[down] gives shape [2 4], the branch wants [8 2]") {
+		if _, err := adapt.Apply(s, m, plan, map[string]*weights.File{"f": f}); err == nil || !strings.Contains(err.Error(), "f[down] gives shape [2 4], the branch wants [8 2]") {
 			t.Errorf("bad plan: %v", err)
 		}
 		if again, _ := print(s, m); again != before {
@@ -304,7 +305,7 @@ func TestConformanceKit(t *testing.T) {
 			failed[r.Name] = true
 		}
 	}
-	for _, want := range []string{`operation "ok": has an example request`, "rejects an unknown operation with an error"} {
+	for _, want := range []string{`operation "ok": has an example request`, "rejects an unknown operation with InvalidArgument"} {
 		if !failed[want] {
 			t.Errorf("the faulty plugin passed %q", want)
 		}

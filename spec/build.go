@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strings"
@@ -49,6 +50,12 @@ type builder struct {
 	spec   *Spec
 	errs   Errors
 	layers int // layer items instantiated so far
+	// Blocks being instantiated: by name and parameter values, and by
+	// name. A block depends only on its parameters (and the spec's), so
+	// meeting the same block with the same values again inside itself is
+	// a recursion that never ends.
+	active map[string]bool
+	depth  map[string]int
 }
 
 func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...any) {
@@ -62,7 +69,7 @@ func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...a
 // Build makes the model the spec declares. overrides set parameters by name
 // (values in YAML syntax, e.g. "768" or "true"), like `--set dim=768`.
 func (s *Spec) Build(overrides map[string]string) (*core.Chain, error) {
-	b := &builder{spec: s}
+	b := &builder{spec: s, active: map[string]bool{}, depth: map[string]int{}}
 	top := &env{vars: map[string]value{}}
 	known := map[string]bool{}
 	for _, p := range s.Params {
@@ -104,6 +111,9 @@ func (s *Spec) Build(overrides map[string]string) (*core.Chain, error) {
 		}
 		root.Args = b.interpolate(s.File, s.layers, s.Args, top)
 		root.Provider = s.Provider
+		if _, ok := core.ParamCount(root); !ok && len(b.errs) == 0 {
+			b.errf(s.File, s.layers, CodeBadLayer, "the model declares more than %d parameters", int64(math.MaxInt64))
+		}
 	}
 	if len(b.errs) > 0 {
 		return nil, b.errs.sorted()
@@ -312,7 +322,7 @@ func (b *builder) item(file string, n *yaml.Node, e *env) []core.Module {
 	var out []core.Module
 	for i := int64(0); i < count; i++ {
 		if b.layers++; b.layers > maxLayers {
-			b.errf(file, typeNode, CodeRepeat, "the spec builds more than %d layers", maxLayers)
+			b.errf(file, typeNode, CodeRepeat, "the spec builds more than %d layers%s", maxLayers, b.recursing())
 			return out
 		}
 		ie := e
@@ -424,6 +434,51 @@ func (b *builder) boolean(file string, n *yaml.Node, e *env) bool {
 	return bv
 }
 
+// signature identifies a block's parameter values.
+func signature(vars map[string]value) string {
+	names := make([]string, 0, len(vars))
+	for n := range vars {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var sb strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&sb, "%s=%#v\x00", n, vars[n])
+	}
+	return sb.String()
+}
+
+func describeParams(vars map[string]value) string {
+	if len(vars) == 0 {
+		return " (it has none)"
+	}
+	names := make([]string, 0, len(vars))
+	for n := range vars {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s=%v", n, vars[n])
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// recursing names the deepest block recursion in progress, for the layer
+// limit's message.
+func (b *builder) recursing() string {
+	name, deepest := "", 1
+	for n, d := range b.depth {
+		if d > deepest || d == deepest && name != "" && n < name {
+			name, deepest = n, d
+		}
+	}
+	if name == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (block %s recurses %d deep)", name, deepest)
+}
+
 func argSpec(t *core.LayerType, name string) *core.ArgSpec {
 	for i := range t.Args {
 		if t.Args[i].Name == name {
@@ -504,7 +559,8 @@ func asInt(v value) (int64, bool) {
 	case int64:
 		return x, true
 	case float64:
-		if x == float64(int64(x)) {
+		// In range first: converting an out-of-range float is not defined.
+		if x >= -(1<<63) && x < 1<<63 && x == math.Trunc(x) {
 			return int64(x), true
 		}
 	}
@@ -564,6 +620,18 @@ func (b *builder) block(file string, typeNode *yaml.Node, blk *Block, args map[s
 	if len(b.errs) > before {
 		return nil
 	}
+	key := blk.Name + "\x00" + signature(be.vars)
+	if b.active[key] {
+		b.errf(file, typeNode, CodeRecursion, "block %s is recursive: it contains itself with the same parameters%s, so it never ends (a recursion must change a parameter and stop on it, e.g. repeat: ${n > 0})",
+			blk.Name, describeParams(be.vars))
+		return nil
+	}
+	b.active[key] = true
+	b.depth[blk.Name]++
+	defer func() {
+		delete(b.active, key)
+		b.depth[blk.Name]--
+	}()
 	kids := b.items(blk.File, blk.layers, be)
 	if len(b.errs) > before {
 		return nil

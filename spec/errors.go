@@ -25,6 +25,7 @@ const (
 	CodeImport        = "RFN-S031" // an import cannot be read, or imports form a cycle
 	CodeRepeat        = "RFN-S040" // repeat is not a non-negative integer
 	CodeOverride      = "RFN-S041" // an override names an unknown parameter or has a bad value
+	CodeRecursion     = "RFN-S042" // a block instantiates itself with the same parameters: it never ends
 	CodeWeightMissing = "RFN-S050" // plan: a parameter has no tensor in the weights
 	CodeWeightShape   = "RFN-S051" // plan: a tensor has the wrong shape or dtype
 	CodeWeightExtra   = "RFN-S052" // plan: the weights hold a tensor the model does not use

@@ -217,6 +217,31 @@ func toFloat(v value) (float64, bool) {
 	return 0, false
 }
 
+// errOverflow is an integer result that int64 cannot hold: an error, not
+// a silently wrapped size.
+type errOverflow struct{ expr string }
+
+func (e errOverflow) Error() string { return "integer overflow in " + e.expr }
+
+// checked computes l op r on integers, reporting overflow.
+func checked(l, r int64, op string) (int64, bool) {
+	switch op {
+	case "+":
+		s := l + r
+		return s, (s > l) == (r > 0)
+	case "-":
+		s := l - r
+		return s, (s < l) == (r > 0)
+	case "*":
+		if l == 0 || r == 0 {
+			return 0, true
+		}
+		p := l * r
+		return p, p/r == l && !(l == -1 && r == math.MinInt64) && !(r == -1 && l == math.MinInt64)
+	}
+	return 0, false
+}
+
 // errDivZero is division by zero in an expression.
 type errDivZero struct{ expr string }
 
@@ -227,15 +252,21 @@ func arith(l, r value, op string) (value, error) {
 	ri, rInt := r.(int64)
 	if lInt && rInt && op != "/" {
 		switch op {
-		case "+":
-			return li + ri, nil
-		case "-":
-			return li - ri, nil
-		case "*":
-			return li * ri, nil
+		case "+", "-", "*":
+			v, ok := checked(li, ri, op)
+			if !ok {
+				return nil, errOverflow{fmt.Sprintf("%d %s %d", li, op, ri)}
+			}
+			return v, nil
 		case "//", "%":
 			if ri == 0 {
 				return nil, errDivZero{fmt.Sprintf("%d %s %d", li, op, ri)}
+			}
+			if li == math.MinInt64 && ri == -1 {
+				if op == "%" {
+					return int64(0), nil
+				}
+				return nil, errOverflow{fmt.Sprintf("%d %s %d", li, op, ri)}
 			}
 			q, m := li/ri, li%ri
 			if m != 0 && (m < 0) != (ri < 0) { // floor, as Python

@@ -1,12 +1,14 @@
 package spec
 
 import (
+	"math"
 	"strings"
 	"testing"
 )
 
 func TestExpressions(t *testing.T) {
-	vars := map[string]value{"dim": int64(768), "heads": int64(12), "eps": 1e-6, "on": true}
+	vars := map[string]value{"dim": int64(768), "heads": int64(12), "eps": 1e-6, "on": true,
+		"big": int64(4611686018427387905), "min": int64(math.MinInt64), "max": int64(math.MaxInt64)}
 	get := func(n string) (value, bool) { v, ok := vars[n]; return v, ok }
 	cases := []struct {
 		src  string
@@ -36,6 +38,21 @@ func TestExpressions(t *testing.T) {
 		{"nope + 1", nil, `unknown parameter "nope"`},
 		{"on + 1", nil, "operands must be numbers"},
 		{"1.2.3", nil, "bad number"},
+		{"big * 4", nil, "integer overflow in 4611686018427387905 * 4"},
+		{"big + big", nil, "integer overflow"},
+		{"-big - big - 2", nil, "integer overflow"},
+		{"-big - (big - 2)", int64(math.MinInt64), ""},
+		{"min - 1", nil, "integer overflow"},
+		{"-min", nil, "integer overflow"},
+		{"min * -1", nil, "integer overflow"},
+		{"-1 * min", nil, "integer overflow"},
+		{"min // -1", nil, "integer overflow"},
+		{"min % -1", int64(0), ""},
+		{"max + 1", nil, "integer overflow"},
+		{"max * 1", int64(9223372036854775807), ""},
+		{"4294967296 * 4294967296", nil, "integer overflow"},
+		{"3037000500 * -3037000500", nil, "integer overflow"},
+		{"3037000499 * 3037000499", int64(9223372030926249001), ""},
 	}
 	for _, c := range cases {
 		got, err := evalExpr(c.src, get)

@@ -19,6 +19,9 @@ type PlanRow struct {
 	Want   []int64
 	Got    []int64 // nil when the file lacks the key
 	Status string  // ok, missing, shape, dtype
+	// FileDType is the file's dtype for a tensor of a dtype that cannot
+	// be loaded at all (safetensors' name, e.g. I32), else "".
+	FileDType string
 }
 
 // PlanReport is the result of a dry run: every parameter's expected and
@@ -42,6 +45,10 @@ func (r *PlanReport) Errors(file string) Errors {
 		case "shape":
 			es = append(es, &Error{File: file, Code: CodeWeightShape, Msg: fmt.Sprintf("layer %s (%s): %q has shape %v, the spec expects %v", row.Layer, row.Type, row.Key, row.Got, row.Want)})
 		case "dtype":
+			if row.FileDType != "" {
+				es = append(es, &Error{File: file, Code: CodeWeightShape, Msg: fmt.Sprintf("layer %s (%s): %q has dtype %s, which cannot be loaded (want a floating-point tensor)", row.Layer, row.Type, row.Key, row.FileDType)})
+				continue
+			}
 			es = append(es, &Error{File: file, Code: CodeWeightShape, Msg: fmt.Sprintf("layer %s (%s): %q is not a floating-point tensor", row.Layer, row.Type, row.Key)})
 		}
 	}
@@ -54,11 +61,20 @@ func (r *PlanReport) Errors(file string) Errors {
 // Plan checks a built (not loaded) model against a weights header: it
 // reads no tensor data and allocates no tensors.
 func Plan(m core.Module, header []weights.Info, prefix string) *PlanReport {
+	return PlanHeader(m, &weights.Header{Tensors: header}, prefix)
+}
+
+// PlanHeader is Plan with the whole header (weights.ReadFileHeader), so
+// that a tensor of a dtype that cannot be loaded is reported as such, not
+// as missing.
+func PlanHeader(m core.Module, h *weights.Header, prefix string) *PlanReport {
+	header := h.Tensors
 	byKey := make(map[string]weights.Info, len(header))
 	for _, h := range header {
 		byKey[h.Key] = h
 	}
 	r := &PlanReport{}
+	r.Params = core.CountParams(m)
 	used := map[string]bool{}
 	for _, e := range core.StateDict(m) {
 		layer, _ := strings.CutSuffix(e.Key, "."+e.Name)
@@ -73,22 +89,20 @@ func Plan(m core.Module, header []weights.Info, prefix string) *PlanReport {
 		}
 		key := prefix + e.Key
 		used[key] = true
-		n := int64(1)
-		for _, d := range e.Shape {
-			n *= d
-		}
-		r.Params += n
 		row := PlanRow{Layer: layer, Type: typ, Key: key, Want: e.Shape, Status: "ok"}
-		h, ok := byKey[key]
+		info, ok := byKey[key]
+		dt, unsupported := h.Unsupported[key]
 		switch {
+		case unsupported:
+			row.Status, row.FileDType = "dtype", dt
 		case !ok:
 			row.Status = "missing"
-		case !slices.Equal(h.Shape, e.Shape):
-			row.Got, row.Status = h.Shape, "shape"
-		case !h.DType.IsFloat():
-			row.Got, row.Status = h.Shape, "dtype"
+		case !slices.Equal(info.Shape, e.Shape):
+			row.Got, row.Status = info.Shape, "shape"
+		case !info.DType.IsFloat():
+			row.Got, row.Status = info.Shape, "dtype"
 		default:
-			row.Got = h.Shape
+			row.Got = info.Shape
 		}
 		r.Rows = append(r.Rows, row)
 	}
@@ -97,6 +111,12 @@ func Plan(m core.Module, header []weights.Info, prefix string) *PlanReport {
 			r.Unexpected = append(r.Unexpected, h.Key)
 		}
 	}
+	for k := range h.Unsupported {
+		if strings.HasPrefix(k, prefix) && !used[k] {
+			r.Unexpected = append(r.Unexpected, k)
+		}
+	}
+	slices.Sort(r.Unexpected)
 	return r
 }
 

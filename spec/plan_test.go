@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,4 +103,37 @@ func FuzzSpec(f *testing.F) {
 			_ = core.StateDict(m)
 		}
 	})
+}
+
+// TestPlanCallsAnUnsupportedDTypeByItsName: a parameter stored as I32
+// (which cannot be loaded) is a dtype problem naming I32, not "missing";
+// an unused I32 tensor is unexpected, not ignored.
+func TestPlanCallsAnUnsupportedDTypeByItsName(t *testing.T) {
+	m := core.NewChain(core.NewLinear(2, 3, true))
+	path := filepath.Join(t.TempDir(), "w.safetensors")
+	header := `{"Linear.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},` +
+		`"Linear.bias":{"dtype":"I32","shape":[3],"data_offsets":[24,36]},` +
+		`"Extra":{"dtype":"F64","shape":[1],"data_offsets":[36,44]}}`
+	for len(header)%8 != 0 {
+		header += " "
+	}
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(header)))
+	b = append(append(b, header...), make([]byte, 44)...)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h, err := weights.ReadFileHeader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := PlanHeader(m, h, "").Errors(path)
+	want := []string{`RFN-S051 layer Linear (Linear): "Linear.bias" has dtype I32, which cannot be loaded`, `RFN-S052 the weights hold "Extra"`}
+	if len(errs) != len(want) {
+		t.Fatalf("errors: %v; want %q", errs, want)
+	}
+	for i, w := range want {
+		if !strings.Contains(errs[i].Error(), w) {
+			t.Errorf("error %d: %v, want %q", i, errs[i], w)
+		}
+	}
 }

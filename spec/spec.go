@@ -35,12 +35,14 @@ package spec
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"gopkg.in/yaml.v3"
 
@@ -97,34 +99,131 @@ var kinds = map[string]core.Kind{
 	"Concatenate": core.Concatenate, "Matmul": core.Matmul,
 }
 
+// MaxFileSize is the largest spec file read, imports included (real specs
+// are a few kilobytes): a spec is read whole, so its size is bounded.
+const MaxFileSize = 4 << 20
+
+// Options widen where a spec loaded from the file system may import from.
+type Options struct {
+	// ImportDirs are folders, besides the main spec file's own, that
+	// imports may reach (an explicit allow-list).
+	ImportDirs []string
+}
+
 // loader reads files and records errors.
 type loader struct {
 	errs    Errors
-	loading map[string]bool // files being read, for import cycles
-	fsys    fs.FS           // where imports are read from; nil: the OS
-	files   []string        // every file read, in order
+	loading map[string]bool  // files being read, for import cycles
+	parsed  map[string]*Spec // files read, by cycle key: each is parsed once (nil: it failed)
+	fsys    fs.FS            // where imports are read from; nil: the OS
+	roots   []string         // with the OS: folders imports must stay in (absolute, cleaned)
+	files   []string         // every file read, in order
+}
+
+func newLoader(fsys fs.FS) *loader {
+	return &loader{loading: map[string]bool{}, parsed: map[string]*Spec{}, fsys: fsys}
+}
+
+// osLoader reads from the OS, confining imports to the folder of main and
+// to the allowed folders.
+func osLoader(main string, o Options) (*loader, error) {
+	l := newLoader(nil)
+	for _, d := range append([]string{filepath.Dir(main)}, o.ImportDirs...) {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return nil, err
+		}
+		l.roots = append(l.roots, abs)
+		if real, err := filepath.EvalSymlinks(abs); err == nil && real != abs {
+			l.roots = append(l.roots, real)
+		}
+	}
+	return l, nil
 }
 
 // resolve names the file rel imports from file, and the key that detects
-// cycles. Inside an fs.FS, imports cannot leave the file system's root.
+// cycles. Imports are relative paths; they cannot leave the fs.FS's root,
+// or, on the OS, the main spec's folder and the allowed ones (symbolic
+// links included).
 func (l *loader) resolve(file, rel string) (string, string, error) {
-	if l.fsys == nil {
-		p := filepath.Join(filepath.Dir(file), rel)
-		abs, _ := filepath.Abs(p)
-		return p, abs, nil
+	if l.fsys != nil {
+		p := path.Join(path.Dir(file), rel)
+		if path.IsAbs(rel) || !fs.ValidPath(p) {
+			return "", "", fmt.Errorf("import %s leaves the spec's file set", rel)
+		}
+		return p, p, nil
 	}
-	p := path.Join(path.Dir(file), rel)
-	if path.IsAbs(rel) || !fs.ValidPath(p) {
-		return "", "", fmt.Errorf("import %s leaves the spec's file set", rel)
+	if filepath.IsAbs(rel) {
+		return "", "", fmt.Errorf("import %s: an absolute path; imports are relative to the importing file and stay in the spec's folder", rel)
 	}
-	return p, p, nil
+	p := filepath.Join(filepath.Dir(file), rel)
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", "", err
+	}
+	if !l.inRoots(abs) {
+		return "", "", fmt.Errorf("import %s leaves the spec's folder %s (imports stay in the folder of the spec they start from, or one allowed explicitly)", rel, l.roots[0])
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil && !l.inRoots(real) {
+		return "", "", fmt.Errorf("import %s is a link to %s, outside the spec's folder %s", rel, real, l.roots[0])
+	}
+	return p, abs, nil
 }
 
-func (l *loader) read(p string) ([]byte, error) {
-	if l.fsys == nil {
-		return os.ReadFile(p)
+func (l *loader) inRoots(abs string) bool {
+	for _, r := range l.roots {
+		if rel, err := filepath.Rel(r, abs); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return true
+		}
 	}
-	return fs.ReadFile(l.fsys, p)
+	return false
+}
+
+// read reads one spec file: a regular file (not a device, a FIFO or a
+// folder) of at most MaxFileSize bytes.
+func (l *loader) read(p string) ([]byte, error) {
+	var f fs.File
+	var err error
+	if l.fsys == nil {
+		// Non-blocking, so that opening a FIFO does not wait for a writer;
+		// it is refused below as not a regular file.
+		f, err = os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	} else {
+		f, err = l.fsys.Open(p)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readBounded(f)
+}
+
+// noFiles is a file system with no files.
+type noFiles struct{}
+
+func (noFiles) Open(name string) (fs.File, error) {
+	return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+}
+
+func readBounded(f fs.File) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("%d bytes: larger than a spec may be (%d bytes)", st.Size(), MaxFileSize)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxFileSize {
+		return nil, fmt.Errorf("larger than a spec may be (%d bytes)", MaxFileSize)
+	}
+	return b, nil
 }
 
 func (l *loader) errf(file string, n *yaml.Node, code, format string, args ...any) {
@@ -135,29 +234,42 @@ func (l *loader) errf(file string, n *yaml.Node, code, format string, args ...an
 	l.errs = append(l.errs, e)
 }
 
-// Load reads a spec file and the files it imports. The error, if any, is
-// an Errors listing every problem found.
-func Load(path string) (*Spec, error) {
-	src, err := os.ReadFile(path)
+// Load reads a spec file and the files it imports, which must be in its
+// folder. The error, if any, is an Errors listing every problem found.
+func Load(path string) (*Spec, error) { return LoadWith(path, Options{}) }
+
+// LoadWith is Load with imports also allowed from o.ImportDirs.
+func LoadWith(path string, o Options) (*Spec, error) {
+	l, err := osLoader(path, o)
 	if err != nil {
 		return nil, Errors{{File: path, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
 	}
-	return Parse(path, src)
+	src, err := l.read(path)
+	if err != nil {
+		return nil, Errors{{File: path, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
+	}
+	return parseWith(l, path, src)
 }
 
 // LoadFS reads the spec file name from fsys, and its imports from fsys
 // too: a spec stored as a set of files cannot reach outside that set.
 func LoadFS(fsys fs.FS, name string) (*Spec, error) {
-	src, err := fs.ReadFile(fsys, name)
+	l := newLoader(fsys)
+	src, err := l.read(name)
 	if err != nil {
 		return nil, Errors{{File: name, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
 	}
-	return parseWith(&loader{loading: map[string]bool{}, fsys: fsys}, name, src)
+	return parseWith(l, name, src)
 }
 
-// Parse reads a spec from src; path names it in errors and anchors imports.
+// Parse reads a spec from src; path names it in errors and anchors imports,
+// which must stay in path's folder.
 func Parse(path string, src []byte) (*Spec, error) {
-	return parseWith(&loader{loading: map[string]bool{}}, path, src)
+	l, err := osLoader(path, Options{})
+	if err != nil {
+		return nil, Errors{{File: path, Code: CodeImport, Msg: fmt.Sprintf("cannot read spec: %v", err)}}
+	}
+	return parseWith(l, path, src)
 }
 
 func parseWith(l *loader, name string, src []byte) (*Spec, error) {
@@ -393,17 +505,24 @@ func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
 			l.errf(file, item, CodeImport, "import cycle: %s imports itself through %s", rel, file)
 			continue
 		}
-		src, err := l.read(path)
-		if err != nil {
-			l.errf(file, item, CodeImport, "cannot import %s: %v", rel, err)
-			continue
+		// A file imported along several paths (a diamond) is read and
+		// parsed once: its blocks are the same blocks wherever they arrive.
+		sub, seen := l.parsed[abs]
+		if !seen {
+			src, err := l.read(path)
+			if err != nil {
+				l.errf(file, item, CodeImport, "cannot import %s: %v", rel, err)
+				l.parsed[abs] = nil
+				continue
+			}
+			sub = l.parse(path, src, true)
+			l.parsed[abs] = sub
 		}
-		sub := l.parse(path, src, true)
 		if sub == nil {
 			continue
 		}
 		for name, b := range sub.Blocks {
-			if prev, dup := into[name]; dup {
+			if prev, dup := into[name]; dup && prev != b {
 				l.errf(file, item, CodeDuplicate, "import %s redefines block %q (defined at %s:%d:%d)", rel, name, prev.File, prev.node.Line, prev.node.Column)
 				continue
 			}
@@ -416,7 +535,8 @@ func (l *loader) imports(file string, n *yaml.Node, into map[string]*Block) {
 // layers, given as YAML) available to this spec under "namespace/Name" —
 // how layer types contributed by a plugin become usable in specs.
 func (s *Spec) AddLibrary(namespace, file string, src []byte) error {
-	l := &loader{loading: map[string]bool{}}
+	// A library comes from a plugin, not from a folder: it imports nothing.
+	l := newLoader(noFiles{})
 	lib := l.parse(file, src, true)
 	if len(l.errs) > 0 {
 		return l.errs.sorted()

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/internal/atomicfile"
+	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -65,26 +67,14 @@ type Store struct {
 	mu   sync.Mutex
 }
 
-var (
-	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
-	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-)
+var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 // ErrNotFound is returned (wrapped) for unknown models, adapters and blobs.
 var ErrNotFound = errors.New("not found")
 
-// ErrInvalid is returned (wrapped) for malformed names and digests.
-var ErrInvalid = errors.New("invalid")
-
-// CheckName validates a model or adapter name: lower-case letters, digits,
-// '.', '_' and '-', starting with a letter or digit, at most 64 bytes, and
-// not "." or "..".
-func CheckName(name string) error {
-	if !nameRE.MatchString(name) || strings.Contains(name, "..") {
-		return fmt.Errorf("%w name %q: want 1-64 of [a-z0-9._-], starting with a letter or digit, without \"..\"", ErrInvalid, name)
-	}
-	return nil
-}
+// ErrInvalid is returned (wrapped) for malformed names and digests; it is
+// names.ErrInvalid, which every name check wraps.
+var ErrInvalid = names.ErrInvalid
 
 // CheckDigest validates a digest: "sha256:" and 64 lower-case hex digits.
 func CheckDigest(d string) error {
@@ -93,8 +83,6 @@ func CheckDigest(d string) error {
 	}
 	return nil
 }
-
-const tmpPrefix = ".tmp-"
 
 // Open opens (creating if needed) the store at root and removes temporary
 // files an interrupted write left behind.
@@ -111,7 +99,7 @@ func Open(root string) (*Store, error) {
 			return nil, fmt.Errorf("store %s: %w", root, err)
 		}
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), tmpPrefix) {
+			if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
 				os.Remove(filepath.Join(root, d, e.Name()))
 			}
 		}
@@ -147,11 +135,11 @@ func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
 		}
 	}
 	dir := filepath.Join(s.root, "blobs", "sha256")
-	tmp, err := os.CreateTemp(dir, tmpPrefix+"*")
+	tmp, err := atomicfile.Create(dir)
 	if err != nil {
 		return Blob{}, fmt.Errorf("store blob: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
+	defer tmp.Abort() // a no-op once committed
 	h := sha256.New()
 	src := r
 	if limit > 0 {
@@ -161,12 +149,6 @@ func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
 	if err == nil && limit > 0 && n > limit {
 		err = fmt.Errorf("blob is larger than %d bytes", limit)
 	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
 		return Blob{}, fmt.Errorf("store blob: %w", err)
 	}
@@ -174,10 +156,10 @@ func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
 	if want != "" && got != want {
 		return Blob{}, fmt.Errorf("%w content: its digest is %s, not %s", ErrInvalid, got, want)
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, strings.TrimPrefix(got, "sha256:"))); err != nil {
+	if err := tmp.Commit(filepath.Join(dir, strings.TrimPrefix(got, "sha256:")), 0o600); err != nil {
 		return Blob{}, fmt.Errorf("store blob: %w", err)
 	}
-	return Blob{Digest: got, Size: n}, syncDir(dir)
+	return Blob{Digest: got, Size: n}, nil
 }
 
 func (s *Store) putFile(p string) (Blob, error) {
@@ -200,7 +182,7 @@ func (s *Store) putFile(p string) (Blob, error) {
 // run: every parameter present with its shape), so a stored model always
 // loads.
 func (s *Store) AddModel(name, specPath, weightsPath string, overrides map[string]string, prefix string) (*Model, error) {
-	if err := CheckName(name); err != nil {
+	if err := names.Check("model", name); err != nil {
 		return nil, err
 	}
 	sp, err := spec.Load(specPath)
@@ -217,7 +199,7 @@ func (s *Store) AddModel(name, specPath, weightsPath string, overrides map[strin
 // AddModelFS is AddModel for a spec read from fsys (the specs embedded in
 // the binary, say), under its name there.
 func (s *Store) AddModelFS(name string, fsys fs.FS, specName, weightsPath string, overrides map[string]string, prefix string) (*Model, error) {
-	if err := CheckName(name); err != nil {
+	if err := names.Check("model", name); err != nil {
 		return nil, err
 	}
 	sp, err := spec.LoadFS(fsys, specName)
@@ -247,11 +229,11 @@ func (s *Store) addModel(name string, sp *spec.Spec, rel []string, put func(i in
 	if err != nil {
 		return nil, err
 	}
-	header, _, err := weights.ReadHeader(weightsPath)
+	header, err := weights.ReadFileHeader(weightsPath)
 	if err != nil {
 		return nil, err
 	}
-	if rep := spec.Plan(m, header, prefix); !rep.OK() {
+	if rep := spec.PlanHeader(m, header, prefix); !rep.OK() {
 		return nil, fmt.Errorf("%s does not fit %s: %w", weightsPath, sp.File, rep.Errors(weightsPath))
 	}
 	model := &Model{Name: name, Created: time.Now().UTC(), SpecFiles: map[string]string{}, Overrides: overrides, Prefix: prefix}
@@ -300,7 +282,7 @@ func relativeSet(files []string) ([]string, error) {
 
 // AddAdapter registers an adapter file under name.
 func (s *Store) AddAdapter(name, filePath string) (*Adapter, error) {
-	if err := CheckName(name); err != nil {
+	if err := names.Check("adapter", name); err != nil {
 		return nil, err
 	}
 	if _, _, err := weights.ReadHeader(filePath); err != nil {
@@ -376,7 +358,7 @@ func (s *Store) RemoveModel(name string) error { return s.remove("models", "mode
 func (s *Store) RemoveAdapter(name string) error { return s.remove("adapters", "adapter", name) }
 
 func (s *Store) remove(dir, what, name string) error {
-	if err := CheckName(name); err != nil {
+	if err := names.Check(what, name); err != nil {
 		return err
 	}
 	var digests []string
@@ -405,7 +387,7 @@ func (s *Store) remove(dir, what, name string) error {
 		}
 		return fmt.Errorf("remove %s %q: %w", what, name, err)
 	}
-	if err := syncDir(filepath.Join(s.root, dir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Join(s.root, dir)); err != nil {
 		return err
 	}
 	return s.collect(digests)
@@ -443,7 +425,7 @@ func (s *Store) collect(removed []string) error {
 	}
 	for _, e := range entries {
 		d := "sha256:" + e.Name()
-		if strings.HasPrefix(e.Name(), tmpPrefix) || used[d] {
+		if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) || used[d] {
 			continue
 		}
 		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) < uploadGrace && !slices.Contains(removed, d) {
@@ -495,7 +477,7 @@ func (s *Store) names(dir string) ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		n, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && CheckName(n) == nil {
+		if ok && names.Valid(n) {
 			out = append(out, n)
 		}
 	}
@@ -504,7 +486,7 @@ func (s *Store) names(dir string) ([]string, error) {
 }
 
 func (s *Store) readManifest(dir, what, name string, v any) error {
-	if err := CheckName(name); err != nil {
+	if err := names.Check(what, name); err != nil {
 		return err
 	}
 	b, err := os.ReadFile(filepath.Join(s.root, dir, name+".json"))
@@ -527,36 +509,5 @@ func (s *Store) writeManifest(dir, name string, v any) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return writeAtomic(filepath.Join(s.root, dir), name+".json", append(b, '\n'))
-}
-
-func writeAtomic(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, tmpPrefix+"*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, name))
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(filepath.Join(s.root, dir, name+".json"), append(b, '\n'), 0o600)
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/refiners-go/refiners/internal/atomicfile"
 )
 
 // The tiny U-Net conformance case holds a real SD 1.5 U-Net (small widths)
@@ -200,7 +202,7 @@ func TestOpenRemovesLeftoverTemporaryFiles(t *testing.T) {
 	if _, err := Open(root); err != nil {
 		t.Fatal(err)
 	}
-	left := filepath.Join(root, "blobs", "sha256", tmpPrefix+"123")
+	left := filepath.Join(root, "blobs", "sha256", atomicfile.TempPrefix+"123")
 	if err := os.WriteFile(left, []byte("half"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,11 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	_ "github.com/refiners-go/refiners/models/all" // the SD 1.5 U-Net's layers
+	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -68,7 +68,7 @@ func runLora(specPath, weightsPath string, rank int64, cycles int, limit float64
 
 		// A rank-r LoRA file for every attention projection.
 		lora := map[string]*tensor.Tensor{}
-		plan := &pb.PlanResponse{Report: &pb.Report{}}
+		plan := &sdk.Plan{Report: &sdk.Report{}}
 		for i, target := range targets {
 			in, out := shapes[i][0], shapes[i][1]
 			down, up := core.NewParameter(rank, in), core.NewParameter(out, rank)
@@ -80,8 +80,8 @@ func runLora(specPath, weightsPath string, rank int64, cycles int, limit float64
 			}
 			key := fmt.Sprintf("lora.%d", i)
 			lora[key+".down"], lora[key+".up"] = down.Weight, up.Weight
-			branch, _ := json.Marshal(map[string]any{"type": "LinearLora", "name": "bench", "in_features": in, "out_features": out, "rank": rank, "scale": 0.8})
-			plan.Patches = append(plan.Patches, &pb.Patch{Target: target, Kind: "lora", BranchJson: string(branch), Bindings: []*pb.Binding{
+			branch := map[string]any{"type": "LinearLora", "name": "bench", "in_features": in, "out_features": out, "rank": rank, "scale": 0.8}
+			plan.Patches = append(plan.Patches, sdk.Patch{Target: target, Kind: "lora", Branch: branch, Bindings: []sdk.Binding{
 				{File: "f", Key: key + ".down", Param: "Linear_1.weight"}, {File: "f", Key: key + ".up", Param: "Linear_2.weight"}}})
 		}
 		if err := weights.Save(sc, loraPath, lora, nil); err != nil {
@@ -119,7 +119,7 @@ func runLora(specPath, weightsPath string, rank int64, cycles int, limit float64
 		}
 		runtimeMode := func() (func() error, error) {
 			c := sc.Child()
-			a, err := hosts.Apply(c, m, plan, files)
+			a, err := adapt.Apply(c, m, plan, files)
 			if err != nil {
 				c.Close()
 				return nil, err
@@ -128,7 +128,7 @@ func runLora(specPath, weightsPath string, rank int64, cycles int, limit float64
 		}
 		fusedMode := func() (func() error, error) {
 			c := sc.Child()
-			fu, err := hosts.Fuse(c, m, plan, files)
+			fu, err := adapt.Fuse(c, m, plan, files)
 			if err != nil {
 				c.Close()
 				return nil, err

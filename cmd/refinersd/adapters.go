@@ -6,11 +6,12 @@ import (
 	"io"
 	"strings"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // adapter is one --adapter PLUGIN:FILE[:PARAMS_JSON] flag.
@@ -48,7 +49,7 @@ func applyAdapters(s *tensor.Scope, m *core.Chain, adapters adapterFlags, dir st
 		}
 	}
 	ctx := context.Background()
-	model := hosts.Summarize(m)
+	model := adapt.Summarize(m)
 	for i, a := range adapters {
 		f, err := weights.Open(a.file)
 		if err != nil {
@@ -71,32 +72,35 @@ func applyAdapters(s *tensor.Scope, m *core.Chain, adapters adapterFlags, dir st
 			return nil, fmt.Errorf("plugin %s has no operations", a.plugin)
 		}
 		id := fmt.Sprintf("file%d", i)
-		plan, err := h.Plan(ctx, a.plugin, &pb.PlanRequest{Operation: d.Operations[0].Name, ParamsJson: a.params,
-			Model: model, Files: []*pb.WeightFile{hosts.Header(id, sum, f)}})
+		plan, err := h.Plan(ctx, a.plugin, &sdk.PlanRequest{Operation: d.Operations[0].Name, Params: a.params,
+			Model: model, Files: []sdk.File{adapt.Header(id, sum, f)}})
 		if err != nil {
 			undo()
 			return nil, err
 		}
 		files := map[string]*weights.File{id: f}
 		if fuse {
-			fu, err := hosts.Fuse(s, m, plan, files)
+			fu, err := adapt.Fuse(s, m, plan, files)
 			if err != nil {
 				undo()
 				return nil, fmt.Errorf("adapter %s: %w", a.file, err)
 			}
 			undos = append(undos, fu.Unfuse)
 		} else {
-			ap, err := hosts.Apply(s, m, plan, files)
+			ap, err := adapt.Apply(s, m, plan, files)
 			if err != nil {
 				undo()
 				return nil, fmt.Errorf("adapter %s: %w", a.file, err)
 			}
 			undos = append(undos, ap.Eject)
 		}
-		r := plan.GetReport()
+		r := plan.Report
+		if r == nil {
+			r = &sdk.Report{}
+		}
 		fmt.Fprintf(out, "adapter %s (%s, format %s): %d layers adapted, %d keys matched, %d unmatched, %d shape-mismatched\n",
-			a.file, a.plugin, r.GetFormat(), len(plan.GetPatches()), len(r.GetMatched()), len(r.GetUnmatched()), len(r.GetShapeMismatched()))
-		for _, w := range r.GetWarnings() {
+			a.file, a.plugin, r.Format, len(plan.Patches), len(r.Matched), len(r.Unmatched), len(r.ShapeMismatched))
+		for _, w := range r.Warnings {
 			fmt.Fprintf(out, "  %s\n", w)
 		}
 	}

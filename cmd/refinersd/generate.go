@@ -17,6 +17,7 @@ import (
 
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/hosts"
+	"github.com/refiners-go/refiners/internal/atomicfile"
 	"github.com/refiners-go/refiners/models/sd15"
 	"github.com/refiners-go/refiners/store"
 )
@@ -270,7 +271,7 @@ func generate(args []string, out io.Writer) error {
 			pngs = append(pngs, b)
 		}
 		for i, b := range pngs {
-			if err := sd15.WriteFileAtomic(outputs[i], b); err != nil {
+			if err := atomicfile.WriteFile(outputs[i], b, 0o644); err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "%s (seed %d)\n", outputs[i], res.Seeds[i])

@@ -13,6 +13,7 @@ import (
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
+	_ "github.com/refiners-go/refiners/models/all" // the layers of every model the specs may use
 	"github.com/refiners-go/refiners/spec"
 )
 

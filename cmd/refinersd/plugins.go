@@ -75,11 +75,23 @@ func pluginsVerb(args []string, out io.Writer) error {
 			return err
 		}
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tVERSION\tPROTOCOL\tSHA256")
+		fmt.Fprintln(tw, "NAME\tVERSION\tPROTOCOL\tSHA256\tSTATUS")
+		var bad []string
 		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", e.Name, e.Version, e.Protocol, e.SHA256)
+			status := "ok"
+			if err := h.Verify(e); err != nil {
+				status = "REFUSED: " + err.Error()
+				bad = append(bad, e.Name)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", e.Name, e.Version, e.Protocol, e.SHA256, status)
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if len(bad) > 0 {
+			return fmt.Errorf("plugins %v will not start: reinstall them (refinersd plugins install) if the change is intended", bad)
+		}
+		return nil
 	case "remove":
 		if len(pos) != 1 {
 			return errors.New("plugins remove: one NAME")

@@ -42,9 +42,13 @@ func serve(args []string, out io.Writer) error {
 	fs.IntVar(&flagged.QueueSize, "queue-size", cfg.QueueSize, "jobs that may wait; more get 429")
 	fs.Int64Var(&flagged.MaxBody, "max-body", cfg.MaxBody, "largest run request, in bytes (413 beyond)")
 	fs.Int64Var(&flagged.MaxUpload, "max-upload", cfg.MaxUpload, "largest blob upload, in bytes")
+	fs.IntVar(&flagged.MaxDecodes, "max-decodes", cfg.MaxDecodes, "run requests read and decoded at once (others wait)")
+	fs.Int64Var(&flagged.MaxActivation, "max-activation", cfg.MaxActivation, "bytes of activation memory a run may need (estimated; 422 beyond; 0: no check)")
 	fs.DurationVar(&flagged.KeepAlive, "keep-alive", cfg.KeepAlive, "unload a model idle this long (0: never)")
 	fs.DurationVar(&flagged.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time in-flight jobs get on SIGTERM")
 	fs.DurationVar(&flagged.PluginTimeout, "plugin-timeout", cfg.PluginTimeout, "per plugin call")
+	fs.DurationVar(&flagged.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "close a keep-alive connection idle this long")
+	fs.DurationVar(&flagged.BodyTimeout, "body-timeout", cfg.BodyTimeout, "cut a request body that sends nothing for this long (408)")
 	fs.IntVar(&flagged.GroupLimit, "group-limit", cfg.GroupLimit, "same-adapter jobs run in a row before older jobs get a turn")
 	fs.StringVar(&flagged.LogLevel, "log-level", cfg.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&flagged.LogJSON, "log-json", false, "log JSON lines")
@@ -78,12 +82,20 @@ func serve(args []string, out io.Writer) error {
 			cfg.MaxBody = flagged.MaxBody
 		case "max-upload":
 			cfg.MaxUpload = flagged.MaxUpload
+		case "max-decodes":
+			cfg.MaxDecodes = flagged.MaxDecodes
+		case "max-activation":
+			cfg.MaxActivation = flagged.MaxActivation
 		case "keep-alive":
 			cfg.KeepAlive = flagged.KeepAlive
 		case "shutdown-timeout":
 			cfg.ShutdownTimeout = flagged.ShutdownTimeout
 		case "plugin-timeout":
 			cfg.PluginTimeout = flagged.PluginTimeout
+		case "idle-timeout":
+			cfg.IdleTimeout = flagged.IdleTimeout
+		case "body-timeout":
+			cfg.BodyTimeout = flagged.BodyTimeout
 		case "group-limit":
 			cfg.GroupLimit = flagged.GroupLimit
 		case "log-level":

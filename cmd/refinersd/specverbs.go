@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -13,6 +16,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
+	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -30,10 +34,21 @@ func (s setFlags) Set(v string) error {
 	return nil
 }
 
+// dirFlags collects repeated folder flags.
+type dirFlags []string
+
+func (d *dirFlags) String() string { return strings.Join(*d, ",") }
+
+func (d *dirFlags) Set(v string) error {
+	*d = append(*d, v)
+	return nil
+}
+
 // specFlags are the flags every spec verb shares.
 type specFlags struct {
 	fs         *flag.FlagSet
 	sets       setFlags
+	importDirs dirFlags
 	weights    *string
 	prefix     *string
 	pluginsDir *string
@@ -43,6 +58,7 @@ func newSpecFlags(verb string) *specFlags {
 	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
 	f := &specFlags{fs: fs, sets: setFlags{}}
 	fs.Var(f.sets, "set", "override a spec parameter: name=value (repeatable)")
+	fs.Var(&f.importDirs, "allow-imports", "a folder the spec's imports may reach besides its own (repeatable)")
 	f.weights = fs.String("weights", "", "safetensors weights file")
 	f.prefix = fs.String("prefix", "", "prefix of the model's keys in the weights file")
 	f.pluginsDir = fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for plugin/Type layers and --adapter)")
@@ -84,7 +100,7 @@ func (f *specFlags) parse(args []string) (string, error) {
 // build builds the spec; layer types of installed plugins (plugin/Type)
 // are fetched from those plugins only when the spec uses them.
 func (f *specFlags) build(path string) (*core.Chain, error) {
-	s, err := spec.Load(path)
+	s, err := spec.LoadWith(path, spec.Options{ImportDirs: f.importDirs})
 	if err != nil {
 		return nil, err
 	}
@@ -100,8 +116,11 @@ func (f *specFlags) build(path string) (*core.Chain, error) {
 	defer h.Close()
 	for _, name := range missing {
 		d, derr := h.Describe(context.Background(), name)
-		if derr != nil {
+		if sdk.CodeOf(derr) == sdk.NotFound {
 			return nil, err // not installed: the spec error says so
+		}
+		if derr != nil {
+			return nil, fmt.Errorf("%s uses layer types of plugin %s, which could not be asked for them: %w", path, name, derr)
 		}
 		for _, lt := range d.LayerTypes {
 			if aerr := s.AddLibrary(name, "plugin "+name+" layer type "+lt.Name, []byte(lt.Spec)); aerr != nil {
@@ -141,14 +160,38 @@ func plan(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	header, _, err := weights.ReadHeader(*f.weights)
+	header, err := weights.ReadFileHeader(*f.weights)
 	if err != nil {
 		return err
 	}
-	r := spec.Plan(m, header, *f.prefix)
+	r := spec.PlanHeader(m, header, *f.prefix)
 	r.Print(out)
 	if errs := r.Errors(*f.weights); len(errs) > 0 {
 		return errs
+	}
+	return nil
+}
+
+// checkOutput refuses, before any work, an output file that is one of the
+// command's own input files, or whose folder does not exist.
+func checkOutput(output string, inputs map[string]string) error {
+	dir := filepath.Dir(output)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("--output %s: folder %s does not exist", output, dir)
+	}
+	out, err := os.Stat(output)
+	if err != nil {
+		return nil // a new file
+	}
+	names := make([]string, 0, len(inputs))
+	for name := range inputs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if in, err := os.Stat(inputs[name]); err == nil && os.SameFile(in, out) {
+			return fmt.Errorf("--output %s is %s (%s): it would be overwritten; write the output elsewhere", output, name, inputs[name])
+		}
 	}
 	return nil
 }
@@ -168,6 +211,9 @@ func runSpec(args []string, out io.Writer) error {
 	}
 	if *f.weights == "" || *input == "" || *output == "" {
 		return errors.New("run: --weights, --input and --output are required")
+	}
+	if err := checkOutput(*output, map[string]string{"--weights": *f.weights, "--input": *input, "the spec": path}); err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
 	dev, err := tensor.ParseDevice(*device)
 	if err != nil {

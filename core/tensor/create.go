@@ -39,7 +39,9 @@ func (s *Scope) FromBytes(data []byte, dtype DType, shape ...int64) *Tensor {
 		s.Failf("from bytes: %w", err)
 		return nil
 	}
-	return s.wrap(ts.FromCtensor(unsafe.Pointer(c)))
+	t := s.wrap(ts.FromCtensor(unsafe.Pointer(c)))
+	s.meterNew(t, false)
+	return t
 }
 
 // scalar turns a one-element [1] tensor into a 0-d one. gotch cannot be
@@ -219,7 +221,7 @@ func (s *Scope) Item(t *Tensor) float64 {
 // out shallow copies of tensors they do not own (weights, context values),
 // so that whoever receives a tensor may always drop it.
 func (s *Scope) ShallowCopy(t *Tensor) *Tensor {
-	return s.op("shallow copy", func() (*ts.Tensor, error) { return t.h.ShallowClone() }, t)
+	return s.view("shallow copy", func() (*ts.Tensor, error) { return t.h.ShallowClone() }, t)
 }
 
 // Clone copies t into new storage.

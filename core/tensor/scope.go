@@ -30,6 +30,7 @@ type Scope struct {
 	err    error
 	taken  bool // err was returned to a caller; Close does not propagate it
 	closed bool
+	meter  *Meter // a dry run's byte count (see Metered); inherited by children
 }
 
 // Err returns the first error any op in this scope (or a child) hit.
@@ -53,7 +54,7 @@ func (s *Scope) TakeErr() error {
 func (s *Scope) Failf(format string, args ...any) { s.Fail(fmt.Errorf(format, args...)) }
 
 // Child opens a nested scope.
-func (s *Scope) Child() *Scope { return &Scope{parent: s, err: s.err} }
+func (s *Scope) Child() *Scope { return &Scope{parent: s, err: s.err, meter: s.meter} }
 
 // Close drops every tensor this scope still owns, except keep, which move to
 // the parent scope (or become unowned at the root). Closing twice is a no-op.
@@ -145,6 +146,19 @@ func (s *Scope) track(t *Tensor) {
 // op runs one libtorch call on a pinned thread. It returns nil without
 // calling f when the scope has already failed or an input is not valid.
 func (s *Scope) op(name string, f func() (*ts.Tensor, error), inputs ...*Tensor) *Tensor {
+	t := s.call(name, f, inputs...)
+	if t != nil {
+		s.meterNew(t, false)
+	}
+	return t
+}
+
+// view is op for calls whose result shares its input's storage.
+func (s *Scope) view(name string, f func() (*ts.Tensor, error), inputs ...*Tensor) *Tensor {
+	return s.call(name, f, inputs...)
+}
+
+func (s *Scope) call(name string, f func() (*ts.Tensor, error), inputs ...*Tensor) *Tensor {
 	if s.err != nil {
 		return nil
 	}
@@ -165,6 +179,7 @@ func (s *Scope) op(name string, f func() (*ts.Tensor, error), inputs ...*Tensor)
 }
 
 // ops is op for calls that return several tensors.
+// Their results are views of the input (chunk, split).
 func (s *Scope) ops(name string, f func() ([]*ts.Tensor, error), inputs ...*Tensor) []*Tensor {
 	if s.err != nil {
 		return nil

@@ -22,6 +22,8 @@ import (
 type Tensor struct {
 	h     *ts.Tensor
 	owner *Scope
+	meter *Meter // counting this tensor's bytes (a dry run), if any
+	bytes int64
 }
 
 // Drop releases the handle now. It is idempotent and safe on nil.
@@ -29,6 +31,7 @@ func (t *Tensor) Drop() {
 	if t == nil || t.h == nil {
 		return
 	}
+	t.meterDrop()
 	runtime.LockOSThread()
 	_ = t.h.Drop() // freeing cannot fail in a way the caller could act on
 	runtime.UnlockOSThread()

@@ -34,6 +34,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/internal/atomicfile"
 )
 
 // Info describes one tensor in a file without reading its data.
@@ -362,30 +363,49 @@ func (f *File) Close() error {
 // ReadHeader describes the tensors of the file at path and returns its
 // metadata, reading only the header. It validates the header as Open does,
 // so it fails on exactly the files Open fails on. Like File.Keys, it leaves
-// out tensors of an unsupported dtype.
+// out tensors of an unsupported dtype (ReadFileHeader lists them).
 func ReadHeader(path string) ([]Info, map[string]string, error) {
+	h, err := ReadFileHeader(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return h.Tensors, h.Metadata, nil
+}
+
+// Header is a safetensors file's header, as a dry run reads it.
+type Header struct {
+	Tensors []Info // tensors of a supported dtype, by key
+	// Unsupported maps the keys of tensors whose dtype Load cannot read
+	// (F64, I32, ...) to that dtype's safetensors name.
+	Unsupported map[string]string
+	Metadata    map[string]string
+}
+
+// ReadFileHeader reads and validates the header of the file at path, as
+// ReadHeader does, keeping the tensors of unsupported dtypes apart.
+func ReadFileHeader(path string) (*Header, error) {
 	fd, err := os.Open(path)
 	if err != nil {
-		return nil, nil, ioError(path, err)
+		return nil, ioError(path, err)
 	}
 	defer fd.Close() // read-only: nothing to lose
 	size, n, err := readPrefix(path, fd)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	js := make([]byte, n)
 	if _, err := fd.ReadAt(js, 8); err != nil {
-		return nil, nil, ioError(path, err)
+		return nil, ioError(path, err)
 	}
 	h, err := parseHeader(path, size-8-n, js)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	infos := make([]Info, len(h.keys))
 	for i, k := range h.keys {
 		infos[i] = h.infos[k]
 	}
-	return infos, h.metadata, nil
+	return &Header{Tensors: infos, Unsupported: h.unsupported, Metadata: h.metadata}, nil
 }
 
 // readPrefix checks that fd is a regular file long enough for its header and
@@ -705,7 +725,8 @@ func SaveStream(path string, tensors map[string]Stream, metadata map[string]stri
 // path, waiting to be renamed into place: a caller writing several files
 // commits them only once all were written.
 type Pending struct {
-	path, tmp string
+	path string
+	f    *atomicfile.File
 }
 
 // WriteStream is SaveStream's first half: the file is written and synced
@@ -744,38 +765,32 @@ func WriteStream(path string, tensors map[string]Stream, metadata map[string]str
 
 // Commit renames the file into place and syncs the directory.
 func (p *Pending) Commit() error {
-	if err := os.Rename(p.tmp, p.path); err != nil {
-		_ = os.Remove(p.tmp)
+	// A checkpoint is usually shared (the temporary file is private).
+	if err := p.f.Commit(p.path, 0o644); err != nil {
 		return errorf(p.path, "%w", err)
-	}
-	// The rename itself is durable only once the directory is synced.
-	d, err := os.Open(filepath.Dir(p.path))
-	if err != nil {
-		return ioError(p.path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return errorf(p.path, "sync directory: %w", err)
 	}
 	return nil
 }
 
 // Discard removes the temporary file.
-func (p *Pending) Discard() { _ = os.Remove(p.tmp) }
+func (p *Pending) Discard() { p.f.Abort() }
 
-// writePending runs write on a new temporary file next to path; on failure the
-// file is removed.
+// writePending runs write on a new temporary file next to path, then syncs
+// and closes it; on failure the file is removed.
 func writePending(path string, write func(*os.File) error) (*Pending, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	f, err := atomicfile.Create(filepath.Dir(path))
 	if err != nil {
 		return nil, ioError(path, err)
 	}
-	if err := write(tmp); err != nil {
-		_ = tmp.Close() // may be closed already; the write error is the one to report
-		_ = os.Remove(tmp.Name())
+	if err := write(f.File); err != nil {
+		f.Abort()
 		return nil, errorf(path, "%w", err)
 	}
-	return &Pending{path: path, tmp: tmp.Name()}, nil
+	if err := f.Seal(0o644); err != nil {
+		f.Abort()
+		return nil, errorf(path, "%w", err)
+	}
+	return &Pending{path: path, f: f}, nil
 }
 
 // streamState is shared by a file's stream views: the first failure, and
@@ -836,17 +851,7 @@ func writeFile[V safetensors.View](f *os.File, views map[string]V, metadata map[
 	if err := failed(); err != nil {
 		return err
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	// CreateTemp makes the file private; a checkpoint is usually shared.
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	return f.Close()
+	return w.Flush()
 }
 
 // Raw is a tensor's bytes in Go memory, little-endian and row-major.

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // Adapter is one adapter file for a generation, planned by an installed
@@ -78,7 +79,7 @@ func (m *Model) applyAdapter(ctx context.Context, s *tensor.Scope, i int, a Adap
 	}
 	id := fmt.Sprintf("file%d", i)
 	files := map[string]*weights.File{id: f}
-	header := hosts.Header(id, sum, f)
+	header := adapt.Header(id, sum, f)
 	rep.Keys = len(header.Tensors)
 	matched := map[string]bool{}
 	var undo []func() error
@@ -87,28 +88,29 @@ func (m *Model) applyAdapter(ctx context.Context, s *tensor.Scope, i int, a Adap
 		model  *core.Chain
 		layers *int
 	}{{"U-Net", m.UNet, &rep.UNetLayers}, {"text encoder", m.TextEncoder, &rep.TextEncoderLayers}} {
-		plan, err := m.Plugins.Plan(ctx, a.Plugin, &pb.PlanRequest{Operation: d.Operations[0].Name, ParamsJson: a.Params,
-			Model: hosts.Summarize(target.model), Files: []*pb.WeightFile{header}})
+		plan, err := m.Plugins.Plan(ctx, a.Plugin, &sdk.PlanRequest{Operation: d.Operations[0].Name, Params: a.Params,
+			Model: adapt.Summarize(target.model), Files: []sdk.File{header}})
 		if err != nil {
 			return rep, undo, fmt.Errorf("planning for the %s: %w", target.name, err)
 		}
-		r := plan.GetReport()
-		if rep.Format == "" {
-			rep.Format = r.GetFormat()
+		if r := plan.Report; r != nil {
+			if rep.Format == "" {
+				rep.Format = r.Format
+			}
+			rep.Warnings = append(rep.Warnings, r.Warnings...)
+			for _, k := range r.Matched {
+				matched[k] = true
+			}
 		}
-		rep.Warnings = append(rep.Warnings, r.GetWarnings()...)
-		for _, k := range r.GetMatched() {
-			matched[k] = true
-		}
-		if len(plan.GetPatches()) == 0 {
+		if len(plan.Patches) == 0 {
 			continue
 		}
-		ap, err := hosts.Apply(s, target.model, plan, files)
+		ap, err := adapt.Apply(s, target.model, plan, files)
 		if err != nil {
 			return rep, undo, fmt.Errorf("applying to the %s: %w", target.name, err)
 		}
 		undo = append(undo, ap.Eject)
-		*target.layers = len(plan.GetPatches())
+		*target.layers = len(plan.Patches)
 	}
 	rep.Matched = len(matched)
 	for _, t := range header.Tensors {

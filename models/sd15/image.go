@@ -9,7 +9,8 @@ import (
 	"image/png"
 	"math"
 	"os"
-	"path/filepath"
+
+	"github.com/refiners-go/refiners/internal/atomicfile"
 )
 
 // RGB is an 8-bit RGB image, rows top to bottom, pixels left to right,
@@ -132,39 +133,15 @@ func (m *RGB) EncodePNG() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory, synced and renamed into place: readers see the old file or
-// the whole new one, and a failure leaves nothing behind.
-func WriteFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+// WritePNG writes the image as a PNG file, atomically (internal/atomicfile:
+// a temporary file synced and renamed into place), so a failure leaves no
+// partial file.
+func (m *RGB) WritePNG(path string) error {
+	data, err := m.EncodePNG()
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.WriteFile(path, data, 0o644)
 }
 
 // Resize scales an image to w×h with PIL's Image.resize default for RGB

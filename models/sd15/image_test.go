@@ -99,22 +99,25 @@ func TestToRGBKinds(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomic(t *testing.T) {
+func TestWritePNG(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "out.png")
-	for _, data := range [][]byte{[]byte("first"), []byte("second, longer")} {
-		if err := WriteFileAtomic(path, data); err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(path)
-		if err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("read back %q, %v", got, err)
-		}
+	m := NewRGB(2, 2)
+	m.Pix[0] = 200
+	if err := m.WritePNG(path); err != nil {
+		t.Fatal(err)
+	}
+	img, err := ReadImage(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ToRGB(img); !bytes.Equal(got.Pix, m.Pix) {
+		t.Errorf("read back %v", got.Pix)
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("temporary files left: %v", entries)
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, "missing", "out.png"), []byte("x")); err == nil {
+	if err := m.WritePNG(filepath.Join(dir, "missing", "out.png")); err == nil {
 		t.Error("writing into a missing directory succeeded")
 	}
 }

@@ -6,9 +6,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 	"github.com/refiners-go/refiners/sdk"
 )
 
@@ -25,11 +23,11 @@ const schema = `{"type": "object", "required": ["target", "file", "down", "up"],
                  "up": {"type": "string"}, "scale": {"type": "number"}}}`
 
 // example is a request the conformance kit can run.
-var example = &pb.PlanRequest{
-	ParamsJson: `{"target": "Linear", "file": "f", "down": "down", "up": "up"}`,
-	Model:      []*pb.Layer{{Path: "Linear", Type: "Linear", Params: []*pb.Param{{Name: "weight", Shape: []int64{8, 4}, Dtype: "float32"}}}},
-	Files: []*pb.WeightFile{{Id: "f", Tensors: []*pb.TensorInfo{
-		{Key: "down", Dtype: "float32", Shape: []int64{2, 4}}, {Key: "up", Dtype: "float32", Shape: []int64{8, 2}}}}},
+var example = &sdk.PlanRequest{
+	Params: `{"target": "Linear", "file": "f", "down": "down", "up": "up"}`,
+	Model:  []sdk.Layer{{Path: "Linear", Type: "Linear", Params: map[string][]int64{"weight": {8, 4}}}},
+	Files: []sdk.File{{ID: "f", Tensors: []sdk.Tensor{
+		{Key: "down", DType: "float32", Shape: []int64{2, 4}}, {Key: "up", DType: "float32", Shape: []int64{8, 2}}}}},
 }
 
 // scaled is a layer type this plugin contributes: specs use it as example/Scaled.
@@ -43,26 +41,29 @@ blocks:
 
 type planner struct{}
 
-func (planner) Describe(context.Context) (*pb.Description, error) {
-	return &pb.Description{Name: "example", Version: "1.0.0", Protocol: sdk.ProtocolVersion,
-		Operations: []*pb.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema, Example: example}},
-		LayerTypes: []*pb.LayerType{{Name: "Scaled", Doc: "multiplies by a factor", Spec: scaled}}}, nil
+func (planner) Describe(context.Context) (*sdk.Description, error) {
+	return &sdk.Description{Name: "example", Version: "1.1.0",
+		Operations: []sdk.Operation{{Name: "lora", Doc: "one LoRA branch on one Linear layer", ParamsSchema: schema, Example: example}},
+		LayerTypes: []sdk.LayerType{{Name: "Scaled", Doc: "multiplies by a factor", Spec: scaled}}}, nil
 }
 
-func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+func (planner) Plan(_ context.Context, req *sdk.PlanRequest) (*sdk.Plan, error) {
 	if req.Operation != "lora" {
 		return nil, sdk.Errorf("unknown operation %q (this plugin has: lora)", req.Operation)
 	}
 	var p params
-	if err := json.Unmarshal([]byte(req.ParamsJson), &p); err != nil || p.Target == "" || p.Down == "" || p.Up == "" {
-		return nil, sdk.Errorf("lora: want {target, file, down, up[, scale]}: %v", err)
+	if err := req.DecodeParams(&p); err != nil {
+		return nil, err
+	}
+	if p.Target == "" || p.Down == "" || p.Up == "" {
+		return nil, sdk.Errorf("lora: want {target, file, down, up[, scale]}")
 	}
 	if p.Scale == 0 {
 		p.Scale = 1
 	}
 	shapes := map[string][]int64{}
 	for _, f := range req.Files {
-		if f.Id == p.File {
+		if f.ID == p.File {
 			for _, t := range f.Tensors {
 				shapes[t.Key] = t.Shape
 			}
@@ -72,14 +73,13 @@ func (planner) Plan(_ context.Context, req *pb.PlanRequest) (*pb.PlanResponse, e
 	if len(down) != 2 || len(up) != 2 || down[0] != up[1] {
 		return nil, sdk.Errorf("lora: %s %v and %s %v in file %q are not a down [rank, in] and up [out, rank] pair", p.Down, down, p.Up, up, p.File)
 	}
-	branch, _ := json.Marshal(map[string]any{"type": "LinearLora", "name": "example", "in_features": down[1],
-		"out_features": up[0], "rank": down[0], "scale": p.Scale})
-	return &pb.PlanResponse{
-		Patches: []*pb.Patch{{Target: p.Target, Kind: "lora", BranchJson: string(branch), Bindings: []*pb.Binding{
+	return &sdk.Plan{
+		Patches: []sdk.Patch{{Target: p.Target, Kind: "lora", Bindings: []sdk.Binding{
 			{File: p.File, Key: p.Down, Param: "Linear_1.weight"},
 			{File: p.File, Key: p.Up, Param: "Linear_2.weight"},
-		}}},
-		Report: &pb.Report{Format: "example", Matched: []string{p.Down, p.Up}, Covered: 1, Layers: 1},
+		}, Branch: map[string]any{"type": "LinearLora", "name": "example", "in_features": down[1],
+			"out_features": up[0], "rank": down[0], "scale": p.Scale}}},
+		Report: &sdk.Report{Format: "example", Matched: []string{p.Down, p.Up}, Covered: 1, Layers: 1},
 	}, nil
 }
 

@@ -7,18 +7,17 @@ import (
 	"context"
 	"os"
 
-	pb "github.com/refiners-go/refiners/hosts/pluginpb"
 	"github.com/refiners-go/refiners/sdk"
 )
 
 type planner struct{}
 
-func (planner) Describe(context.Context) (*pb.Description, error) {
-	return &pb.Description{Name: "faulty", Version: "0.0.1", Protocol: sdk.ProtocolVersion,
-		Operations: []*pb.Operation{{Name: "ok"}, {Name: "crash"}, {Name: "hang"}}}, nil
+func (planner) Describe(context.Context) (*sdk.Description, error) {
+	return &sdk.Description{Name: "faulty", Version: "0.0.1",
+		Operations: []sdk.Operation{{Name: "ok"}, {Name: "crash"}, {Name: "hang"}}}, nil
 }
 
-func (planner) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse, error) {
+func (planner) Plan(ctx context.Context, req *sdk.PlanRequest) (*sdk.Plan, error) {
 	switch req.Operation {
 	case "crash":
 		os.Exit(3)
@@ -26,7 +25,7 @@ func (planner) Plan(ctx context.Context, req *pb.PlanRequest) (*pb.PlanResponse,
 		<-make(chan struct{})
 	}
 	sdk.Log.Warn("planning", "operation", req.Operation)
-	return &pb.PlanResponse{Report: &pb.Report{Format: "faulty"}}, nil
+	return &sdk.Plan{Report: &sdk.Report{Format: "faulty"}}, nil
 }
 
 func main() { sdk.Serve(planner{}) }

@@ -24,29 +24,22 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/refiners-go/refiners/sdk"
 )
 
-// Layer is one weighted layer of the model.
-type Layer struct {
-	Path, Type string
-	Params     map[string][]int64
-}
-
-// Tensor is one tensor of a LoRA file's header. Value is a scalar tensor's
-// value (a LoRA's alpha) when the host supplies it; the planner never reads
-// tensor data itself.
-type Tensor struct {
-	Key, DType string
-	Shape      []int64
-	Value      *float64
-}
-
-// File is a LoRA file's header.
-type File struct {
-	ID       string
-	Tensors  []Tensor
-	Metadata map[string]string
-}
+// The model summary, file headers, patches and bindings are the sdk's
+// plain types: a plan goes to the host as it is.
+type (
+	// Layer is one weighted layer of the model.
+	Layer = sdk.Layer
+	// Tensor is one tensor of a LoRA file's header. Value is a scalar
+	// tensor's value (a LoRA's alpha) when the host supplies it; the
+	// planner never reads tensor data itself.
+	Tensor = sdk.Tensor
+	// File is a LoRA file's header.
+	File = sdk.File
+)
 
 // Options tune a plan.
 type Options struct {
@@ -66,36 +59,27 @@ type Options struct {
 	Component string
 }
 
-// Binding binds a file tensor to a branch parameter.
-type Binding struct {
-	File, Key string
-	// Param is the parameter path in the branch: Linear_1.weight (down) and
-	// Linear_2.weight (up) for a LinearLora, Conv2d_1/Conv2d_2 for a
-	// Conv2dLora; weight/bias for a diff; the factor's role (hada_w1_a,
-	// lokr_w1, ...) for LoHa and LoKr.
-	Param string
-	// Scale multiplies the tensor (1: as is). A LoRA's alpha/rank is folded
-	// in here, on the up weight (the first factor for LoHa and LoKr), so the
-	// branch's own scale stays the user's.
-	Scale float64
-	// Reshape, when set, is the shape the tensor takes (e.g. a 1x1
-	// convolution's down weight written as a matrix).
-	Reshape []int64
-}
+// Binding binds a file tensor to a branch parameter. Param is the
+// parameter path in the branch: Linear_1.weight (down) and Linear_2.weight
+// (up) for a LinearLora, Conv2d_1/Conv2d_2 for a Conv2dLora; weight/bias
+// for a diff; the factor's role (hada_w1_a, lokr_w1, ...) for LoHa and
+// LoKr. Scale multiplies the tensor (1: as is): a LoRA's alpha/rank is
+// folded in here, on the up weight (the first factor for LoHa and LoKr),
+// so the branch's own scale stays the user's. Reshape, when set, is the
+// shape the tensor takes (e.g. a 1x1 convolution's down weight written as
+// a matrix).
+type Binding = sdk.Binding
 
-// Patch adapts one layer.
-type Patch struct {
-	Target string
-	// Branch describes the branch for core.BuildLayer: LinearLora or
-	// Conv2dLora, for the LyCORIS kinds WeightDelta, LoHa or LoKr, or DoRA
-	// (with the target's type and weight shape; the host supplies a
-	// convolution's geometry).
-	Branch   map[string]any
-	Bindings []Binding
-	Kind     string // "lora", "diff", "loha", "lokr", "dora"
-}
+// Patch adapts one layer. Its Branch describes the branch for
+// core.BuildLayer: LinearLora or Conv2dLora, for the LyCORIS kinds
+// WeightDelta, LoHa or LoKr, or DoRA (with the target's type and weight
+// shape; the host supplies a convolution's geometry). Kind is "lora",
+// "diff", "loha", "lokr" or "dora".
+type Patch = sdk.Patch
 
-// Report says how the files' keys were used.
+// Report says how the files' keys were used: the protocol's report
+// (SDK) plus the per-component summary the plugin renders into its
+// warnings (Notes).
 type Report struct {
 	// Format is the layout detected, per file: kohya, peft, diffusers,
 	// diffusers-attnprocs, refiners, refiners-legacy, diff / loha / lokr

@@ -3,6 +3,8 @@ package mapping
 import (
 	"fmt"
 	"strings"
+
+	"github.com/refiners-go/refiners/sdk"
 )
 
 // What a plan made of each key, told the way a user reads a file: per
@@ -254,4 +256,15 @@ func (n *naming) componentOf(key string) string {
 		}
 	}
 	return ""
+}
+
+// SDK is the report as the protocol carries it: the per-component summary
+// (Notes) follows the warnings, since the protocol has no field for it.
+func (r Report) SDK() *sdk.Report {
+	return &sdk.Report{
+		Format: r.Format, Matched: r.Matched, Unmatched: r.Unmatched,
+		ShapeMismatched: r.ShapeMismatched, Skipped: r.Skipped,
+		Covered: r.Covered, Layers: r.Layers, EffectiveScales: r.EffectiveScales,
+		Warnings: append(append([]string(nil), r.Warnings...), r.Notes()...),
+	}
 }
