@@ -6,7 +6,11 @@
 //   - memory: RSS after a warm-up and after many small ops through the
 //     tensor layer, which must stay flat (growth within -limit percent);
 //   - -mode convert: time and peak RSS of converting a full SD 1.5
-//     checkpoint, against its largest component (convert.go).
+//     checkpoint, against its largest component (convert.go);
+//   - -mode sd15: seconds per denoising step and peak RSS of the SD 1.5
+//     pipeline (models/sd15) against Refiners' StableDiffusion_1 on the
+//     same full-size random weights, each side in a child process
+//     (sd15.go); -mode sd15-weights only writes those weights.
 //
 // It exits with status 1 when an RSS check fails. Timings are figures to
 // read, never pass/fail: compare the ratios, not absolute numbers.
