@@ -9,7 +9,8 @@ import (
 
 func TestModelLayersAreRegistered(t *testing.T) {
 	for _, name := range []string{"SinusoidalEmbedding", "StatefulFlatten", "PopContext", "ResidualAccumulator",
-		"ResidualConcatenator", "UseResidual", "TokenEncoder", "PositionalEncoder"} {
+		"ResidualConcatenator", "UseResidual", "TokenEncoder", "PositionalEncoder",
+		"RelativePositionAttention", "WindowPartition", "WindowMerge", "PointTypeEmbedding"} {
 		if _, ok := core.LookupLayer(name); !ok {
 			t.Errorf("%s is not registered", name)
 		}

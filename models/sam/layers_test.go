@@ -1,0 +1,105 @@
+package sam
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/refiners-go/refiners/core"
+	"github.com/refiners-go/refiners/core/tensor"
+)
+
+func TestBuildErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		desc map[string]any
+		err  string // "" when it builds
+	}{
+		{"attention", map[string]any{"type": "RelativePositionAttention", "embedding_dim": 8, "num_heads": 2, "spatial_size": []any{4, 4}}, ""},
+		{"heads do not divide", map[string]any{"type": "RelativePositionAttention", "embedding_dim": 8, "num_heads": 3, "spatial_size": []any{4, 4}}, "not divisible"},
+		{"not square", map[string]any{"type": "RelativePositionAttention", "embedding_dim": 8, "num_heads": 2, "spatial_size": []any{4, 5}}, "must be square"},
+		{"one size", map[string]any{"type": "RelativePositionAttention", "embedding_dim": 8, "num_heads": 2, "spatial_size": []any{4}}, "2 values"},
+		{"window zero", map[string]any{"type": "WindowPartition", "window_size": 0}, "at least 1"},
+		{"merge", map[string]any{"type": "WindowMerge", "window_size": 14}, ""},
+		{"point types", map[string]any{"type": "PointTypeEmbedding", "embedding_dim": 4}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := core.BuildLayer(tc.desc)
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+		})
+	}
+}
+
+// TestForwardErrors: bad inputs fail with a message naming the layer.
+func TestForwardErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		layer func(s *tensor.Scope) core.Module
+		input func(s *tensor.Scope) *tensor.Tensor
+		err   string
+	}{
+		{"merge without partition", func(*tensor.Scope) core.Module { return &WindowMerge{WindowSize: 2} },
+			func(s *tensor.Scope) *tensor.Tensor { return s.Zeros(tensor.Float32, 4, 2, 2, 3) }, "no WindowPartition ran"},
+		{"partition of a 3-d map", func(*tensor.Scope) core.Module { return &WindowPartition{WindowSize: 2} },
+			func(s *tensor.Scope) *tensor.Tensor { return s.Zeros(tensor.Float32, 4, 2, 3) }, "want [B, H, W, C]"},
+		{"merge with another window", func(*tensor.Scope) core.Module {
+			return core.NewChain(&WindowPartition{WindowSize: 2}, &WindowMerge{WindowSize: 3})
+		}, func(s *tensor.Scope) *tensor.Tensor { return s.Zeros(tensor.Float32, 1, 4, 4, 3) }, "the partition used 2"},
+		{"float point types", func(s *tensor.Scope) core.Module {
+			return &PointTypeEmbedding{Dim: 3, Weight: s.Escape(s.Zeros(tensor.Float32, 5, 3))}
+		}, func(s *tensor.Scope) *tensor.Tensor { return s.Zeros(tensor.Float32, 1, 2) }, "must be integers"},
+		{"attention on the wrong map", func(s *tensor.Scope) core.Module {
+			l, _ := NewRelativePositionAttention(4, 2, [2]int64{3, 3})
+			l.Horizontal, l.Vertical = s.Escape(s.Zeros(tensor.Float32, 5, 2)), s.Escape(s.Zeros(tensor.Float32, 5, 2))
+			return l
+		}, func(s *tensor.Scope) *tensor.Tensor { return s.Zeros(tensor.Float32, 1, 4, 4, 12) }, "tables are for 3x3"},
+		{"attention not loaded", func(*tensor.Scope) core.Module {
+			l, _ := NewRelativePositionAttention(4, 2, [2]int64{3, 3})
+			return l
+		}, func(s *tensor.Scope) *tensor.Tensor { return s.Zeros(tensor.Float32, 1, 3, 3, 12) }, "not loaded"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				_, err := core.Forward(s, tc.layer(s), tc.input(s))
+				return err
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+		})
+	}
+}
+
+// TestPointTypeEmbedding: types 1..5 pick their rows, anything else zeros,
+// the output is float32 whatever the weights' dtype.
+func TestPointTypeEmbedding(t *testing.T) {
+	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		w := make([]float32, 10)
+		for i := range w {
+			w[i] = float32(i + 1)
+		}
+		l := &PointTypeEmbedding{Dim: 2, Weight: s.Escape(s.ToDType(s.FromFloat32(w, 5, 2), tensor.BFloat16))}
+		out, err := core.Forward(s, l, s.FromInt64([]int64{0, 1, 5, 6, -1, 3}, 1, 6))
+		if err != nil {
+			return err
+		}
+		if out[0].DType() != tensor.Float32 {
+			t.Errorf("dtype %s, want float32", out[0].DType())
+		}
+		got, want := s.Float32s(out[0]), []float32{0, 0, 1, 2, 9, 10, 0, 0, 0, 0, 5, 6}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("got %v, want %v", got, want)
+			}
+		}
+		return s.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
