@@ -15,7 +15,7 @@ func TestModelLayersAreRegistered(t *testing.T) {
 			t.Errorf("%s is not registered", name)
 		}
 	}
-	for _, path := range []string{"../../specs/sd15_unet.yaml", "../../specs/clip_text.yaml"} {
+	for _, path := range []string{"../../specs/sd15_unet.yaml", "../../specs/clip_text.yaml", "../../specs/sam.yaml"} {
 		s, err := spec.Load(path)
 		if err == nil {
 			_, err = s.Build(nil)

@@ -137,3 +137,28 @@ func relativeCoords(size int64) []int64 {
 	}
 	return out
 }
+
+// NewPositionalEncoder is the image encoder's PositionalEncoder: a
+// residual adding a learned [height, width, embedding_dim] Parameter to
+// the patch embeddings. It is registered as SAMPositionalEncoder because
+// CLIP's PositionalEncoder (models/clip) holds Refiners' name in the
+// registry; the tree and the keys read PositionalEncoder.Parameter.weight
+// as in Refiners.
+func NewPositionalEncoder(dim int64, size [2]int64) *core.Chain {
+	c := core.NewNamed("PositionalEncoder", core.Residual, core.NewParameter(size[0], size[1], dim))
+	c.Args = fmt.Sprintf("embedding_dim=%d, image_embedding_size=(%d, %d)", dim, size[0], size[1])
+	return c
+}
+
+func init() {
+	core.RegisterLeaf("SAMPositionalEncoder", "SAM's PositionalEncoder: adds a learned [height, width, embedding_dim] parameter (printed and keyed PositionalEncoder)", []core.ArgSpec{
+		core.AtLeast(1, core.RequiredArg("embedding_dim", core.IntArg, "")),
+		core.AtLeast(1, core.RequiredArg("image_embedding_size", core.IntsArg, "(height, width) of the patch grid")),
+	}, func(a *core.Args) (core.Module, error) {
+		size := a.Ints("image_embedding_size")
+		if len(size) != 2 {
+			return nil, fmt.Errorf("SAMPositionalEncoder: image_embedding_size must have 2 values, got %v", size)
+		}
+		return NewPositionalEncoder(a.Int("embedding_dim"), [2]int64{size[0], size[1]}), nil
+	})
+}

@@ -1,0 +1,145 @@
+"""Golden vectors for specs/sam.yaml: the image encoder (SAMViT) of Refiners
+0.4.0's Segment Anything, built from Refiners' own classes at a small size.
+
+    conformance/.venv/bin/python conformance/generate_sam.py [--full]
+
+SAMViT's constructor hard-codes a 1024 px image, 16 px patches, 14 px
+windows and a 256-channel neck; `sam_vit` below builds the same tree from
+Refiners' PatchEncoder, PositionalEncoder, TransformerLayer, Transformer and
+Neck classes with those sizes as parameters, and checks first that at ViT-H
+size (on the meta device) it has exactly the keys and shapes of
+SegmentAnythingH's image_encoder. It also writes that layout as a header
+(testdata/headers/sam_vit_h_image_encoder.json) for the Go side's plan
+check.
+
+Tiny (committed, testdata/specs): a 128 px image, 8×8 patch grid, width 16,
+3 layers (layer 1 global), 2 heads, 3×3 windows (so the grid is padded to
+9×9), a 16-channel neck.
+Full (--full, testdata/full): ViT-H at 1024 px, the spec's defaults.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import refiners.fluxion.layers as fl
+import torch
+from refiners.foundationals.segment_anything.image_encoder import (
+    Neck,
+    PatchEncoder,
+    PositionalEncoder,
+    SAMViT,
+    Transformer,
+    TransformerLayer,
+)
+from refiners.foundationals.segment_anything.model import SegmentAnythingH
+
+from golden import float64_twin, save_spec_case, tree_print, upcast
+
+
+class SizedNeck(fl.Chain):
+    """Refiners' Neck with its 256 output channels as a parameter (same
+    layers, same keys); used only when neck_dim != 256."""
+
+    def __init__(self, in_channels, neck_dim, device=None):
+        super().__init__(
+            fl.Permute(0, 3, 1, 2),
+            fl.Conv2d(in_channels, neck_dim, kernel_size=1, use_bias=False, device=device),
+            fl.LayerNorm2d(neck_dim, device=device),
+            fl.Conv2d(neck_dim, neck_dim, kernel_size=3, padding=1, use_bias=False, device=device),
+            fl.LayerNorm2d(neck_dim, device=device),
+        )
+
+
+SizedNeck.__name__ = "Neck"  # the class name is the key
+
+
+def sam_vit(embedding_dim, num_layers, num_heads, global_attention_indices, image_size=1024, patch_size=16,
+            window_size=14, neck_dim=256, device=None):
+    """SAMViT as Refiners' SAMViT.__init__ builds it, with its hard-coded
+    sizes as parameters. The root is a SAMViT instance (its class name is
+    the root's type name)."""
+    grid = (image_size // patch_size, image_size // patch_size)
+    model = SAMViT.__new__(SAMViT)
+    neck = (Neck(in_channels=embedding_dim, device=device) if neck_dim == 256
+            else SizedNeck(embedding_dim, neck_dim, device=device))
+    fl.Chain.__init__(
+        model,
+        PatchEncoder(in_channels=3, out_channels=embedding_dim, patch_size=patch_size, device=device),
+        PositionalEncoder(embedding_dim=embedding_dim, image_embedding_size=grid, device=device),
+        Transformer(
+            TransformerLayer(
+                embedding_dim=embedding_dim,
+                num_heads=num_heads,
+                feedforward_dim=4 * embedding_dim,
+                window_size=None if i in global_attention_indices else window_size,
+                image_embedding_size=grid,
+                device=device,
+            )
+            for i in range(num_layers)
+        ),
+        neck,
+    )
+    return model
+
+
+def layout(module):
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_full_size_layout(here):
+    """sam_vit at ViT-H size has SegmentAnythingH's image_encoder keys and
+    shapes; writes them as a header for the Go plan check."""
+    ref = SegmentAnythingH(device="meta")
+    want = {k[len("image_encoder."):]: v for k, v in layout(ref).items() if k.startswith("image_encoder.")}
+    got = layout(sam_vit(1280, 32, 16, (7, 15, 23, 31), device="meta"))
+    assert got == want, f"sam_vit differs from SegmentAnythingH's image_encoder: {set(got) ^ set(want)}"
+    # SizedNeck at 256 channels is Refiners' Neck.
+    assert layout(SizedNeck(1280, 256, device="meta")) == layout(Neck(1280, device="meta"))
+    header, offset = {}, 0
+    for key, shape in want.items():
+        size = 4 * int(torch.Size(shape).numel())
+        header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    out = here / "testdata" / "headers"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sam_vit_h_image_encoder.json").write_text(json.dumps(header, separators=(",", ":")))
+    print(f"ViT-H image encoder layout matches SegmentAnythingH: {len(want)} tensors, {offset / 2**30:.2f} GiB")
+
+
+def generate(name, out_dir, params, seed=0):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model = sam_vit(**params).eval()
+    with torch.no_grad():
+        for key, t in sorted(model.state_dict().items()):
+            fan_in = t[0].numel() if t.dim() > 1 else 1
+            t.copy_(torch.randn(t.shape, generator=gen) / max(fan_in, 1) ** 0.5)
+    size = params.get("image_size", 1024)
+    x = torch.randn(1, 3, size, size, generator=gen)
+    start = time.perf_counter()
+    with torch.no_grad():
+        y = model(x)
+    took = time.perf_counter() - start
+    with torch.no_grad():
+        y64 = float64_twin(model)(upcast(x))
+    g = list(params["global_attention_indices"]) + [-1] * (4 - len(params["global_attention_indices"]))
+    overrides = {k: str(v) for k, v in params.items() if k != "global_attention_indices"}
+    overrides.update({f"global_{i + 1}": str(v) for i, v in enumerate(g)})
+    save_spec_case(out_dir, name, spec="specs/sam.yaml", overrides=overrides, model=model,
+                   inputs={"input.0": x}, outputs=[y], outputs64=[y64], reference="refiners 0.4.0 segment_anything SAMViT",
+                   tree=None)
+    print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).parent
+    check_full_size_layout(here)
+    if "--full" in sys.argv:
+        generate("sam_vit_h_image_encoder", here / "testdata" / "full",
+                 dict(embedding_dim=1280, num_layers=32, num_heads=16, global_attention_indices=(7, 15, 23, 31)))
+    else:
+        generate("sam_image_encoder_tiny", here / "testdata" / "specs",
+                 dict(embedding_dim=16, num_layers=3, num_heads=2, global_attention_indices=(1,), image_size=128,
+                      window_size=3, neck_dim=16))
