@@ -34,6 +34,7 @@ from refiners.foundationals.segment_anything.image_encoder import (
     TransformerLayer,
 )
 from refiners.foundationals.segment_anything.model import SegmentAnythingH
+from refiners.foundationals.segment_anything.prompt_encoder import PointEncoder, PointTypeEmbedding
 
 from golden import float64_twin, save_spec_case, tree_print, upcast
 
@@ -133,6 +134,52 @@ def generate(name, out_dir, params, seed=0):
     print(f"{name}: forward {took:.3f}s, output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
 
 
+def float64_point_types(model):
+    """Refiners' PointTypeEmbedding fills a float32 zeros tensor with weight
+    rows, which fails for float64 weights. The layer only copies rows, so in
+    the float64 twin it runs in float32 (on weights that are float32 values
+    upcast) and upcasts: exactly the float64 result."""
+    for m in model.modules():
+        if isinstance(m, PointTypeEmbedding):
+            forward = m.forward
+
+            def exact(type_mask, m=m, forward=forward):
+                w = m.weight
+                m.weight = torch.nn.Parameter(w.to(torch.float32), requires_grad=False)
+                try:
+                    return forward(type_mask).to(torch.float64)
+                finally:
+                    m.weight = w
+
+            m.forward = exact
+    return model
+
+
+def generate_point_encoder(name, out_dir, embedding_dim, points, types, seed):
+    """A Refiners PointEncoder on normalised points with their types (the
+    context point_encoder/type_mask); output: the sparse embedding."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model = PointEncoder(embedding_dim=embedding_dim).eval()
+    with torch.no_grad():
+        for key, t in sorted(model.state_dict().items()):
+            t.copy_(torch.randn(t.shape, generator=gen))
+    coords = torch.tensor([points], dtype=torch.float32)
+    # Refiners' points_to_tensor makes int32 types; the tensor layer reads
+    # int64 (same values, same comparisons).
+    mask = torch.tensor([types], dtype=torch.int64)
+    with torch.no_grad():
+        model.set_type_mask(mask)
+        y = model(coords)
+        twin = float64_point_types(float64_twin(model))
+        twin.set_type_mask(mask)
+        y64 = twin(upcast(coords))
+    save_spec_case(out_dir, name, spec="specs/sam_point_encoder.yaml", overrides={"embedding_dim": str(embedding_dim)},
+                   model=model, inputs={"input.0": coords, "context.point_encoder.type_mask": mask},
+                   outputs=[y], outputs64=[y64], reference="refiners 0.4.0 segment_anything PointEncoder")
+    print(f"{name}: output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
+
+
 if __name__ == "__main__":
     here = Path(__file__).parent
     check_full_size_layout(here)
@@ -143,3 +190,8 @@ if __name__ == "__main__":
         generate("sam_image_encoder_tiny", here / "testdata" / "specs",
                  dict(embedding_dim=16, num_layers=3, num_heads=2, global_attention_indices=(1,), image_size=128,
                       window_size=3, neck_dim=16))
+        # Points only (a not-a-point is appended), and a point with a box.
+        generate_point_encoder("sam_point_encoder_points_tiny", here / "testdata" / "specs", 16,
+                               [(0.25, 0.5), (0.7, 0.1), (0.9, 0.95)], [2, 2, 1], seed=10)
+        generate_point_encoder("sam_point_encoder_box_tiny", here / "testdata" / "specs", 16,
+                               [(0.4, 0.4), (0.1, 0.2), (0.8, 0.6)], [2, 3, 4], seed=20)

@@ -2,6 +2,7 @@ package sam
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -101,5 +102,60 @@ func TestPointTypeEmbedding(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPointPadding: without a box corner the type mask gains a
+// not-a-point (and the points a zero row); with one nothing changes; bad
+// masks fail.
+func TestPointPadding(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		types []int64
+		want  []int64 // the type mask after the layer, nil for an error
+		err   string
+	}{
+		{"points", []int64{2, 1}, []int64{2, 1, NotAPoint}, ""},
+		{"box", []int64{2, 3, 4}, []int64{2, 3, 4}, ""},
+		{"half a box", []int64{4}, []int64{4}, ""},
+		{"no mask", nil, nil, "set the point types first"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				n := int64(len(tc.types))
+				call := core.Call{Contexts: core.Contexts{}}
+				if tc.types != nil {
+					call.Contexts[pointContext] = map[string]any{typeMaskKey: s.FromInt64(tc.types, 1, n)}
+				}
+				m := core.NewChain(NewPointPadding(), core.NewParallel(core.NewIdentity(), core.NewUseContext(pointContext, typeMaskKey)))
+				out, err := call.Forward(s, m, s.Ones(tensor.Float32, 1, n, 3))
+				if err != nil {
+					return err
+				}
+				if got := s.Int64s(out[1]); !slices.Equal(got, tc.want) {
+					t.Errorf("type mask %v, want %v", got, tc.want)
+				}
+				points := s.Float32s(out[0])
+				if len(points) != 3*len(tc.want) {
+					t.Fatalf("%d point values, want %d", len(points), 3*len(tc.want))
+				}
+				for i, v := range points {
+					want := float32(1)
+					if i >= int(3*n) {
+						want = 0
+					}
+					if v != want {
+						t.Fatalf("points %v", points)
+					}
+				}
+				return s.Err()
+			})
+			if tc.err == "" && err != nil {
+				t.Fatal(err)
+			}
+			if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+		})
 	}
 }
