@@ -34,6 +34,7 @@ from refiners.foundationals.segment_anything.image_encoder import (
     TransformerLayer,
 )
 from refiners.foundationals.segment_anything.model import SegmentAnythingH
+from refiners.foundationals.segment_anything.mask_decoder import DenseEmbeddingUpscaling, MaskDecoder
 from refiners.foundationals.segment_anything.prompt_encoder import PointEncoder, PointTypeEmbedding
 
 from golden import float64_twin, save_spec_case, tree_print, upcast
@@ -98,15 +99,22 @@ def check_full_size_layout(here):
     assert got == want, f"sam_vit differs from SegmentAnythingH's image_encoder: {set(got) ^ set(want)}"
     # SizedNeck at 256 channels is Refiners' Neck.
     assert layout(SizedNeck(1280, 256, device="meta")) == layout(Neck(1280, device="meta"))
+    write_header(here, "sam_vit_h_image_encoder", want)
+    print(f"ViT-H image encoder layout matches SegmentAnythingH: {len(want)} tensors")
+    decoder = {k[len("mask_decoder."):]: v for k, v in layout(ref).items() if k.startswith("mask_decoder.")}
+    write_header(here, "sam_vit_h_mask_decoder", decoder)
+    print(f"mask decoder layout: {len(decoder)} tensors")
+
+
+def write_header(here, name, shapes):
     header, offset = {}, 0
-    for key, shape in want.items():
+    for key, shape in shapes.items():
         size = 4 * int(torch.Size(shape).numel())
         header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     out = here / "testdata" / "headers"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sam_vit_h_image_encoder.json").write_text(json.dumps(header, separators=(",", ":")))
-    print(f"ViT-H image encoder layout matches SegmentAnythingH: {len(want)} tensors, {offset / 2**30:.2f} GiB")
+    (out / f"{name}.json").write_text(json.dumps(header, separators=(",", ":")))
 
 
 def generate(name, out_dir, params, seed=0):
@@ -180,6 +188,56 @@ def generate_point_encoder(name, out_dir, embedding_dim, points, types, seed):
     print(f"{name}: output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
 
 
+def mask_decoder(embedding_dim, feed_forward_dim, num_layers, dense_side):
+    """Refiners' MaskDecoder, whose MaskPrediction builds its
+    DenseEmbeddingUpscaling at the default 64×64 side: at a small size the
+    upscaling is replaced by Refiners' own class at dense_side (the final
+    Reshape uses embedding_dim as the mask side, so embedding_dim must be
+    4·dense_side, as 256 = 4·64 in SAM)."""
+    assert embedding_dim == 4 * dense_side
+    model = MaskDecoder(embedding_dim=embedding_dim, feed_forward_dim=feed_forward_dim, num_layers=num_layers)
+    if dense_side != 64:
+        old = model.ensure_find(DenseEmbeddingUpscaling)
+        new = DenseEmbeddingUpscaling(embedding_dim=embedding_dim, dense_embedding_side_dim=dense_side)
+        old.parent.replace(old, new)
+    return model
+
+
+def generate_mask_decoder(name, out_dir, embedding_dim, feed_forward_dim, num_layers, dense_side, num_points, seed):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model = mask_decoder(embedding_dim, feed_forward_dim, num_layers, dense_side).eval()
+    with torch.no_grad():
+        for key, t in sorted(model.state_dict().items()):
+            fan_in = t[0].numel() if t.dim() > 1 else 1
+            t.copy_(torch.randn(t.shape, generator=gen) / max(fan_in, 1) ** 0.5)
+    grid = (1, embedding_dim, dense_side, dense_side)
+    ctx = {
+        "image_embedding": torch.randn(grid, generator=gen),
+        "mask_embedding": torch.randn(grid, generator=gen),
+        "point_embedding": torch.randn(1, num_points, embedding_dim, generator=gen),
+        "dense_positional_embedding": torch.randn(grid, generator=gen),
+    }
+
+    def run(m, values):
+        m.set_image_embedding(values["image_embedding"])
+        m.set_mask_embedding(values["mask_embedding"])
+        m.set_point_embedding(values["point_embedding"])
+        m.set_dense_positional_embedding(values["dense_positional_embedding"])
+        with torch.no_grad():
+            return m()
+
+    masks, iou = run(model, ctx)
+    masks64, iou64 = run(float64_twin(model), upcast(ctx))
+    save_spec_case(out_dir, name, spec="specs/sam_mask_decoder.yaml",
+                   overrides={"embedding_dim": str(embedding_dim), "feed_forward_dim": str(feed_forward_dim),
+                              "num_layers": str(num_layers), "dense_side": str(dense_side)},
+                   model=model, inputs={f"context.mask_decoder.{k}": v for k, v in ctx.items()},
+                   outputs=[masks, iou], outputs64=[masks64, iou64], reference="refiners 0.4.0 segment_anything MaskDecoder")
+    print(f"{name}: masks {tuple(masks.shape)}, iou {tuple(iou.shape)}, own float32 error "
+          f"{(masks.double() - masks64).abs().max():.3g}, {(iou.double() - iou64).abs().max():.3g}")
+
+
 if __name__ == "__main__":
     here = Path(__file__).parent
     check_full_size_layout(here)
@@ -195,3 +253,4 @@ if __name__ == "__main__":
                                [(0.25, 0.5), (0.7, 0.1), (0.9, 0.95)], [2, 2, 1], seed=10)
         generate_point_encoder("sam_point_encoder_box_tiny", here / "testdata" / "specs", 16,
                                [(0.4, 0.4), (0.1, 0.2), (0.8, 0.6)], [2, 3, 4], seed=20)
+        generate_mask_decoder("sam_mask_decoder_tiny", here / "testdata" / "specs", 32, 64, 2, 8, num_points=3, seed=30)

@@ -56,3 +56,28 @@ func TestPlanFullSAMImageEncoder(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanFullSAMMaskDecoder checks specs/sam_mask_decoder.yaml at its
+// defaults against the layout of SegmentAnythingH's mask_decoder.
+func TestPlanFullSAMMaskDecoder(t *testing.T) {
+	path := sparseWeights(t, "../conformance/testdata/headers/sam_vit_h_mask_decoder.json")
+	header, _, err := weights.ReadHeader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load("../specs/sam_mask_decoder.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Build(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Plan(m, header, "")
+	if errs := r.Errors(path); len(errs) > 0 {
+		t.Fatalf("plan found %d problems:\n%v", len(errs), errs)
+	}
+	if len(r.Rows) != 119 {
+		t.Errorf("%d parameter tensors, SegmentAnythingH's mask decoder has 119", len(r.Rows))
+	}
+}

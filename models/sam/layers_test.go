@@ -159,3 +159,28 @@ func TestPointPadding(t *testing.T) {
 		})
 	}
 }
+
+// TestDecoderLayerErrors: the decoder's layers say what is missing.
+func TestDecoderLayerErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		layer core.Module
+		err   string
+	}{
+		{"aggregator without context", &EmbeddingsAggregator{OutputMasks: 3}, `context "mask_decoder" has no key "image_embedding"`},
+		{"tokens not loaded", &IOUMaskEncoder{Dim: 4, MaskTokens: 4}, "not loaded"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				_, err := core.Forward(s, tc.layer, s.Zeros(tensor.Float32, 1, 5, 4))
+				return err
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+		})
+	}
+	if _, err := core.BuildLayer(map[string]any{"type": "Hypernetworks", "embedding_dim": 16, "num_layers": 0}); err == nil || !strings.Contains(err.Error(), "at least 1") {
+		t.Errorf("Hypernetworks with no layers: error %v", err)
+	}
+}
