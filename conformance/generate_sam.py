@@ -35,7 +35,7 @@ from refiners.foundationals.segment_anything.image_encoder import (
 )
 from refiners.foundationals.segment_anything.model import SegmentAnythingH
 from refiners.foundationals.segment_anything.mask_decoder import DenseEmbeddingUpscaling, MaskDecoder
-from refiners.foundationals.segment_anything.prompt_encoder import PointEncoder, PointTypeEmbedding
+from refiners.foundationals.segment_anything.prompt_encoder import MaskEncoder, PointEncoder, PointTypeEmbedding
 
 from golden import float64_twin, save_spec_case, tree_print, upcast
 
@@ -238,6 +238,29 @@ def generate_mask_decoder(name, out_dir, embedding_dim, feed_forward_dim, num_la
           f"{(masks.double() - masks64).abs().max():.3g}, {(iou.double() - iou64).abs().max():.3g}")
 
 
+class SAMMaskEncoder(fl.Chain):
+    """specs/sam_mask_encoder.yaml's root: Refiners' MaskEncoder inside a
+    chain, so that its own no_mask_embedding is keyed under it."""
+
+
+def generate_mask_encoder(name, out_dir, embedding_dim, side, seed):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model = SAMMaskEncoder(MaskEncoder(embedding_dim=embedding_dim)).eval()
+    with torch.no_grad():
+        for key, t in sorted(model.state_dict().items()):
+            fan_in = t[0].numel() if t.dim() > 1 else 1
+            t.copy_(torch.randn(t.shape, generator=gen) / max(fan_in, 1) ** 0.5)
+    mask = torch.randn(1, 1, 4 * side, 4 * side, generator=gen) * 4
+    with torch.no_grad():
+        y = model(mask)
+        y64 = float64_twin(model)(upcast(mask))
+    save_spec_case(out_dir, name, spec="specs/sam_mask_encoder.yaml", overrides={"embedding_dim": str(embedding_dim)},
+                   model=model, inputs={"input.0": mask}, outputs=[y], outputs64=[y64],
+                   reference="refiners 0.4.0 segment_anything MaskEncoder", tree=tree_print(model))
+    print(f"{name}: output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
+
+
 if __name__ == "__main__":
     here = Path(__file__).parent
     check_full_size_layout(here)
@@ -253,4 +276,5 @@ if __name__ == "__main__":
                                [(0.25, 0.5), (0.7, 0.1), (0.9, 0.95)], [2, 2, 1], seed=10)
         generate_point_encoder("sam_point_encoder_box_tiny", here / "testdata" / "specs", 16,
                                [(0.4, 0.4), (0.1, 0.2), (0.8, 0.6)], [2, 3, 4], seed=20)
+        generate_mask_encoder("sam_mask_encoder_tiny", here / "testdata" / "specs", 32, 8, seed=40)
         generate_mask_decoder("sam_mask_decoder_tiny", here / "testdata" / "specs", 32, 64, 2, 8, num_points=3, seed=30)

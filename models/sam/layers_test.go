@@ -184,3 +184,36 @@ func TestDecoderLayerErrors(t *testing.T) {
 		t.Errorf("Hypernetworks with no layers: error %v", err)
 	}
 }
+
+// TestNoMaskEmbedding: the MaskEncoder's own parameter is in its state
+// dict and expands to the dense no-mask embedding.
+func TestNoMaskEmbedding(t *testing.T) {
+	enc, err := NewMaskEncoder(3, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := core.StateDict(enc); len(keys) != 11 || keys[0].Key != "no_mask_embedding" {
+		t.Fatalf("state dict starts with %q (%d keys), want no_mask_embedding (11 keys)", keys[0].Key, len(keys))
+	}
+	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if _, err := NoMaskEmbedding(s, enc, 1, 2, 2); err == nil || !strings.Contains(err.Error(), "not loaded") {
+			t.Errorf("before loading: error %v", err)
+		}
+		*enc.Own[0].Value = s.Escape(s.FromFloat32([]float32{1, 2, 3}, 1, 3))
+		defer core.ReleaseParams(enc)
+		out, err := NoMaskEmbedding(s, enc, 2, 1, 2)
+		if err != nil {
+			return err
+		}
+		if got, want := s.Float32s(s.Contiguous(out)), []float32{1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}; !slices.Equal(got, want) {
+			t.Errorf("got %v, want %v", got, want)
+		}
+		if _, err := NoMaskEmbedding(s, core.NewChain(), 1, 1, 1); err == nil {
+			t.Error("a plain chain gave a no-mask embedding")
+		}
+		return s.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,6 +1,7 @@
 package sam
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/refiners-go/refiners/core"
@@ -63,4 +64,65 @@ func NewPointPadding() *core.Func {
 		f.SetContext(pointContext, typeMaskKey, f.Cat([]*tensor.Tensor{mask, pad}, 1))
 		return core.Tensors{f.Cat([]*tensor.Tensor{x, f.ToDType(zeros, x.DType())}, 1)}, f.Err()
 	})
+}
+
+func init() {
+	core.RegisterLeaf("MaskEncoder", "SAM's mask prompt encoder: a [B, 1, 4h, 4w] low-res mask to [B, embedding_dim, h, w] (two strided 2×2 convs with LayerNorm2d and GeLU, then a 1×1 conv); owns the no_mask_embedding [1, embedding_dim] used when there is no mask", []core.ArgSpec{
+		core.AtLeast(1, core.OptionalArg("embedding_dim", core.IntArg, int64(256), "")),
+		core.AtLeast(4, core.OptionalArg("intermediate_channels", core.IntArg, int64(16), "")),
+	}, func(a *core.Args) (core.Module, error) {
+		return NewMaskEncoder(a.Int("embedding_dim"), a.Int("intermediate_channels"))
+	})
+}
+
+// NewMaskEncoder is Refiners' MaskEncoder. Its no_mask_embedding is a
+// parameter of the chain itself (key MaskEncoder's path + .no_mask_embedding);
+// NoMaskEmbedding reads it.
+func NewMaskEncoder(dim, intermediate int64) (*core.Chain, error) {
+	quarter := intermediate / 4
+	gelu1, err1 := core.NewGeLU(core.GeLUExact)
+	gelu2, err2 := core.NewGeLU(core.GeLUExact)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("MaskEncoder: %w", err)
+	}
+	c := core.NewNamed("MaskEncoder", core.Sequence,
+		core.NewConv2d(1, quarter, 2, core.ConvOptions{Stride: 2}),
+		core.NewLayerNorm2d(quarter),
+		gelu1,
+		core.NewConv2d(quarter, intermediate, 2, core.ConvOptions{Stride: 2}),
+		core.NewLayerNorm2d(intermediate),
+		gelu2,
+		core.NewConv2d(intermediate, dim, 1, core.ConvOptions{}),
+	)
+	c.Own = []core.Param{{Name: "no_mask_embedding", Shape: []int64{1, dim}, DType: tensor.Float32, Value: new(*tensor.Tensor)}}
+	// Refiners prints the arguments that differ from their defaults.
+	var kv []any
+	if dim != 256 {
+		kv = append(kv, "embedding_dim", dim)
+	}
+	if intermediate != 16 {
+		kv = append(kv, "intermediate_channels", intermediate)
+	}
+	d := core.DescribeArgs("", kv...)
+	c.Args = d[1 : len(d)-1]
+	return c, nil
+}
+
+// NoMaskEmbedding returns the dense embedding used when no mask is given,
+// Refiners' get_no_mask_dense_embedding: no_mask_embedding expanded to
+// [batch, embedding_dim, height, width]. encoder is a MaskEncoder chain.
+func NoMaskEmbedding(s *tensor.Scope, encoder *core.Chain, batch, height, width int64) (*tensor.Tensor, error) {
+	for _, p := range encoder.Own {
+		if p.Name != "no_mask_embedding" {
+			continue
+		}
+		w := *p.Value
+		if !w.Valid() {
+			return nil, fmt.Errorf("MaskEncoder: no_mask_embedding is not loaded")
+		}
+		dim := p.Shape[1]
+		out := s.Expand(s.Reshape(w, 1, dim, 1, 1), batch, dim, height, width)
+		return out, s.Err()
+	}
+	return nil, fmt.Errorf("%s is not a MaskEncoder (no no_mask_embedding)", encoder.TypeName())
 }
