@@ -30,6 +30,9 @@ test: vet
 		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \
 	done
 	$(GO) test -run='^$$' -fuzz=FuzzSpec -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzExpr -fuzztime=20s -fuzzminimizetime=5s ./spec
+	$(GO) test -run='^$$' -fuzz=FuzzRunRequest -fuzztime=20s -fuzzminimizetime=5s ./daemon
+	$(GO) test -run='^$$' -fuzz=FuzzRunMultipart -fuzztime=20s -fuzzminimizetime=5s ./daemon
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=20s -fuzzminimizetime=5s ./torchfile
 	scripts/check-cuda-link.sh

@@ -149,7 +149,7 @@ func (d *jsonDecoder) str(what string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+	if plainString(raw) {
 		return string(raw[1 : len(raw)-1]), nil
 	}
 	var s string
@@ -157,6 +157,17 @@ func (d *jsonDecoder) str(what string) (string, error) {
 		return "", d.errorf("%s: %v", what, err)
 	}
 	return s, nil
+}
+
+// plainString reports whether a string's JSON text needs no decoding: no
+// escapes, no control characters (which JSON forbids), valid UTF-8.
+func plainString(raw []byte) bool {
+	for _, c := range raw {
+		if c < 0x20 || c == '\\' {
+			return false
+		}
+	}
+	return utf8.Valid(raw)
 }
 
 // rawString reads a string's JSON text, quotes included, into d.buf.

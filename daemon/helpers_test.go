@@ -20,7 +20,7 @@ type testDaemon struct {
 	dir string
 }
 
-func newTestDaemon(t *testing.T, configure func(*Config)) *testDaemon {
+func newTestDaemon(t testing.TB, configure func(*Config)) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := Defaults()
