@@ -37,7 +37,9 @@ from refiners.foundationals.segment_anything.model import SegmentAnythingH
 from refiners.foundationals.segment_anything.mask_decoder import DenseEmbeddingUpscaling, MaskDecoder
 from refiners.foundationals.segment_anything.prompt_encoder import MaskEncoder, PointEncoder, PointTypeEmbedding
 
-from golden import float64_twin, save_spec_case, tree_print, upcast
+from safetensors.torch import save_file
+
+from golden import float64_twin, reference_error_note, reference_tensors, save_spec_case, tree_print, upcast
 
 
 class SizedNeck(fl.Chain):
@@ -261,6 +263,32 @@ def generate_mask_encoder(name, out_dir, embedding_dim, side, seed):
     print(f"{name}: output {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
 
 
+def generate_dense_positional_embedding(out_dir, embedding_dim, side, seed):
+    """PointEncoder.get_dense_positional_embedding((side, side)) on random
+    weights, for conformance/sam_test.go. Its float64 twin computes the
+    grid (i + 0.5)/side in float64 (Refiners makes it in float32)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model = PointEncoder(embedding_dim=embedding_dim).eval()
+    with torch.no_grad():
+        for key, t in sorted(model.state_dict().items()):
+            t.copy_(torch.randn(t.shape, generator=gen))
+        y = model.get_dense_positional_embedding((side, side))
+        twin = float64_twin(model)
+        centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+        yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+        encoder = twin.ensure_find(type(model[0]))
+        y64 = encoder(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1).unsqueeze(0)
+    tensors = {f"param.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update(reference_tensors([y], [y64]))
+    meta = {"overrides": json.dumps({"embedding_dim": str(embedding_dim)}), "side": str(side),
+            "reference": f"torch {torch.__version__}, refiners 0.4.0 PointEncoder.get_dense_positional_embedding",
+            **reference_error_note([y], [y64])}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "dense_positional_embedding.safetensors"), metadata=meta)
+    print(f"dense positional embedding: {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
+
+
 if __name__ == "__main__":
     here = Path(__file__).parent
     check_full_size_layout(here)
@@ -276,5 +304,6 @@ if __name__ == "__main__":
                                [(0.25, 0.5), (0.7, 0.1), (0.9, 0.95)], [2, 2, 1], seed=10)
         generate_point_encoder("sam_point_encoder_box_tiny", here / "testdata" / "specs", 16,
                                [(0.4, 0.4), (0.1, 0.2), (0.8, 0.6)], [2, 3, 4], seed=20)
+        generate_dense_positional_embedding(here / "testdata" / "sam", 16, 8, seed=50)
         generate_mask_encoder("sam_mask_encoder_tiny", here / "testdata" / "specs", 32, 8, seed=40)
         generate_mask_decoder("sam_mask_decoder_tiny", here / "testdata" / "specs", 32, 64, 2, 8, num_points=3, seed=30)

@@ -217,3 +217,18 @@ func TestNoMaskEmbedding(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestDensePositionalEmbeddingErrors(t *testing.T) {
+	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if _, err := DensePositionalEmbedding(s, core.NewChain(core.NewIdentity()), 2, 2); err == nil || !strings.Contains(err.Error(), "no CoordinateEncoder") {
+			t.Errorf("without a CoordinateEncoder: error %v", err)
+		}
+		if _, err := DensePositionalEmbedding(s, core.NewChain(), 0, 2); err == nil || !strings.Contains(err.Error(), "grid 0x2") {
+			t.Errorf("empty grid: error %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

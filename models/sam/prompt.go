@@ -126,3 +126,45 @@ func NoMaskEmbedding(s *tensor.Scope, encoder *core.Chain, batch, height, width 
 	}
 	return nil, fmt.Errorf("%s is not a MaskEncoder (no no_mask_embedding)", encoder.TypeName())
 }
+
+// DensePositionalEmbedding is Refiners' PointEncoder.get_dense_positional_embedding:
+// the point encoder's CoordinateEncoder applied to the centres of a
+// height × width grid ((j + 0.5)/width, (i + 0.5)/height), computed in
+// float32 as Refiners does, as [1, C, height, width]. pointEncoder is a
+// point encoder built from specs/sam_point_encoder.yaml (or any chain with
+// a CoordinateEncoder in it).
+func DensePositionalEmbedding(s *tensor.Scope, pointEncoder *core.Chain, height, width int64) (*tensor.Tensor, error) {
+	if height <= 0 || width <= 0 {
+		return nil, fmt.Errorf("dense positional embedding: grid %dx%d", height, width)
+	}
+	var encoder core.Module
+	pointEncoder.Walk(func(m core.Module, _ *core.Chain, _ string) bool {
+		if encoder == nil && core.TypeName(m) == "CoordinateEncoder" {
+			encoder = m
+		}
+		return encoder == nil
+	})
+	if encoder == nil {
+		return nil, fmt.Errorf("dense positional embedding: %s has no CoordinateEncoder", pointEncoder.TypeName())
+	}
+	grid := make([]float32, 0, height*width*2)
+	for i := int64(0); i < height; i++ {
+		for j := int64(0); j < width; j++ {
+			// cumsum of ones minus 0.5 is exact; the division rounds as
+			// torch's float32 division does.
+			grid = append(grid, (float32(j+1)-0.5)/float32(width), (float32(i+1)-0.5)/float32(height))
+		}
+	}
+	x := s.FromFloat32(grid, height, width, 2)
+	for _, e := range core.StateDict(encoder) {
+		if w := *e.Value; w.Valid() && w.Device() != tensor.CPU {
+			x = s.To(x, w.Device())
+		}
+		break
+	}
+	out, err := core.Forward(s, encoder, x)
+	if err != nil {
+		return nil, fmt.Errorf("dense positional embedding: %w", err)
+	}
+	return s.Unsqueeze(s.Permute(out[0], 2, 0, 1), 0), s.Err()
+}
