@@ -15,7 +15,8 @@ check.
 Tiny (committed, testdata/specs): a 128 px image, 8×8 patch grid, width 16,
 3 layers (layer 1 global), 2 heads, 3×3 windows (so the grid is padded to
 9×9), a 16-channel neck.
-Full (--full, testdata/full): ViT-H at 1024 px, the spec's defaults.
+Full (--full, testdata/full): ViT-H at 1024 px, the spec's defaults;
+--vit-b: ViT-B's sizes at 1024 px (lighter, same grid and windows).
 """
 
 import json
@@ -295,6 +296,11 @@ if __name__ == "__main__":
     if "--full" in sys.argv:
         generate("sam_vit_h_image_encoder", here / "testdata" / "full",
                  dict(embedding_dim=1280, num_layers=32, num_heads=16, global_attention_indices=(7, 15, 23, 31)))
+    elif "--vit-b" in sys.argv:
+        # ViT-B's sizes at 1024 px (the 64×64 grid padded to 70×70 for the
+        # 14×14 windows, head dim 64): a real-size check lighter than ViT-H.
+        generate("sam_vit_b_image_encoder", here / "testdata" / "full",
+                 dict(embedding_dim=768, num_layers=12, num_heads=12, global_attention_indices=(2, 5, 8, 11)))
     else:
         generate("sam_image_encoder_tiny", here / "testdata" / "specs",
                  dict(embedding_dim=16, num_layers=3, num_heads=2, global_attention_indices=(1,), image_size=128,
