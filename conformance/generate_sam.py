@@ -290,6 +290,70 @@ def generate_dense_positional_embedding(out_dir, embedding_dim, side, seed):
     print(f"dense positional embedding: {tuple(y.shape)}, own float32 error {(y.double() - y64).abs().max():.3g}")
 
 
+def dense_pe64(point_encoder64, side):
+    """get_dense_positional_embedding of a float64 point encoder (Refiners
+    builds the grid in float32, which a float64 Linear refuses): the grid
+    (i + 0.5)/side in float64."""
+    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    encoder = point_encoder64.ensure_find(type(point_encoder64[0]))
+    return encoder(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1).unsqueeze(0)
+
+
+def generate_decode(out_dir, name, embedding_dim, side, points, types, with_mask, seed):
+    """The middle of SegmentAnything.predict (prompts and an image embedding
+    to low-res masks and IoU) with Refiners' PointEncoder, MaskEncoder and
+    MaskDecoder at a small size, for sam.Decode (conformance/sam_test.go)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    parts = {
+        "point_encoder": PointEncoder(embedding_dim=embedding_dim),
+        "mask_encoder": MaskEncoder(embedding_dim=embedding_dim),
+        "mask_decoder": mask_decoder(embedding_dim, 2 * embedding_dim, 2, side),
+    }
+    with torch.no_grad():
+        for part in parts.values():
+            part.eval()
+            for key, t in sorted(part.state_dict().items()):
+                fan_in = t[0].numel() if t.dim() > 1 else 1
+                t.copy_(torch.randn(t.shape, generator=gen) / max(fan_in, 1) ** 0.5)
+    image_embedding = torch.randn(1, embedding_dim, side, side, generator=gen)
+    coords = torch.tensor([points], dtype=torch.float32)
+    mask = torch.tensor([types], dtype=torch.int64)
+    low_res = torch.randn(1, 1, 4 * side, 4 * side, generator=gen) * 4 if with_mask else None
+
+    def run(parts, image_embedding, coords, low_res, float64):
+        pe, me, md = parts["point_encoder"], parts["mask_encoder"], parts["mask_decoder"]
+        with torch.no_grad():
+            pe.set_type_mask(mask)
+            mask_embedding = me(low_res) if low_res is not None else me.get_no_mask_dense_embedding((side, side))
+            point_embedding = pe(coords)
+            dense = dense_pe64(pe, side) if float64 else pe.get_dense_positional_embedding((side, side))
+            md.set_image_embedding(image_embedding)
+            md.set_mask_embedding(mask_embedding)
+            md.set_point_embedding(point_embedding)
+            md.set_dense_positional_embedding(dense)
+            return md()
+
+    masks, iou = run(parts, image_embedding, coords, low_res, False)
+    parts64 = {k: float64_twin(v) for k, v in parts.items()}
+    float64_point_types(parts64["point_encoder"])
+    masks64, iou64 = run(parts64, upcast(image_embedding), upcast(coords), upcast(low_res), True)
+    tensors = {f"param.{p}.{k}": v.contiguous() for p, part in parts.items() for k, v in part.state_dict().items()}
+    tensors.update({"input.image_embedding": image_embedding, "input.points": coords, "input.types": mask})
+    if low_res is not None:
+        tensors["input.low_res_mask"] = low_res
+    outputs, outputs64 = {"masks": masks, "iou": iou}, {"masks": masks64, "iou": iou64}
+    tensors.update(reference_tensors(outputs, outputs64))
+    meta = {"embedding_dim": str(embedding_dim), "side": str(side),
+            "reference": f"torch {torch.__version__}, refiners 0.4.0 SegmentAnything.predict's prompt side",
+            **reference_error_note(outputs, outputs64)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / f"{name}.safetensors"), metadata=meta)
+    print(f"{name}: masks {tuple(masks.shape)}, iou {tuple(iou.shape)}, own float32 error "
+          f"{(masks.double() - masks64).abs().max():.3g}, {(iou.double() - iou64).abs().max():.3g}")
+
+
 if __name__ == "__main__":
     here = Path(__file__).parent
     check_full_size_layout(here)
@@ -311,5 +375,7 @@ if __name__ == "__main__":
         generate_point_encoder("sam_point_encoder_box_tiny", here / "testdata" / "specs", 16,
                                [(0.4, 0.4), (0.1, 0.2), (0.8, 0.6)], [2, 3, 4], seed=20)
         generate_dense_positional_embedding(here / "testdata" / "sam", 16, 8, seed=50)
+        generate_decode(here / "testdata" / "sam", "decode_points", 32, 8, [(0.3, 0.6), (0.7, 0.2)], [2, 1], False, seed=60)
+        generate_decode(here / "testdata" / "sam", "decode_box_mask", 32, 8, [(0.5, 0.5), (0.2, 0.3), (0.8, 0.9)], [2, 3, 4], True, seed=70)
         generate_mask_encoder("sam_mask_encoder_tiny", here / "testdata" / "specs", 32, 8, seed=40)
         generate_mask_decoder("sam_mask_decoder_tiny", here / "testdata" / "specs", 32, 64, 2, 8, num_points=3, seed=30)
