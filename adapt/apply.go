@@ -2,7 +2,8 @@
 // and weight files for a plan (Summarize, Header), checks a plan against
 // the model and the files, and applies it with core adapters (Apply, then
 // Eject) or merges it into the weights (Fuse, then Unfuse), for the patch
-// kinds lora, diff, loha and lokr. It runs no plugin (package hosts does)
+// kinds lora, diff, loha, lokr and dora; patches of kind insert add a
+// sub-model as a new child of a chain (insert.go: Apply and Eject only). It runs no plugin (package hosts does)
 // and reads no protocol message: plans are the sdk's plain types.
 package adapt
 
@@ -59,6 +60,7 @@ type Applied struct {
 	model    *core.Chain
 	created  []*core.Chain            // adapters this application injected
 	extended map[*core.Chain][]string // existing adapters -> branch names added
+	inserted []*patchWork             // insert patches, in the order applied
 	branches []core.Module
 	Report   *sdk.Report
 }
@@ -69,6 +71,7 @@ type patchWork struct {
 	target core.Module
 	branch core.Module           // a LoRA or weight-delta branch
 	params map[string]core.Entry // branch parameter path -> slot
+	insert *insertion            // for insert patches: where the branch goes
 }
 
 // Apply checks a plan against the model and the files, loads the bound
@@ -87,7 +90,12 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*wei
 	// Inject, grouping branches by target; undo on failure.
 	byTarget := map[core.Module][]core.Module{}
 	var order []core.Module
+	var inserts []*patchWork
 	for _, w := range work {
+		if w.insert != nil {
+			inserts = append(inserts, w)
+			continue
+		}
 		if byTarget[w.target] == nil {
 			order = append(order, w.target)
 		}
@@ -98,6 +106,16 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*wei
 			a.Eject()
 			return nil, err
 		}
+	}
+	// Then the insertions, each at its index as the chain is by then (two
+	// at index 0 of one chain: the later one runs first, as Refiners'
+	// adapters stack).
+	for _, w := range inserts {
+		if err := w.insert.parent.Insert(w.insert.index, w.branch); err != nil {
+			a.Eject()
+			return nil, fmt.Errorf("insert into %s: %w", core.Describe(w.insert.parent), err)
+		}
+		a.inserted = append(a.inserted, w)
 	}
 	return a, nil
 }
@@ -115,6 +133,19 @@ func prepare(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*w
 			problems = append(problems, fmt.Sprintf("patch %d (%s): %s", i, p.Target, e))
 		}
 		if w == nil {
+			continue
+		}
+		if w.insert != nil {
+			for _, o := range work {
+				if o.insert != nil && o.insert.parent == w.insert.parent && core.Describe(o.branch) == core.Describe(w.branch) {
+					problems = append(problems, fmt.Sprintf("patch %d (%s): two insertions of %s", i, p.Target, core.Describe(w.branch)))
+					w = nil
+					break
+				}
+			}
+			if w != nil {
+				work = append(work, w)
+			}
 			continue
 		}
 		if names[p.Target] == nil {
@@ -181,30 +212,38 @@ func validate(m *core.Chain, p *sdk.Patch, files map[string]*weights.File) (*pat
 		kind = "lora"
 	}
 	types, ok := branchTypes[kind]
-	if !ok {
+	if !ok && kind != InsertKind {
 		return nil, []string{fmt.Sprintf("patch kind %q is not supported by this host (supported: %s)", kind, strings.Join(supportedKinds(), ", "))}
-	}
-	target, err := m.BaseLayer(p.Target)
-	if err != nil {
-		return nil, []string{err.Error()}
 	}
 	desc, err := BranchDescription(p.Branch)
 	if err != nil {
 		return nil, []string{err.Error()}
 	}
-	built, err := core.BuildLayer(desc)
-	if err != nil {
-		return nil, []string{fmt.Sprintf("branch: %v", err)}
+	var w *patchWork
+	if kind == InsertKind {
+		built, at, err := buildInsert(m, p.Target, desc)
+		if err != nil {
+			return nil, []string{err.Error()}
+		}
+		w = &patchWork{patch: p, target: at.parent, branch: built, params: map[string]core.Entry{}, insert: at}
+	} else {
+		target, err := m.BaseLayer(p.Target)
+		if err != nil {
+			return nil, []string{err.Error()}
+		}
+		built, err := core.BuildLayer(desc)
+		if err != nil {
+			return nil, []string{fmt.Sprintf("branch: %v", err)}
+		}
+		if !slices.Contains(types, core.TypeName(built)) || !core.IsBranch(built) {
+			return nil, []string{fmt.Sprintf("branch %s is not a %s branch (%s)", core.Describe(built), kind, strings.Join(types, ", "))}
+		}
+		if err := core.CheckLoraFit(target, built); err != nil {
+			return nil, []string{err.Error()}
+		}
+		w = &patchWork{patch: p, target: target, branch: built, params: map[string]core.Entry{}}
 	}
-	if !slices.Contains(types, core.TypeName(built)) || !core.IsBranch(built) {
-		return nil, []string{fmt.Sprintf("branch %s is not a %s branch (%s)", core.Describe(built), kind, strings.Join(types, ", "))}
-	}
-	branch := built
-	if err := core.CheckLoraFit(target, branch); err != nil {
-		return nil, []string{err.Error()}
-	}
-	w := &patchWork{patch: p, target: target, branch: branch, params: map[string]core.Entry{}}
-	for _, e := range core.StateDict(branch) {
+	for _, e := range core.StateDict(w.branch) {
 		w.params[e.Key] = e
 	}
 	bound := map[string]bool{}
@@ -271,7 +310,7 @@ var branchTypes = map[string][]string{
 }
 
 func supportedKinds() []string {
-	out := make([]string, 0, len(branchTypes))
+	out := []string{InsertKind}
 	for k := range branchTypes {
 		out = append(out, k)
 	}
@@ -313,6 +352,13 @@ func (a *Applied) inject(target core.Module, branches []core.Module) error {
 // leaving the model exactly as it was.
 func (a *Applied) Eject() error {
 	var errs []error
+	for i := len(a.inserted) - 1; i >= 0; i-- {
+		w := a.inserted[i]
+		if err := w.insert.parent.Remove(w.branch); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.inserted = nil
 	for adapter, names := range a.extended {
 		for _, n := range names {
 			if _, err := core.RemoveLora(adapter, n); err != nil {

@@ -196,7 +196,7 @@ func TestBadDoraPlansChangeNothing(t *testing.T) {
 			p = edit(p, nil)
 			p.Kind = "dara"
 			return p
-		}, []string{linear + `patch kind "dara" is not supported by this host (supported: diff, dora, loha, lokr, lora)`}},
+		}, []string{linear + `patch kind "dara" is not supported by this host (supported: diff, dora, insert, loha, lokr, lora)`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -26,6 +26,11 @@ type Fused struct {
 // weight-delta and DoRA branch; other plans are refused before anything
 // changes.
 func Fuse(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File) (*Fused, error) {
+	for i, p := range plan.Patches {
+		if p.Kind == InsertKind {
+			return nil, fmt.Errorf("patch %d (%s): insert patches add layers, they cannot be fused into weights; apply them instead", i, p.Target)
+		}
+	}
 	work, err := prepare(s, m, plan, files)
 	if err != nil {
 		return nil, err

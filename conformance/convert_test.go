@@ -37,9 +37,10 @@ func (c convertSource) id() string { return fmt.Sprintf("%s|%s|%v", c.Path, c.Co
 // the Go converter, the pipeline through the refinersd binary, then runs
 // each converted model with its spec and compares the output with the
 // diffusers / transformers model's (checkRef64). The spec parameters the
-// converter infers must be the model's. ControlNet, which no spec runs
-// yet, must convert to exactly the state dict Refiners' own conversion
-// gives. CONFORMANCE_TIER=full runs testdata/full/convert.
+// converter infers must be the model's. ControlNet (which runs only inside
+// a U-Net: TestControlnet) must convert to exactly the state dict Refiners'
+// own conversion gives and fit specs/sd15_controlnet.yaml.
+// CONFORMANCE_TIER=full runs testdata/full/convert.
 func TestConvert(t *testing.T) {
 	dir := "testdata/convert"
 	if os.Getenv("CONFORMANCE_TIER") == "full" {
@@ -264,8 +265,21 @@ func checkControlnet(t *testing.T, dir, tmp string, converted map[string]string)
 	if err := json.Unmarshal([]byte(ref.Metadata()["sources"]), &sources); err != nil {
 		t.Fatal(err)
 	}
+	// The ControlNets are made at the tiny U-Net's sizes (generate_convert.py);
+	// a single file has no config, so its heads and groups come from there,
+	// for the check against specs/sd15_controlnet.yaml.
+	unet, err := weights.Open(filepath.Join(dir, "unet.case.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var params map[string]string
+	err = json.Unmarshal([]byte(unet.Metadata()["params"]), &params)
+	unet.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, src := range sources {
-		file, err := convertOnce(t, converted, dir, tmp, src, nil)
+		file, err := convertOnce(t, converted, dir, tmp, src, params)
 		if err != nil {
 			t.Fatalf("%s: %v", src.Path, err)
 		}

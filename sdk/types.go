@@ -99,9 +99,15 @@ type Plan struct {
 // Patch adapts one layer: the host wraps the target in an adapter holding
 // the branch (a layer description in core.BuildLayer's form, e.g. a
 // LinearLora) and fills the branch's parameters from the bindings.
+//
+// Kind "insert" adds a sub-model as a new child of the target chain ("":
+// the model's root) instead: Branch is {"spec": FILE, "set": {PARAM:
+// VALUE}, "index": I} (a spec of the host's spec set) or {"layer":
+// {DESCRIPTION}, "index": I}, and the bindings fill the sub-model's
+// parameters by state-dict key (package adapt, insert.go).
 type Patch struct {
 	Target   string
-	Kind     string // "lora" (default), "diff", "loha", "lokr"
+	Kind     string // "lora" (default), "diff", "loha", "lokr", "dora", "insert" (see below)
 	Branch   map[string]any
 	Bindings []Binding
 }

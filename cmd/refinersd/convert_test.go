@@ -107,10 +107,17 @@ func TestModelsAddFrom(t *testing.T) {
 	if m, err := st.Model("te"); err != nil || m.Overrides["num_attention_heads"] != "2" {
 		t.Errorf("te: %+v, %v", m, err)
 	}
-	// ControlNet: no spec yet.
-	if _, err := runOut("models", "add", "cn", "--from", filepath.Join(convertData, "controlnet"), "--store", storeDir); err == nil ||
-		!strings.Contains(err.Error(), "holds nothing a spec runs (controlnet)") {
-		t.Errorf("controlnet: %v", err)
+	// A ControlNet is checked against and stored with specs/sd15_controlnet.yaml.
+	if out, err := runOut("models", "add", "cn", "--from", filepath.Join(convertData, "controlnet"), "--store", storeDir); err != nil {
+		t.Errorf("controlnet: %v\n%s", err, out)
+	} else {
+		want := maps.Clone(unetTiny)
+		for k, v := range map[string]string{"condition_channels_1": "4", "condition_channels_2": "4", "condition_channels_3": "8", "condition_channels_4": "8"} {
+			want[k] = v
+		}
+		if m, err := st.Model("cn"); err != nil || m.Spec != "sd15_controlnet.yaml" || !maps.Equal(m.Overrides, want) {
+			t.Errorf("cn: %+v, %v; want spec sd15_controlnet.yaml, overrides %v", m, err, want)
+		}
 	}
 	if _, err := runOut("models", "add", "x", "--from", filepath.Join(convertData, "controlnet"), "--spec", "a.yaml", "--store", storeDir); err == nil {
 		t.Error("--from with --spec accepted")

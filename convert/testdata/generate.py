@@ -306,8 +306,22 @@ def main():
             {"name": "original", "doc": "lllyasviel ControlNet (control_model.*, or no prefix as in the 1.1 .pth files)",
              "prefixes": ["control_model.", ""]},
         ],
-        "params": {},
-        "specs": [],
+        "params": {
+            "in_channels": param(rows, "conv_in.weight", 1),
+            "channels_1": param(rows, "conv_in.weight", 0),
+            "channels_2": param(rows, "down_blocks.1.resnets.0.conv1.weight", 0),
+            "channels_3": param(rows, "down_blocks.2.resnets.0.conv1.weight", 0),
+            "sinusoidal_embedding_dim": param(rows, "time_embedding.linear_1.weight", 1),
+            "timestep_embedding_dim": param(rows, "time_embedding.linear_1.weight", 0),
+            "clip_embedding_dim": param(rows, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1),
+            "num_heads": {"config": "attention_head_dim", "default": 8},
+            "num_groups": {"config": "norm_num_groups", "default": 32},
+            "condition_channels_1": param(rows, "controlnet_cond_embedding.conv_in.weight", 0),
+            "condition_channels_2": param(rows, "controlnet_cond_embedding.blocks.1.weight", 0),
+            "condition_channels_3": param(rows, "controlnet_cond_embedding.blocks.3.weight", 0),
+            "condition_channels_4": param(rows, "controlnet_cond_embedding.blocks.5.weight", 0),
+        },
+        "specs": [{"spec": "sd15_controlnet.yaml", "name": "controlnet"}],
     }, rows)
 
 
