@@ -72,7 +72,7 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet controlnet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet controlnet sam lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py
@@ -88,5 +88,5 @@ conformance: setup
 # not committed), then checked. Needs the reference environment.
 conformance-full: setup
 	conformance/setup-python.sh
-	for g in vit clip_text sd15_vae sd15_unet lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet sam lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py --full || exit 1; done
 	@report=$$(mktemp); CONFORMANCE_TIER=full CONFORMANCE_REPORT=$$report $(GO) test -count=1 -timeout 90m -run 'TestSpecs|TestLora|TestConvert' ./conformance; status=$$?; cat $$report; rm -f $$report; exit $$status

@@ -313,6 +313,58 @@ case("lora_conv2d_1x1",
      [((1, 4, 3, 3), F)])
 
 
+# Layers of Refiners' Segment Anything (models/sam on the Go side) and the
+# generic MultiLinear its mask decoder uses.
+from refiners.foundationals.segment_anything.image_encoder import (
+    RelativePositionAttention,
+    WindowMerge,
+    WindowPartition,
+)
+from refiners.foundationals.segment_anything.prompt_encoder import PointTypeEmbedding
+
+
+def with_window(size):
+    """Runs a chain with Refiners' window_partition context set, as
+    TransformerLayer.init_context does."""
+
+    def call(m, x):
+        m.set_context("window_partition", {"window_size": size})
+        return m(*x)
+
+    return call
+
+
+case("multi_linear", {"type": "MultiLinear", "input_dim": 6, "output_dim": 4, "inner_dim": 8, "num_layers": 3},
+     lambda: fl.MultiLinear(input_dim=6, output_dim=4, inner_dim=8, num_layers=3), [((2, 3, 6), F)])
+case("multi_linear_one_layer", {"type": "MultiLinear", "input_dim": 5, "output_dim": 3, "inner_dim": 5, "num_layers": 1},
+     lambda: fl.MultiLinear(input_dim=5, output_dim=3, inner_dim=5, num_layers=1), [((4, 5), F)])
+case("relative_position_attention", {"type": "RelativePositionAttention", "embedding_dim": 8, "num_heads": 2, "spatial_size": [3, 3]},
+     lambda: RelativePositionAttention(embedding_dim=8, num_heads=2, spatial_size=(3, 3)), [((2, 3, 3, 24), F)])
+case("relative_position_attention_1head", {"type": "RelativePositionAttention", "embedding_dim": 4, "num_heads": 1, "spatial_size": [5, 5]},
+     lambda: RelativePositionAttention(embedding_dim=4, num_heads=1, spatial_size=(5, 5)), [((1, 5, 5, 12), F)])
+case("window_partition", {"type": "Chain", "children": [{"type": "WindowPartition", "window_size": 3}]},
+     lambda: fl.Chain(WindowPartition()), [((2, 5, 7, 4), F)], call=with_window(3))
+case("window_partition_merge", {"type": "Chain", "children": [
+        {"type": "WindowPartition", "window_size": 3}, lin(4, 4), {"type": "WindowMerge", "window_size": 3}]},
+     lambda: fl.Chain(WindowPartition(), fl.Linear(4, 4), WindowMerge()), [((2, 5, 7, 4), F)], call=with_window(3))
+case("window_partition_merge_exact", {"type": "Chain", "children": [
+        {"type": "WindowPartition", "window_size": 2}, {"type": "Multiply", "scale": 3.0}, {"type": "WindowMerge", "window_size": 2}]},
+     lambda: fl.Chain(WindowPartition(), fl.Multiply(3.0), WindowMerge()), [((1, 4, 6, 3), F)], call=with_window(2))
+
+
+def point_types(m, x):
+    """Refiners fills a float32 zeros tensor with weight rows, which fails
+    for float64 weights (index_put dtypes differ). The layer only copies
+    rows, so its float64 twin is the float32 run (on the twin's weights,
+    float32 values upcast exactly) upcast: exact."""
+    if m.weight.dtype == torch.float64:
+        return m.to(dtype=torch.float32)(x[0]).to(torch.float64)
+    return m(x[0])
+
+
+case("point_type_embedding", {"type": "PointTypeEmbedding", "embedding_dim": 6},
+     lambda: PointTypeEmbedding(embedding_dim=6), [((2, 9), "int:7")], call=point_types)
+
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "testdata" / "layers"
     generate(out)

@@ -87,6 +87,14 @@ func scaleWeight(pick string) planter {
 		if len(keys) == 0 {
 			return "", false
 		}
+		if pick == "last" {
+			// A bias-less layer right before a normalization is scale
+			// invariant (SAM's neck: Conv2d then LayerNorm2d): a 1% scale
+			// there changes no output, in the reference either.
+			for len(keys) > 1 && normalizedAfter(m, strings.TrimSuffix(strings.TrimPrefix(keys[len(keys)-1], "param."), ".weight"), params) {
+				keys = keys[:len(keys)-1]
+			}
+		}
 		k := map[string]string{"first": keys[0], "middle": keys[len(keys)/2], "last": keys[len(keys)-1]}[pick]
 		r := params[k]
 		v := float32s(r)
@@ -97,6 +105,40 @@ func scaleWeight(pick string) planter {
 		params[k] = r
 		return "1% scale on " + strings.TrimPrefix(k, "param."), true
 	}
+}
+
+// normalizedAfter reports whether the layer at path has no bias and its
+// next sibling normalizes (LayerNorm, LayerNorm2d, GroupNorm,
+// InstanceNorm2d), which makes a uniform scale of its weight invisible.
+func normalizedAfter(m core.Module, path string, params map[string]weights.Raw) bool {
+	if _, hasBias := params["param."+path+".bias"]; hasBias {
+		return false
+	}
+	root, ok := m.(*core.Chain)
+	if !ok {
+		return false
+	}
+	var parent *core.Chain
+	var layer core.Module
+	root.Walk(func(x core.Module, p *core.Chain, at string) bool {
+		if at == path {
+			layer, parent = x, p
+		}
+		return layer == nil
+	})
+	if parent == nil {
+		return false
+	}
+	children := parent.Children()
+	for i := range children[:len(children)-1] {
+		if children[i] == layer {
+			switch core.TypeName(children[i+1]) {
+			case "LayerNorm", "LayerNorm2d", "GroupNorm", "InstanceNorm2d":
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // dropBias zeroes the bias of the first or last Linear or Conv that has

@@ -61,6 +61,12 @@ type Chain struct {
 	// Provider makes the chain a context scope: values set below it stay
 	// below it, and lookups from below see them before outer values.
 	Provider bool
+	// Own are parameters the chain itself holds besides its children's,
+	// keyed <chain path>.<name> before the children's keys (Refiners: a
+	// Chain's register_parameter, e.g. SAM MaskEncoder's
+	// no_mask_embedding). Value points at the holder's field, as for a
+	// layer's Params.
+	Own []Param
 
 	children []Module
 	keys     []string

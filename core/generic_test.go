@@ -7,7 +7,8 @@ import "testing"
 // alone knows none of them.
 func TestCoreRegistersNoModelLayers(t *testing.T) {
 	for _, name := range []string{"SinusoidalEmbedding", "StatefulFlatten", "PopContext", "ResidualAccumulator",
-		"ResidualConcatenator", "UseResidual", "TokenEncoder", "PositionalEncoder"} {
+		"ResidualConcatenator", "UseResidual", "TokenEncoder", "PositionalEncoder",
+		"RelativePositionAttention", "WindowPartition", "WindowMerge", "PointTypeEmbedding"} {
 		if _, ok := LookupLayer(name); ok {
 			t.Errorf("core registers the model-specific layer %s", name)
 		}

@@ -46,6 +46,12 @@ func init() {
 	}, func(a *Args) (Module, error) {
 		return NewLinear(a.Int("in_features"), a.Int("out_features"), a.Bool("bias")), nil
 	})
+	leaf("MultiLinear", "num_layers Linear layers with ReLUs between them", []ArgSpec{
+		atLeast(1, req("input_dim", IntArg, "input features of the first layer")), atLeast(1, req("output_dim", IntArg, "output features of the last layer")),
+		atLeast(1, req("inner_dim", IntArg, "features between layers (and the last layer's input)")), atLeast(1, req("num_layers", IntArg, "")),
+	}, func(a *Args) (Module, error) {
+		return NewMultiLinear(a.Int("input_dim"), a.Int("output_dim"), a.Int("inner_dim"), a.Int("num_layers"))
+	})
 	leaf("Conv2d", "2-d convolution", convArgs, func(a *Args) (Module, error) {
 		return NewConv2d(a.Int("in_channels"), a.Int("out_channels"), a.Int("kernel_size"), convOptions(a)), nil
 	})

@@ -48,3 +48,24 @@ func loaded(m Weighted) error {
 	}
 	return nil
 }
+
+// NewMultiLinear is Refiners' MultiLinear: numLayers Linear layers with a
+// ReLU between each two, input_dim → inner_dim → … → output_dim, as a chain
+// named MultiLinear (keys Linear_1, ReLU_1, …, Linear_<numLayers>).
+func NewMultiLinear(inputDim, outputDim, innerDim, numLayers int64) (*Chain, error) {
+	if numLayers < 1 {
+		return nil, fmt.Errorf("MultiLinear: num_layers must be at least 1, got %d", numLayers)
+	}
+	var layers []Module
+	for i := int64(0); i < numLayers-1; i++ {
+		in := innerDim
+		if i == 0 {
+			in = inputDim
+		}
+		layers = append(layers, NewLinear(in, innerDim, true), NewReLU())
+	}
+	// As in Refiners, the last layer reads inner_dim features, also when
+	// there is a single layer.
+	layers = append(layers, NewLinear(innerDim, outputDim, true))
+	return NewNamed("MultiLinear", Sequence, layers...), nil
+}

@@ -29,6 +29,11 @@ func StateDict(m Module) []Entry {
 				out = append(out, Entry{Key: prefix + p.Name, Param: p})
 			}
 		}
+		if c, ok := x.(*Chain); ok {
+			for _, p := range c.Own {
+				out = append(out, Entry{Key: prefix + p.Name, Param: p})
+			}
+		}
 	}
 	add("", m)
 	if c, ok := m.(*Chain); ok {
@@ -278,12 +283,17 @@ func ToDType(s *tensor.Scope, m Module, d tensor.DType) error {
 	c := s.Child()
 	defer c.Close()
 	for _, x := range modules {
-		p, ok := x.(interface{ SetDType(tensor.DType) })
-		if !ok {
-			continue
+		var params []Param
+		if ch, ok := x.(*Chain); ok && len(ch.Own) > 0 {
+			for i := range ch.Own {
+				ch.Own[i].DType = d
+			}
+			params = ch.Own
+		} else if p, ok := x.(interface{ SetDType(tensor.DType) }); ok {
+			p.SetDType(d)
+			params = x.(Weighted).Params()
 		}
-		p.SetDType(d)
-		for _, e := range x.(Weighted).Params() {
+		for _, e := range params {
 			if old := *e.Value; old.Valid() && old.DType() != d {
 				t := c.ToDType(old, d)
 				if c.Err() != nil {

@@ -166,3 +166,55 @@ func TestToDTypeConvertsLoadedWeights(t *testing.T) {
 		return s.Err()
 	})
 }
+
+// TestChainOwnParams: a chain's own parameters are keyed under its path,
+// before its children's, and load, save and change dtype like a layer's.
+func TestChainOwnParams(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "own.safetensors")
+	build := func() (*Chain, **tensor.Tensor) {
+		held := new(*tensor.Tensor)
+		inner := NewNamed("Holder", Sequence, NewLinear(2, 3, false))
+		inner.Own = []Param{{Name: "extra", Shape: []int64{1, 4}, Value: held}}
+		return NewChain(NewLinear(3, 2, true), inner), held
+	}
+	run(t, func(s *tensor.Scope) error {
+		a, aHeld := build()
+		var keys []string
+		for _, e := range StateDict(a) {
+			keys = append(keys, e.Key)
+		}
+		if got, want := strings.Join(keys, " "), "Linear.weight Linear.bias Holder.extra Holder.Linear.weight"; got != want {
+			t.Errorf("keys %s, want %s", got, want)
+		}
+		if err := InitRandom(s, a, 3); err != nil {
+			return err
+		}
+		defer ReleaseParams(a)
+		if err := SaveState(s, a, path, nil); err != nil {
+			return err
+		}
+		f, err := weights.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b, bHeld := build()
+		if _, err := LoadState(s, b, f, LoadOptions{Strict: true}); err != nil {
+			return err
+		}
+		defer ReleaseParams(b)
+		if !bytes.Equal(s.Bytes(*aHeld), s.Bytes(*bHeld)) {
+			t.Error("own parameter differs after save and load")
+		}
+		if err := ToDType(s, b, tensor.BFloat16); err != nil {
+			return err
+		}
+		if got := (*bHeld).DType(); got != tensor.BFloat16 {
+			t.Errorf("own parameter is %s after ToDType(bfloat16)", got)
+		}
+		if got := StateDict(b)[2].DType; got != tensor.BFloat16 {
+			t.Errorf("own parameter declared %s after ToDType(bfloat16)", got)
+		}
+		return s.Err()
+	})
+}

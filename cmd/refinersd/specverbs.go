@@ -284,8 +284,9 @@ func runSpec(args []string, out io.Writer) error {
 			}
 			inputs = append(inputs, load(key))
 		}
-		if len(inputs) == 0 {
-			return fmt.Errorf("%s: no input.0 tensor", *input)
+		// A model may read everything from contexts (SAM's mask decoder).
+		if len(inputs) == 0 && len(call.Contexts) == 0 {
+			return fmt.Errorf("%s: no input.0 tensor and no context.<name>.<key> tensors", *input)
 		}
 		if err := s.Err(); err != nil {
 			return err

@@ -9,5 +9,6 @@ package all
 
 import (
 	_ "github.com/refiners-go/refiners/models/clip"
+	_ "github.com/refiners-go/refiners/models/sam"
 	_ "github.com/refiners-go/refiners/models/sd15"
 )
