@@ -16,7 +16,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
-	"github.com/refiners-go/refiners/models/sd15"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
 )
 
 // Bounds of the pipeline cases (generate_pipeline.py). The final latents
@@ -132,7 +132,7 @@ func TestPipeline(t *testing.T) {
 			continue
 		}
 		first := byUNet[unet][0]
-		cfg := sd15.Config{
+		cfg := pipeline.Config{
 			UNet:        filepath.Join(dir, first.weights[unet]),
 			TextEncoder: filepath.Join(dir, first.weights["text_encoder"]),
 			Autoencoder: filepath.Join(dir, first.weights["autoencoder"]),
@@ -140,7 +140,7 @@ func TestPipeline(t *testing.T) {
 			AutoencoderParams: first.overrides["autoencoder"],
 		}
 		err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
-			m, err := sd15.Load(s, cfg)
+			m, err := pipeline.Load(s, cfg)
 			if err != nil {
 				return err
 			}
@@ -186,36 +186,36 @@ func installLoraPlugin(t *testing.T) *hosts.Host {
 	return h
 }
 
-func runPipelineCase(e *caseErrors, s *tensor.Scope, m *sd15.Model, c *pipelineCase, dir string) (string, error) {
+func runPipelineCase(e *caseErrors, s *tensor.Scope, m *pipeline.Model, c *pipelineCase, dir string) (string, error) {
 	q := c.request
-	req := sd15.Request{Prompt: q.Prompt, NegativePrompt: q.NegativePrompt, Steps: q.Steps, Guidance: q.Guidance, Seed: q.Seed,
+	req := pipeline.Request{Prompt: q.Prompt, NegativePrompt: q.NegativePrompt, Steps: q.Steps, Guidance: q.Guidance, Seed: q.Seed,
 		Width: q.Width, Height: q.Height, Solver: q.Solver, Strength: q.Strength}
 	if q.InitImage != "" {
-		img, err := sd15.ReadImage(filepath.Join(dir, q.InitImage))
+		img, err := pipeline.ReadImage(filepath.Join(dir, q.InitImage))
 		if err != nil {
 			return "", err
 		}
-		req.InitImage = sd15.ToRGB(img)
+		req.InitImage = pipeline.ToRGB(img)
 	}
 	if q.Mask != "" {
-		img, err := sd15.ReadImage(filepath.Join(dir, q.Mask))
+		img, err := pipeline.ReadImage(filepath.Join(dir, q.Mask))
 		if err != nil {
 			return "", err
 		}
-		req.Mask = sd15.ToGray(img)
+		req.Mask = pipeline.ToGray(img)
 	}
 	for _, a := range q.Adapters {
-		req.Adapters = append(req.Adapters, sd15.Adapter{Plugin: "lora", File: filepath.Join(dir, a.File), Params: string(a.Params)})
+		req.Adapters = append(req.Adapters, pipeline.Adapter{Plugin: "lora", File: filepath.Join(dir, a.File), Params: string(a.Params)})
 	}
-	if q.FirstStep != 0 && sd15.FirstStep(q.Steps, q.Strength) != q.FirstStep {
-		return "", fmt.Errorf("strength %g: first step %d, Refiners ran %d", q.Strength, sd15.FirstStep(q.Steps, q.Strength), q.FirstStep)
+	if q.FirstStep != 0 && pipeline.FirstStep(q.Steps, q.Strength) != q.FirstStep {
+		return "", fmt.Errorf("strength %g: first step %d, Refiners ran %d", q.Strength, pipeline.FirstStep(q.Steps, q.Strength), q.FirstStep)
 	}
 	var unetBefore, textBefore modelSnapshot
 	if len(req.Adapters) > 0 {
 		unetBefore, textBefore = snapshot(s, m.UNet), snapshot(s, m.TextEncoder)
 	}
 	steps := 0
-	req.Progress = func(p sd15.Progress) { steps = p.Step }
+	req.Progress = func(p pipeline.Progress) { steps = p.Step }
 
 	c2 := s.Child()
 	defer c2.Close()
@@ -267,11 +267,11 @@ func runPipelineCase(e *caseErrors, s *tensor.Scope, m *sd15.Model, c *pipelineC
 	}
 
 	// The image, byte by byte against Refiners' PNG.
-	want, err := sd15.ReadImage(filepath.Join(dir, c.name+".png"))
+	want, err := pipeline.ReadImage(filepath.Join(dir, c.name+".png"))
 	if err != nil {
 		return "", err
 	}
-	wantRGB, gotRGB := sd15.ToRGB(want), res.Images[0]
+	wantRGB, gotRGB := pipeline.ToRGB(want), res.Images[0]
 	if wantRGB.Width != gotRGB.Width || wantRGB.Height != gotRGB.Height {
 		return "", fmt.Errorf("image %dx%d, Refiners' %dx%d", gotRGB.Width, gotRGB.Height, wantRGB.Width, wantRGB.Height)
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
-	"github.com/refiners-go/refiners/models/sd15"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
 )
@@ -161,11 +161,11 @@ func peakRSS() int64 {
 
 // runSD15Go is the Go side: load, then one generation, timing each part.
 func runSD15Go(dir string, steps, size int) error {
-	cfg := sd15.Config{UNet: filepath.Join(dir, sd15Files[0]), TextEncoder: filepath.Join(dir, sd15Files[1]), Autoencoder: filepath.Join(dir, sd15Files[2])}
+	cfg := pipeline.Config{UNet: filepath.Join(dir, sd15Files[0]), TextEncoder: filepath.Join(dir, sd15Files[1]), Autoencoder: filepath.Join(dir, sd15Files[2])}
 	res := benchResult{Side: "go", Threads: os.Getenv("OMP_NUM_THREADS")}
 	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
 		start := time.Now()
-		m, err := sd15.Load(s, cfg)
+		m, err := pipeline.Load(s, cfg)
 		if err != nil {
 			return err
 		}
@@ -176,8 +176,8 @@ func runSD15Go(dir string, steps, size int) error {
 		// noise) and the decoding after the last.
 		var elapsed, walls []time.Duration
 		begin := time.Now()
-		req := sd15.Request{Prompt: "a photograph of an astronaut riding a horse", Steps: steps, Seed: 2, Width: size, Height: size,
-			Progress: func(p sd15.Progress) {
+		req := pipeline.Request{Prompt: "a photograph of an astronaut riding a horse", Steps: steps, Seed: 2, Width: size, Height: size,
+			Progress: func(p pipeline.Progress) {
 				walls = append(walls, time.Since(begin))
 				elapsed = append(elapsed, p.Elapsed)
 			}}

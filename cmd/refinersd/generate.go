@@ -18,7 +18,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/hosts"
 	"github.com/refiners-go/refiners/internal/atomicfile"
-	"github.com/refiners-go/refiners/models/sd15"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
 	"github.com/refiners-go/refiners/store"
 )
 
@@ -72,12 +72,12 @@ func generate(args []string, out io.Writer) error {
 	storeDir := fs.String("store", defaultStoreDir(), "model store directory (for --model)")
 	prompt := fs.String("prompt", "", "what to draw")
 	negative := fs.String("negative-prompt", "", "what to steer away from")
-	steps := fs.Int("steps", sd15.DefaultSteps, "denoising steps of the full schedule")
-	guidance := fs.Float64("guidance", sd15.DefaultGuidance, "classifier-free guidance scale")
+	steps := fs.Int("steps", pipeline.DefaultSteps, "denoising steps of the full schedule")
+	guidance := fs.Float64("guidance", pipeline.DefaultGuidance, "classifier-free guidance scale")
 	seed := fs.Int64("seed", -1, "noise seed (-1: a random one, printed)")
 	width := fs.Int("width", 0, "image width, a multiple of 8 (default 512, or the init image's)")
 	height := fs.Int("height", 0, "image height, a multiple of 8 (default 512, or the init image's)")
-	solver := fs.String("solver", sd15.DefaultSolver, "dpm (DPM-Solver++ 2M), ddim or euler")
+	solver := fs.String("solver", pipeline.DefaultSolver, "dpm (DPM-Solver++ 2M), ddim or euler")
 	batch := fs.Int("batch", 1, "number of images, seeds SEED, SEED+1, ...")
 	initImage := fs.String("init-image", "", "PNG or JPEG to start from (image to image, or the image to inpaint)")
 	strength := fs.Float64("strength", 0, "image to image: how much to change, in (0, 1] (default 0.6; 1 with --mask)")
@@ -122,7 +122,7 @@ func generate(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := sd15.Config{UNet: *unet, TextEncoder: *textEncoder, Autoencoder: *autoencoder, Device: dev, DType: dt,
+	cfg := pipeline.Config{UNet: *unet, TextEncoder: *textEncoder, Autoencoder: *autoencoder, Device: dev, DType: dt,
 		UNetParams: sets["unet"], TextEncoderParams: sets["text_encoder"], AutoencoderParams: sets["autoencoder"]}
 	if *weightsDir != "" {
 		if *model != "" {
@@ -174,14 +174,14 @@ func generate(args []string, out io.Writer) error {
 	if *seed < -1 {
 		return fmt.Errorf("generate: --seed %d: want a seed ≥ 0 (or -1 for a random one)", *seed)
 	}
-	req := sd15.Request{Prompt: *prompt, NegativePrompt: *negative, Steps: *steps, Guidance: *guidance, Seed: uint64(*seed),
+	req := pipeline.Request{Prompt: *prompt, NegativePrompt: *negative, Steps: *steps, Guidance: *guidance, Seed: uint64(*seed),
 		Width: *width, Height: *height, Solver: *solver, Batch: *batch, Strength: *strength}
 	if *initImage != "" {
 		img, err := readImageFlag("--init-image", *initImage)
 		if err != nil {
 			return err
 		}
-		req.InitImage = sd15.ToRGB(img)
+		req.InitImage = pipeline.ToRGB(img)
 		if req.Width == 0 && req.Height == 0 {
 			req.Width, req.Height = req.InitImage.Width, req.InitImage.Height
 		}
@@ -194,13 +194,13 @@ func generate(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		req.Mask = sd15.ToGray(img)
+		req.Mask = pipeline.ToGray(img)
 	}
 	if req.Width == 0 {
-		req.Width = sd15.DefaultSize
+		req.Width = pipeline.DefaultSize
 	}
 	if req.Height == 0 {
-		req.Height = sd15.DefaultSize
+		req.Height = pipeline.DefaultSize
 	}
 	if *seed == -1 {
 		req.Seed = rand.Uint64N(1 << 32)
@@ -209,9 +209,9 @@ func generate(args []string, out io.Writer) error {
 		return fmt.Errorf("generate: %w", err)
 	}
 	for _, a := range adapters {
-		req.Adapters = append(req.Adapters, sd15.Adapter{Plugin: a.plugin, File: a.file, Params: a.params})
+		req.Adapters = append(req.Adapters, pipeline.Adapter{Plugin: a.plugin, File: a.file, Params: a.params})
 	}
-	warnings, err := sd15.PromptWarnings(req.Prompt, req.NegativePrompt)
+	warnings, err := pipeline.PromptWarnings(req.Prompt, req.NegativePrompt)
 	if err != nil {
 		return fmt.Errorf("generate: %w", err)
 	}
@@ -239,7 +239,7 @@ func generate(args []string, out io.Writer) error {
 	req.Progress = bar.update
 	return tensor.Run(ctx, func(s *tensor.Scope) error {
 		loadStart := time.Now()
-		m, err := sd15.Load(s, cfg)
+		m, err := pipeline.Load(s, cfg)
 		if err != nil {
 			return err
 		}
@@ -312,7 +312,7 @@ func readImageFlag(flag, path string) (image.Image, error) {
 	if err := fileExists(flag, path); err != nil {
 		return nil, err
 	}
-	img, err := sd15.ReadImage(path)
+	img, err := pipeline.ReadImage(path)
 	if err != nil {
 		return nil, fmt.Errorf("generate: %s: %w", flag, err)
 	}
@@ -323,7 +323,7 @@ func readImageFlag(flag, path string) (image.Image, error) {
 // NAME-unet, NAME-text_encoder and NAME-vae_encoder / NAME-vae_decoder (the
 // names `refinersd models add NAME --from SRC` gives). The specs are the
 // built-in ones; the autoencoder's halves must share one weights file.
-func fromStore(cfg *sd15.Config, dir, name string) error {
+func fromStore(cfg *pipeline.Config, dir, name string) error {
 	st, err := store.Open(dir)
 	if err != nil {
 		return err

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/refiners-go/refiners/core/weights"
-	"github.com/refiners-go/refiners/models/sd15"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
 )
 
 // The tiny Stable Diffusion of the pipeline conformance cases.
@@ -299,7 +299,7 @@ func TestGenerateFromStore(t *testing.T) {
 
 func TestProgressBar(t *testing.T) {
 	var plain, term bytes.Buffer
-	p := sd15.Progress{Step: 2, Steps: 4, Elapsed: 4 * time.Second}
+	p := pipeline.Progress{Step: 2, Steps: 4, Elapsed: 4 * time.Second}
 	newProgressBar(&plain, false, false).update(p)
 	bar := newProgressBar(&term, true, false)
 	bar.update(p)

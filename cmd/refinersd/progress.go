@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/refiners-go/refiners/models/sd15"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
 )
 
 // progressBar shows denoising progress: a redrawn bar on a terminal, one
@@ -30,7 +30,7 @@ func isTerminal(f *os.File) bool {
 }
 
 // progressLine is "step i/N, r it/s, ETA d": the rate over the steps done.
-func progressLine(p sd15.Progress) string {
+func progressLine(p pipeline.Progress) string {
 	rate := float64(p.Step) / p.Elapsed.Seconds()
 	eta := time.Duration(float64(p.Steps-p.Step) / rate * float64(time.Second)).Round(time.Second)
 	if p.Elapsed <= 0 {
@@ -39,7 +39,7 @@ func progressLine(p sd15.Progress) string {
 	return fmt.Sprintf("step %d/%d, %.2f it/s, ETA %s", p.Step, p.Steps, rate, eta)
 }
 
-func (b *progressBar) update(p sd15.Progress) {
+func (b *progressBar) update(p pipeline.Progress) {
 	if b.quiet {
 		return
 	}

@@ -5,14 +5,6 @@
 // registry when the package is imported (usually through models/all), so
 // that specs/sd15_unet.yaml can use them while core stays generic.
 //
-// It is also the Stable Diffusion 1.5 pipeline: prompt to image, as
-// Refiners 0.4.0's StableDiffusion_1 and StableDiffusion_1_Inpainting do it
-// (refiners.foundationals.latent_diffusion), over the project's specs of
-// the three models (specs/clip_text.yaml, sd15_unet.yaml,
-// sd15_vae_encoder.yaml and sd15_vae_decoder.yaml), the CLIP tokenizer of
-// models/clip and the solvers of package diffusion. Load builds and loads
-// the models; Model.Generate runs text to image, image to image and
-// inpainting with classifier-free guidance, a batch of seeds, cancellation
-// between steps, a per-step progress callback and adapters (LoRA) planned
-// by plugins for one generation.
+// It imports only core, so that every package building specs can import
+// it; the pipeline that runs these models lives in models/sd15/pipeline.
 package sd15

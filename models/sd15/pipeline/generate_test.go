@@ -1,4 +1,4 @@
-package sd15
+package pipeline
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 // The tiny models of the pipeline conformance cases
 // (conformance/generate_pipeline.py): SD 1.5's topology at small widths,
 // 64x48 images.
-const tinyDir = "../../conformance/testdata/pipeline"
+const tinyDir = "../../../conformance/testdata/pipeline"
 
 func tinyConfig(t *testing.T, inpainting bool) Config {
 	t.Helper()

@@ -1,4 +1,4 @@
-package sd15
+package pipeline
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package sd15
+package pipeline
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/hosts"
+	_ "github.com/refiners-go/refiners/models/all" // the layers the specs use
 	"github.com/refiners-go/refiners/models/clip"
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
