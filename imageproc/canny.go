@@ -1,0 +1,234 @@
+// Package imageproc holds pure-Go image preprocessors for condition images
+// (ControlNet): std image only, no libtorch.
+package imageproc
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"math"
+)
+
+// Gray8 converts img to 8-bit grayscale as OpenCV 4.10's
+// cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) does for 8-bit input:
+// Y = (9798·R + 19235·G + 3735·B + 2^14) >> 15 (the 0.299/0.587/0.114
+// weights in 15-bit fixed point, rounded), bit for bit.
+//
+// An *image.Gray is used as is and an *image.Gray16 keeps its high byte.
+// Other images are read as 8-bit non-premultiplied RGB (color.NRGBAModel)
+// and alpha is dropped, as cv2.imread(path, IMREAD_COLOR) drops it. The
+// result has img's bounds.
+func Gray8(img image.Image) *image.Gray {
+	b := img.Bounds()
+	if g, ok := img.(*image.Gray); ok {
+		out := image.NewGray(b)
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			copy(out.Pix[out.PixOffset(b.Min.X, y):out.PixOffset(b.Max.X, y)],
+				g.Pix[g.PixOffset(b.Min.X, y):g.PixOffset(b.Max.X, y)])
+		}
+		return out
+	}
+	out := image.NewGray(b)
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			var v uint8
+			switch c := img.At(x, y).(type) {
+			case color.Gray:
+				v = c.Y
+			case color.Gray16:
+				v = uint8(c.Y >> 8)
+			default:
+				n := color.NRGBAModel.Convert(c).(color.NRGBA)
+				v = luma(n.R, n.G, n.B)
+			}
+			out.Pix[out.PixOffset(x, y)] = v
+		}
+	}
+	return out
+}
+
+// luma is OpenCV's 8-bit RGB→gray in 15-bit fixed point.
+func luma(r, g, b uint8) uint8 {
+	return uint8((9798*uint32(r) + 19235*uint32(g) + 3735*uint32(b) + 1<<14) >> 15)
+}
+
+// ErrThreshold is returned by CannyStrict for thresholds Canny would only
+// accept under its documented fallbacks.
+var ErrThreshold = errors.New("imageproc: bad canny threshold")
+
+// CannyStrict is Canny for callers that take thresholds from users: it
+// refuses a nil image, NaN or infinite thresholds, negative thresholds and
+// low > high, with an error naming the values.
+func CannyStrict(img image.Image, low, high float64) (*image.Gray, error) {
+	if img == nil {
+		return nil, errors.New("imageproc: canny: nil image")
+	}
+	for _, t := range []struct {
+		name string
+		v    float64
+	}{{"low", low}, {"high", high}} {
+		if math.IsNaN(t.v) || math.IsInf(t.v, 0) || t.v < 0 {
+			return nil, fmt.Errorf("%w: %s threshold %v: want a finite value >= 0", ErrThreshold, t.name, t.v)
+		}
+	}
+	if low > high {
+		return nil, fmt.Errorf("%w: low threshold %v > high threshold %v", ErrThreshold, low, high)
+	}
+	return Canny(img, low, high), nil
+}
+
+// Canny is OpenCV's cv2.Canny(gray, low, high) with its defaults
+// (apertureSize=3, L2gradient=false) on Gray8(img): edges are 255, the rest
+// 0, and the result has img's bounds.
+//
+// As OpenCV does: the 3×3 Sobel derivatives use replicated borders; the
+// gradient magnitude is |dx|+|dy|; thresholds are swapped when low > high
+// and then floored to integers; non-maximum suppression quantises the
+// direction into horizontal, vertical and the two diagonals with
+// tan(22.5°) in 15-bit fixed point, keeps a pixel whose magnitude is above
+// low and strictly above its "before" neighbour and at least its "after"
+// neighbour (strictly above both on diagonals), treating magnitudes
+// outside the image as 0; pixels above high are edges, and hysteresis adds
+// the kept pixels 8-connected to an edge.
+//
+// Documented fallbacks (CannyStrict refuses them): negative thresholds are
+// used as OpenCV uses them (a negative low keeps every local maximum,
+// including zero magnitudes); a NaN threshold is treated as +Inf, so no
+// pixel is an edge (OpenCV's result for NaN is platform-dependent).
+func Canny(img image.Image, low, high float64) *image.Gray {
+	g := Gray8(img)
+	b := g.Bounds()
+	w, h := b.Dx(), b.Dy()
+	out := image.NewGray(b)
+	if w == 0 || h == 0 {
+		return out
+	}
+	if math.IsNaN(low) {
+		low = math.Inf(1)
+	}
+	if math.IsNaN(high) {
+		high = math.Inf(1)
+	}
+	if low > high {
+		low, high = high, low
+	}
+	lo, hi := floorThreshold(low), floorThreshold(high)
+
+	// Sobel derivatives with replicated borders.
+	px := func(x, y int) int32 {
+		x = min(max(x, 0), w-1)
+		y = min(max(y, 0), h-1)
+		return int32(g.Pix[y*g.Stride+x])
+	}
+	dx := make([]int32, w*h)
+	dy := make([]int32, w*h)
+	// Magnitudes with a ring of zeros: index (y+1)*(w+2) + x+1.
+	ms := w + 2
+	mag := make([]int32, ms*(h+2))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			a, bb, c := px(x-1, y-1), px(x, y-1), px(x+1, y-1)
+			d, f := px(x-1, y), px(x+1, y)
+			gg, hh, ii := px(x-1, y+1), px(x, y+1), px(x+1, y+1)
+			sx := (c - a) + 2*(f-d) + (ii - gg)
+			sy := (gg + 2*hh + ii) - (a + 2*bb + c)
+			dx[y*w+x], dy[y*w+x] = sx, sy
+			mag[(y+1)*ms+x+1] = abs32(sx) + abs32(sy)
+		}
+	}
+
+	// Non-maximum suppression. state: 0 candidate (kept, weak), 1 not an
+	// edge, 2 edge. The border ring is 1 so hysteresis never leaves the image.
+	const shift = 15
+	tg22 := int64(math.Floor(0.4142135623730950488*(1<<shift) + 0.5))
+	state := make([]uint8, ms*(h+2))
+	for i := range state {
+		state[i] = 1
+	}
+	stack := make([]int, 0, 1024)
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			k := (y+1)*ms + x + 1
+			m := int64(mag[k])
+			if m <= lo {
+				continue
+			}
+			xs, ys := int64(dx[y*w+x]), int64(dy[y*w+x])
+			ax, ay := absInt64(xs), absInt64(ys)<<shift
+			t22 := ax * tg22
+			var keep bool
+			switch {
+			case ay < t22: // horizontal gradient: compare left and right
+				keep = m > int64(mag[k-1]) && m >= int64(mag[k+1])
+			case ay > t22+(ax<<(shift+1)): // vertical: above and below
+				keep = m > int64(mag[k-ms]) && m >= int64(mag[k+ms])
+			default: // diagonal
+				s := 1
+				if (xs < 0) != (ys < 0) {
+					s = -1
+				}
+				keep = m > int64(mag[k-ms-s]) && m > int64(mag[k+ms+s])
+			}
+			if !keep {
+				continue
+			}
+			if m > hi {
+				state[k] = 2
+				stack = append(stack, k)
+			} else {
+				state[k] = 0
+			}
+		}
+	}
+
+	// Hysteresis, 8-connected.
+	nb := [8]int{-1, 1, -ms - 1, -ms, -ms + 1, ms - 1, ms, ms + 1}
+	for len(stack) > 0 {
+		k := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, o := range nb {
+			if state[k+o] == 0 {
+				state[k+o] = 2
+				stack = append(stack, k+o)
+			}
+		}
+	}
+
+	for y := 0; y < h; y++ {
+		row := out.Pix[y*out.Stride : y*out.Stride+w]
+		for x := range row {
+			if state[(y+1)*ms+x+1] == 2 {
+				row[x] = 255
+			}
+		}
+	}
+	return out
+}
+
+// floorThreshold floors t to an integer; values beyond any 8-bit Sobel
+// magnitude (at most 2040) are clamped, which changes no comparison.
+func floorThreshold(t float64) int64 {
+	const limit = 1 << 20
+	if t >= limit {
+		return limit
+	}
+	if t <= -limit {
+		return -limit
+	}
+	return int64(math.Floor(t))
+}
+
+func abs32(v int32) int32 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+func absInt64(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
