@@ -13,9 +13,12 @@ import (
 // goldenDir holds cv2.Canny outputs written by conformance/generate_canny.py.
 var goldenDir = filepath.Join("..", "conformance", "testdata", "canny")
 
-// minAgreement is the issue's bar: the share of pixels on which Canny and
-// cv2.Canny agree, per case.
-const minAgreement = 0.99
+// minAgreement is the issue's bar (issue 13): the share of pixels on which
+// Canny and cv2.Canny agree, per case. Canny matches OpenCV 4.10 bit for bit
+// on every golden case, and the bar is held there: an NMS tie-breaking
+// mistake (>= for > on one side) still agrees on 99.25% of the pixels, so
+// 99% alone would not catch it.
+const minAgreement = 1.0
 
 type cannyCase struct {
 	Image      string  `json:"image"`
@@ -93,7 +96,7 @@ func TestCannyMatchesOpenCV(t *testing.T) {
 			worst = min(worst, agree)
 			report += fmt.Sprintf("%-26s %8d %9d %10d %9.4f\n", c.Edges, n, edges, diff, 100*agree)
 			if agree < minAgreement {
-				t.Errorf("%.4f%% of pixels agree (%d differ), want >= %.0f%%", 100*agree, diff, 100*minAgreement)
+				t.Errorf("%.4f%% of pixels agree (%d differ), want >= %.2f%%", 100*agree, diff, 100*minAgreement)
 			}
 		})
 	}
