@@ -76,6 +76,7 @@ golden: setup
 	conformance/.venv/bin/python conformance/generate_solvers.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py
+	conformance/.venv/bin/python conformance/generate_canny.py
 
 conformance: setup
 	@status=0; for cap in $$(scripts/cpu-capabilities.sh); do \
