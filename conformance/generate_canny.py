@@ -20,6 +20,9 @@ OUT = Path(__file__).resolve().parent / "testdata" / "canny"
 W, H = 128, 96
 # The last pair is swapped and fractional: cv2.Canny swaps, then floors.
 PAIRS = [(100, 200), (50, 150), (20, 60), (150.7, 40.5)]
+# cv2.Canny on the 3-channel RGB array itself, as ControlNet's usual
+# preprocessor calls it (imageproc.CannyRGB).
+RGB_PAIRS = [(100, 200), (20, 60)]
 
 
 def shapes():
@@ -111,10 +114,17 @@ def main():
             edges = cv2.Canny(g, lo, hi)
             fname = f"{name}_{lo:g}_{hi:g}.png"
             cv2.imwrite(str(OUT / fname), edges)
-            cases.append({"image": f"{name}.png", "low": lo, "high": hi, "edges": fname,
-                          "edge_pixels": int((edges > 0).sum())})
+            cases.append({"image": f"{name}.png", "mode": "gray", "low": lo, "high": hi,
+                          "edges": fname, "edge_pixels": int((edges > 0).sum())})
+        for lo, hi in RGB_PAIRS:
+            edges = cv2.Canny(rgb, lo, hi)
+            fname = f"{name}_rgb_{lo:g}_{hi:g}.png"
+            cv2.imwrite(str(OUT / fname), edges)
+            cases.append({"image": f"{name}.png", "mode": "rgb", "low": lo, "high": hi,
+                          "edges": fname, "edge_pixels": int((edges > 0).sum())})
     meta = {"opencv": cv2.__version__, "gray": "cv2.cvtColor(rgb, COLOR_RGB2GRAY)",
-            "canny": "cv2.Canny(gray, low, high) (apertureSize=3, L2gradient=False)",
+            "canny": "mode gray: cv2.Canny(gray, low, high); mode rgb: cv2.Canny(rgb, low, high) "
+                     "on the R, G, B array (apertureSize=3, L2gradient=False)",
             "cases": cases}
     (OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
     total = sum(p.stat().st_size for p in OUT.iterdir())

@@ -93,39 +93,73 @@ func CannyStrict(img image.Image, low, high float64) (*image.Gray, error) {
 // the kept pixels 8-connected to an edge.
 //
 // Documented fallbacks (CannyStrict refuses them): negative thresholds are
-// used as OpenCV uses them (a negative low keeps every local maximum,
-// including zero magnitudes); a NaN threshold is treated as +Inf, so no
-// pixel is an edge (OpenCV's result for NaN is platform-dependent).
+// used as OpenCV uses them (floored; every magnitude, 0 included, is above
+// a negative low, so only non-maximum suppression filters); a NaN threshold
+// is treated as +Inf, so no pixel is an edge (OpenCV's result for NaN is
+// platform-dependent).
 func Canny(img image.Image, low, high float64) *image.Gray {
 	g := Gray8(img)
 	b := g.Bounds()
 	w, h := b.Dx(), b.Dy()
-	out := image.NewGray(b)
 	if w == 0 || h == 0 {
-		return out
+		return image.NewGray(b)
 	}
-	if math.IsNaN(low) {
-		low = math.Inf(1)
-	}
-	if math.IsNaN(high) {
-		high = math.Inf(1)
-	}
-	if low > high {
-		low, high = high, low
-	}
-	lo, hi := floorThreshold(low), floorThreshold(high)
+	dx, dy, mag := sobel(w, h, func(x, y int) int32 { return int32(g.Pix[y*g.Stride+x]) })
+	return suppress(b, dx, dy, mag, low, high)
+}
 
-	// Sobel derivatives with replicated borders.
-	px := func(x, y int) int32 {
-		x = min(max(x, 0), w-1)
-		y = min(max(y, 0), h-1)
-		return int32(g.Pix[y*g.Stride+x])
+// CannyRGB is OpenCV's cv2.Canny(rgb, low, high) on a 3-channel array in R,
+// G, B order, as ControlNet's usual Canny preprocessor calls it (without a
+// grayscale conversion): Sobel derivatives per channel, and at each pixel
+// the channel with the largest |dx|+|dy| (the first of R, G, B on ties)
+// gives the magnitude and the direction; the rest is Canny's. img is read
+// as 8-bit non-premultiplied RGB (color.NRGBAModel), alpha dropped; gray
+// images give three equal channels, so CannyRGB equals Canny on them.
+func CannyRGB(img image.Image, low, high float64) *image.Gray {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	if w == 0 || h == 0 {
+		return image.NewGray(b)
 	}
-	dx := make([]int32, w*h)
-	dy := make([]int32, w*h)
-	// Magnitudes with a ring of zeros: index (y+1)*(w+2) + x+1.
+	var planes [3][]uint8
+	for c := range planes {
+		planes[c] = make([]uint8, w*h)
+	}
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			n := color.NRGBAModel.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA)
+			planes[0][y*w+x], planes[1][y*w+x], planes[2][y*w+x] = n.R, n.G, n.B
+		}
+	}
+	dx, dy, mag := sobel(w, h, func(x, y int) int32 { return int32(planes[0][y*w+x]) })
+	for c := 1; c < 3; c++ {
+		p := planes[c]
+		cdx, cdy, cmag := sobel(w, h, func(x, y int) int32 { return int32(p[y*w+x]) })
+		ms := w + 2
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				// A later channel wins only when strictly larger.
+				if k := (y+1)*ms + x + 1; cmag[k] > mag[k] {
+					mag[k] = cmag[k]
+					dx[y*w+x], dy[y*w+x] = cdx[y*w+x], cdy[y*w+x]
+				}
+			}
+		}
+	}
+	return suppress(b, dx, dy, mag, low, high)
+}
+
+// sobel returns OpenCV's 3×3 Sobel derivatives of a w×h plane with
+// replicated borders, and |dx|+|dy| in a (w+2)×(h+2) buffer with a ring of
+// zeros (index (y+1)*(w+2) + x+1).
+func sobel(w, h int, at func(x, y int) int32) (dx, dy, mag []int32) {
+	px := func(x, y int) int32 {
+		return at(min(max(x, 0), w-1), min(max(y, 0), h-1))
+	}
+	dx = make([]int32, w*h)
+	dy = make([]int32, w*h)
 	ms := w + 2
-	mag := make([]int32, ms*(h+2))
+	mag = make([]int32, ms*(h+2))
 	for y := 0; y < h; y++ {
 		for x := 0; x < w; x++ {
 			a, bb, c := px(x-1, y-1), px(x, y-1), px(x+1, y-1)
@@ -137,6 +171,25 @@ func Canny(img image.Image, low, high float64) *image.Gray {
 			mag[(y+1)*ms+x+1] = abs32(sx) + abs32(sy)
 		}
 	}
+	return dx, dy, mag
+}
+
+// suppress runs the thresholds, non-maximum suppression and hysteresis on
+// sobel's outputs and returns the edge map with bounds b.
+func suppress(b image.Rectangle, dx, dy, mag []int32, low, high float64) *image.Gray {
+	w, h := b.Dx(), b.Dy()
+	out := image.NewGray(b)
+	if math.IsNaN(low) {
+		low = math.Inf(1)
+	}
+	if math.IsNaN(high) {
+		high = math.Inf(1)
+	}
+	if low > high {
+		low, high = high, low
+	}
+	lo, hi := floorThreshold(low), floorThreshold(high)
+	ms := w + 2
 
 	// Non-maximum suppression. state: 0 candidate (kept, weak), 1 not an
 	// edge, 2 edge. The border ring is 1 so hysteresis never leaves the image.

@@ -270,3 +270,38 @@ func TestCannySubImage(t *testing.T) {
 		t.Fatal("empty image gave pixels")
 	}
 }
+
+// CannyRGB sees a step between colours of equal luma that Canny (on Gray8)
+// cannot, and equals Canny on gray images.
+func TestCannyRGB(t *testing.T) {
+	red, green := color.RGBA{255, 0, 0, 255}, color.RGBA{0, 129, 0, 255} // both luma 76
+	img := image.NewRGBA(image.Rect(0, 0, 10, 8))
+	for y := 0; y < 8; y++ {
+		for x := 0; x < 10; x++ {
+			if x < 5 {
+				img.SetRGBA(x, y, red)
+			} else {
+				img.SetRGBA(x, y, green)
+			}
+		}
+	}
+	if n := len(edgeSet(Canny(img, 100, 200))); n != 0 {
+		t.Fatalf("Canny: %d edge pixels between equal lumas, want 0", n)
+	}
+	rgb := edgeSet(CannyRGB(img, 100, 200))
+	if len(rgb) != 8 {
+		t.Fatalf("CannyRGB: %d edge pixels, want the 8 of column 4", len(rgb))
+	}
+	for q := range rgb {
+		if q.X != 4 {
+			t.Fatalf("CannyRGB: edge at %v, want column 4", q)
+		}
+	}
+	noise := Gray8(readPNG(t, "noise.png"))
+	for _, p := range [][2]float64{{20, 60}, {100, 200}} {
+		a, b := Canny(noise, p[0], p[1]), CannyRGB(noise, p[0], p[1])
+		if string(a.Pix) != string(b.Pix) {
+			t.Fatalf("%v: CannyRGB differs from Canny on a gray image", p)
+		}
+	}
+}

@@ -22,6 +22,7 @@ const minAgreement = 1.0
 
 type cannyCase struct {
 	Image      string  `json:"image"`
+	Mode       string  `json:"mode"`
 	Low        float64 `json:"low"`
 	High       float64 `json:"high"`
 	Edges      string  `json:"edges"`
@@ -42,7 +43,8 @@ func readPNG(t *testing.T, name string) image.Image {
 	return img
 }
 
-// TestCannyMatchesOpenCV compares Canny with cv2.Canny pixel by pixel on
+// TestCannyMatchesOpenCV compares Canny (mode gray) and CannyRGB (mode rgb)
+// with cv2.Canny pixel by pixel on
 // each golden case and reports the agreement; the edge maps must agree on
 // at least minAgreement of the pixels, and the golden maps must have edges
 // (a case with none would pass trivially).
@@ -61,13 +63,21 @@ func TestCannyMatchesOpenCV(t *testing.T) {
 	if len(meta.Cases) == 0 {
 		t.Fatal("cases.json lists no cases")
 	}
-	report := fmt.Sprintf("imageproc.Canny vs cv2.Canny (OpenCV %s)\n%-26s %8s %9s %10s %9s\n",
+	report := fmt.Sprintf("imageproc.Canny and CannyRGB vs cv2.Canny (OpenCV %s)\n%-30s %8s %9s %10s %9s\n",
 		meta.OpenCV, "case", "pixels", "cv edges", "differing", "agree %")
 	worst := 1.0
 	for _, c := range meta.Cases {
 		t.Run(c.Edges, func(t *testing.T) {
 			want := readPNG(t, c.Edges)
-			got := Canny(readPNG(t, c.Image), c.Low, c.High)
+			var got *image.Gray
+			switch c.Mode {
+			case "gray":
+				got = Canny(readPNG(t, c.Image), c.Low, c.High)
+			case "rgb":
+				got = CannyRGB(readPNG(t, c.Image), c.Low, c.High)
+			default:
+				t.Fatalf("mode %q, want gray or rgb", c.Mode)
+			}
 			b := want.Bounds()
 			if got.Bounds() != b {
 				t.Fatalf("bounds %v, want %v", got.Bounds(), b)
@@ -94,7 +104,7 @@ func TestCannyMatchesOpenCV(t *testing.T) {
 			n := b.Dx() * b.Dy()
 			agree := 1 - float64(diff)/float64(n)
 			worst = min(worst, agree)
-			report += fmt.Sprintf("%-26s %8d %9d %10d %9.4f\n", c.Edges, n, edges, diff, 100*agree)
+			report += fmt.Sprintf("%-30s %8d %9d %10d %9.4f\n", c.Edges, n, edges, diff, 100*agree)
 			if agree < minAgreement {
 				t.Errorf("%.4f%% of pixels agree (%d differ), want >= %.2f%%", 100*agree, diff, 100*minAgreement)
 			}
