@@ -30,6 +30,17 @@ func Gray8(img image.Image) *image.Gray {
 		return out
 	}
 	out := image.NewGray(b)
+	switch img.(type) {
+	case *image.RGBA, *image.NRGBA:
+		at := rgbReader(img)
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			for x := b.Min.X; x < b.Max.X; x++ {
+				r, g, bl := at(x, y)
+				out.Pix[out.PixOffset(x, y)] = luma(r, g, bl)
+			}
+		}
+		return out
+	}
 	for y := b.Min.Y; y < b.Max.Y; y++ {
 		for x := b.Min.X; x < b.Max.X; x++ {
 			var v uint8
@@ -46,6 +57,32 @@ func Gray8(img image.Image) *image.Gray {
 		}
 	}
 	return out
+}
+
+// rgbReader reads img's pixels as 8-bit non-premultiplied R, G, B (alpha
+// dropped), straight from Pix for *image.NRGBA and opaque *image.RGBA
+// pixels, through color.NRGBAModel otherwise.
+func rgbReader(img image.Image) func(x, y int) (r, g, b uint8) {
+	switch m := img.(type) {
+	case *image.NRGBA:
+		return func(x, y int) (uint8, uint8, uint8) {
+			p := m.Pix[m.PixOffset(x, y):]
+			return p[0], p[1], p[2]
+		}
+	case *image.RGBA:
+		return func(x, y int) (uint8, uint8, uint8) {
+			p := m.Pix[m.PixOffset(x, y):]
+			if p[3] == 255 {
+				return p[0], p[1], p[2]
+			}
+			n := color.NRGBAModel.Convert(color.RGBA{p[0], p[1], p[2], p[3]}).(color.NRGBA)
+			return n.R, n.G, n.B
+		}
+	}
+	return func(x, y int) (uint8, uint8, uint8) {
+		n := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+		return n.R, n.G, n.B
+	}
 }
 
 // luma is OpenCV's 8-bit RGB→gray in 15-bit fixed point.
@@ -121,14 +158,14 @@ func CannyRGB(img image.Image, low, high float64) *image.Gray {
 	if w == 0 || h == 0 {
 		return image.NewGray(b)
 	}
+	at := rgbReader(img)
 	var planes [3][]uint8
 	for c := range planes {
 		planes[c] = make([]uint8, w*h)
 	}
 	for y := 0; y < h; y++ {
 		for x := 0; x < w; x++ {
-			n := color.NRGBAModel.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA)
-			planes[0][y*w+x], planes[1][y*w+x], planes[2][y*w+x] = n.R, n.G, n.B
+			planes[0][y*w+x], planes[1][y*w+x], planes[2][y*w+x] = at(b.Min.X+x, b.Min.Y+y)
 		}
 	}
 	dx, dy, mag := sobel(w, h, func(x, y int) int32 { return int32(planes[0][y*w+x]) })

@@ -305,3 +305,43 @@ func TestCannyRGB(t *testing.T) {
 		}
 	}
 }
+
+// Opaque, translucent and non-premultiplied pixels read the same through
+// the fast paths and through color.NRGBAModel.
+func TestRGBReaderFastPaths(t *testing.T) {
+	r := image.NewRGBA(image.Rect(1, 2, 4, 3))
+	r.SetRGBA(1, 2, color.RGBA{10, 200, 90, 255})
+	r.SetRGBA(2, 2, color.RGBA{60, 30, 10, 128}) // premultiplied, translucent
+	n := image.NewNRGBA(image.Rect(1, 2, 4, 3))
+	n.SetNRGBA(3, 2, color.NRGBA{250, 5, 40, 7})
+	for _, img := range []image.Image{r, n} {
+		at := rgbReader(img)
+		for x := 1; x < 4; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, 2)).(color.NRGBA)
+			if gr, gg, gb := at(x, 2); gr != c.R || gg != c.G || gb != c.B {
+				t.Fatalf("%T (%d,2): %d,%d,%d, want %d,%d,%d", img, x, gr, gg, gb, c.R, c.G, c.B)
+			}
+			if got, want := Gray8(img).GrayAt(x, 2).Y, luma(c.R, c.G, c.B); got != want {
+				t.Fatalf("%T (%d,2): Gray8 %d, want %d", img, x, got, want)
+			}
+		}
+	}
+}
+
+// 512×512 (a ControlNet condition image's size), RGB input.
+func BenchmarkCanny512(b *testing.B) {
+	img := image.NewRGBA(image.Rect(0, 0, 512, 512))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i*7919>>3) | 3
+	}
+	for _, bc := range []struct {
+		name string
+		f    func(image.Image, float64, float64) *image.Gray
+	}{{"gray", Canny}, {"rgb", CannyRGB}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				bc.f(img, 100, 200)
+			}
+		})
+	}
+}
