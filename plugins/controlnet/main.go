@@ -3,9 +3,11 @@
 // U-Net as Refiners' SD1ControlnetAdapter does: a single insert patch
 // (package adapt, insert.go) adding specs/sd15_controlnet.yaml as child 0
 // of the U-Net, sized from the U-Net's parameter shapes, with every
-// parameter bound one to one from a Refiners-format ControlNet file (keys
-// as Refiners' Controlnet state dict, with or without a prefix). It never
-// reads tensor data.
+// parameter bound one to one from a ControlNet file: Refiners' format
+// (keys as Refiners' Controlnet state dict, with or without a prefix) or
+// diffusers' ControlNetModel (renamed through the converter's name table,
+// data/diffusers.json). num_heads and num_groups are in no shape: they
+// are parameters, SD 1.5's by default. It never reads tensor data.
 package main
 
 import (
@@ -45,7 +47,7 @@ func (planner) Describe(context.Context) (*sdk.Description, error) {
 	}
 	return &sdk.Description{Name: "controlnet", Version: version,
 		Operations: []sdk.Operation{{Name: "apply", ParamsSchema: schema, Example: &ex,
-			Doc: "an SD 1.5 ControlNet (Refiners format) into an SD 1.5 U-Net: inserted as the U-Net's first child, adding into its residuals; condition image in context controlnet/condition_{name}"}}}, nil
+			Doc: "an SD 1.5 ControlNet (Refiners or diffusers format) into an SD 1.5 U-Net: inserted as the U-Net's first child, adding into its residuals; condition image in context controlnet/condition_{name}"}}}, nil
 }
 
 func (planner) Plan(_ context.Context, req *sdk.PlanRequest) (*sdk.Plan, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/conformance"
+	"github.com/refiners-go/refiners/convert"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
@@ -297,7 +299,8 @@ func TestRefusals(t *testing.T) {
 		{"no up blocks", "apply", `{}`, controlnetOnly, ex.Files, "not an SD 1.5 U-Net"},
 		{"no file", "apply", `{}`, ex.Model, nil, "want one ControlNet file, got 0"},
 		{"two ControlNets in a file", "apply", `{}`, ex.Model, []sdk.File{whole}, `holds 2 ControlNets (key prefixes ["param.cn.a." "param.cn.b."])`},
-		{"not a ControlNet", "apply", `{}`, ex.Model, []sdk.File{{ID: "x", Tensors: []sdk.Tensor{{Key: "w", Shape: []int64{1}}}}}, "not a Refiners-format ControlNet"},
+		{"not a ControlNet", "apply", `{}`, ex.Model, []sdk.File{{ID: "x", Tensors: []sdk.Tensor{{Key: "w", Shape: []int64{1}}}}}, "not an SD 1.5 ControlNet in Refiners' or diffusers' layout"},
+		{"an incomplete diffusers file", "apply", `{}`, ex.Model, []sdk.File{{ID: "x", Tensors: []sdk.Tensor{{Key: "controlnet_cond_embedding.conv_in.weight", Shape: []int64{4, 3, 3, 3}}}}}, "incomplete diffusers ControlNet"},
 		{"another U-Net's ControlNet", "apply", `{}`, ex.Model, []sdk.File{other}, "its timestep_embedding_dim is 32, the model's 16"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -315,4 +318,106 @@ func stateBytes(s *tensor.Scope, m core.Module) map[string][]byte {
 		out[e.Key] = s.Bytes(*e.Value)
 	}
 	return out
+}
+
+// TestNameTable checks data/diffusers.json against the converter's name
+// table (UPDATE=1 rewrites it).
+func TestNameTable(t *testing.T) {
+	tab, ok := convert.TableOf("controlnet")
+	if !ok {
+		t.Fatal("the converter has no controlnet table")
+	}
+	want := map[string]string{}
+	for _, r := range tab.Rows {
+		want[r.Diffusers] = r.Refiners
+	}
+	if os.Getenv("UPDATE") == "1" {
+		b, err := json.MarshalIndent(want, "", " ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile("data/diffusers.json", append(b, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Skip("data/diffusers.json rewritten; rebuild and run again")
+	}
+	if len(want) < 300 || !maps.Equal(diffusersNames, want) {
+		t.Errorf("data/diffusers.json (%d names) is not convert/data/sd15_controlnet.json's diffusers -> refiners (%d): run UPDATE=1 go test -run TestNameTable ./plugins/controlnet", len(diffusersNames), len(want))
+	}
+}
+
+// TestDiffusersFile plans a diffusers ControlNetModel file (conformance's
+// convert case) through the host, and checks that every parameter is bound
+// to the tensor Refiners' own conversion gives it, bit for bit, and that
+// the plan applies to the matching U-Net and ejects.
+func TestDiffusersFile(t *testing.T) {
+	const dir = "../../conformance/testdata/convert/"
+	open := func(p string) *weights.File {
+		f, err := weights.Open(dir + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	dif, ref, ucase := open("controlnet/diffusion_pytorch_model.safetensors"), open("controlnet_refiners.safetensors"), open("unet.case.safetensors")
+	var set map[string]string
+	if err := json.Unmarshal([]byte(ucase.Metadata()["params"]), &set); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.Load("../../specs/sd15_unet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unet, err := sp.Build(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hosts.New(t.TempDir(), hosts.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	e, err := h.Install(context.Background(), bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if err := core.InitRandom(s, unet, 3); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(unet)
+		plan, err := h.Plan(context.Background(), e.Name, &sdk.PlanRequest{Operation: "apply", Params: `{"name": "d", "num_heads": 2, "num_groups": 2}`,
+			Model: adapt.Summarize(unet), Files: []sdk.File{adapt.Header("dif", "", dif)}})
+		if err != nil {
+			return err
+		}
+		if plan.Report.Format != "diffusers" || len(plan.Patches) != 1 {
+			t.Fatalf("format %q, %d patches", plan.Report.Format, len(plan.Patches))
+		}
+		b := plan.Patches[0].Bindings
+		if len(b) != len(ref.Keys()) {
+			t.Errorf("%d bindings, Refiners' conversion has %d tensors", len(b), len(ref.Keys()))
+		}
+		for _, x := range b {
+			if !bytes.Equal(s.Bytes(dif.Load(s, x.Key)), s.Bytes(ref.Load(s, x.Param))) {
+				t.Errorf("%s is bound to %s, whose tensor Refiners' conversion does not give it", x.Param, x.Key)
+			}
+		}
+		tree0 := unet.String()
+		a, err := adapt.Apply(s, unet, plan, map[string]*weights.File{"dif": dif})
+		if err != nil {
+			return err
+		}
+		if err := a.Eject(); err != nil {
+			return err
+		}
+		if unet.String() != tree0 {
+			t.Error("tree after eject differs")
+		}
+		return s.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	_ "embed"
+	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
@@ -55,6 +57,24 @@ var unetOnly = []string{"UpBlocks.Chain_1.ResidualBlock.Chain.Conv2d", "Sum.Midd
 // is the ControlNet's prefix in the file).
 const anchor = "DownBlocks.Chain_1.Residual.ConditionEncoder.Chain_1.Conv2d.weight"
 
+// diffusersAnchor marks a diffusers ControlNetModel.
+const diffusersAnchor = "controlnet_cond_embedding.conv_in.weight"
+
+// diffusersJSON is the converter's ControlNet name table reduced to
+// diffusers name -> Refiners key (TestNameTable checks it against
+// convert/data/sd15_controlnet.json).
+//
+//go:embed data/diffusers.json
+var diffusersJSON []byte
+
+var diffusersNames = func() map[string]string {
+	m := map[string]string{}
+	if err := json.Unmarshal(diffusersJSON, &m); err != nil {
+		panic(fmt.Sprintf("controlnet: data/diffusers.json: %v", err))
+	}
+	return m
+}()
+
 func plan(req *sdk.PlanRequest, p params) (*sdk.Plan, error) {
 	if err := names.Check("ControlNet name", p.Name); err != nil {
 		return nil, sdk.Errorf("apply: %v", err)
@@ -93,28 +113,17 @@ func plan(req *sdk.PlanRequest, p params) (*sdk.Plan, error) {
 		return nil, sdk.Errorf("apply: want one ControlNet file, got %d", len(req.Files))
 	}
 	f := req.Files[0]
-	var prefixes []string
+	format, keyOf, unused, err := readFile(f)
+	if err != nil {
+		return nil, err
+	}
+	within := map[string][]int64{} // Refiners key -> shape
 	fshapes := map[string][]int64{}
 	for _, t := range f.Tensors {
 		fshapes[t.Key] = t.Shape
-		if pre, ok := strings.CutSuffix(t.Key, anchor); ok && (pre == "" || strings.HasSuffix(pre, ".")) {
-			prefixes = append(prefixes, pre)
-		}
 	}
-	switch len(prefixes) {
-	case 0:
-		return nil, sdk.Errorf("apply: file %s is not a Refiners-format ControlNet: no key %s (with or without a prefix)", f.ID, anchor)
-	case 1:
-	default:
-		slices.Sort(prefixes)
-		return nil, sdk.Errorf("apply: file %s holds %d ControlNets (key prefixes %q); give a file with one", f.ID, len(prefixes), prefixes)
-	}
-	prefix := prefixes[0]
-	within := map[string][]int64{}
-	for k, v := range fshapes {
-		if rest, ok := strings.CutPrefix(k, prefix); ok {
-			within[rest] = v
-		}
+	for param, key := range keyOf {
+		within[param] = fshapes[key]
 	}
 	for _, s := range fileSizes {
 		v, err := dim(within, s)
@@ -133,19 +142,20 @@ func plan(req *sdk.PlanRequest, p params) (*sdk.Plan, error) {
 		}
 	}
 
-	report := &sdk.Report{Format: "refiners", Covered: 1, Layers: 1}
+	report := &sdk.Report{Format: format, Covered: 1, Layers: 1, Unmatched: unused}
 	var bindings []sdk.Binding
-	for _, t := range f.Tensors {
-		rest, ok := strings.CutPrefix(t.Key, prefix)
-		if !ok {
-			report.Unmatched = append(report.Unmatched, t.Key)
-			continue
-		}
-		bindings = append(bindings, sdk.Binding{File: f.ID, Key: t.Key, Param: rest, Scale: 1})
-		report.Matched = append(report.Matched, t.Key)
+	paramOf := map[string]string{}
+	for param, key := range keyOf {
+		paramOf[key] = param
 	}
-	if n := len(report.Unmatched); n > 0 {
-		report.Warnings = append(report.Warnings, fmt.Sprintf("%d keys of %s are outside the ControlNet's prefix %q and unused, e.g. %s", n, f.ID, prefix, report.Unmatched[0]))
+	for _, t := range f.Tensors { // in the file's order
+		if param, ok := paramOf[t.Key]; ok {
+			bindings = append(bindings, sdk.Binding{File: f.ID, Key: t.Key, Param: param, Scale: 1})
+			report.Matched = append(report.Matched, t.Key)
+		}
+	}
+	if n := len(unused); n > 0 {
+		report.Warnings = append(report.Warnings, fmt.Sprintf("%d keys of %s are not the ControlNet's and unused, e.g. %s", n, f.ID, unused[0]))
 	}
 	report.EffectiveScales = map[string]float64{p.Name: p.Scale}
 	return &sdk.Plan{Report: report, Patches: []sdk.Patch{{Target: "", Kind: "insert",
@@ -162,4 +172,68 @@ func dim(shapes map[string][]int64, s size) (int64, error) {
 		return 0, fmt.Errorf("parameter %s has shape %v, want at least %d dimensions (for %s)", s.key, shape, s.dim+1, s.param)
 	}
 	return shape[s.dim], nil
+}
+
+// readFile finds the ControlNet in a file: in Refiners' layout (keys as
+// Refiners' Controlnet state dict, with or without a prefix) or in
+// diffusers' ControlNetModel layout (renamed through the converter's name
+// table, data/diffusers.json). keyOf maps each Refiners key to the file's
+// key; unused are the file's other keys.
+func readFile(f sdk.File) (format string, keyOf map[string]string, unused []string, err error) {
+	find := func(anchor string) []string {
+		var prefixes []string
+		for _, t := range f.Tensors {
+			if pre, ok := strings.CutSuffix(t.Key, anchor); ok && (pre == "" || strings.HasSuffix(pre, ".")) {
+				prefixes = append(prefixes, pre)
+			}
+		}
+		slices.Sort(prefixes)
+		return prefixes
+	}
+	var rename func(string) (string, bool)
+	prefixes := find(anchor)
+	format = "refiners"
+	if len(prefixes) == 0 {
+		if prefixes = find(diffusersAnchor); len(prefixes) > 0 {
+			format = "diffusers"
+		}
+	}
+	switch len(prefixes) {
+	case 0:
+		return "", nil, nil, sdk.Errorf("apply: file %s is not an SD 1.5 ControlNet in Refiners' or diffusers' layout: no key %s or %s (with or without a prefix)", f.ID, anchor, diffusersAnchor)
+	case 1:
+	default:
+		return "", nil, nil, sdk.Errorf("apply: file %s holds %d ControlNets (key prefixes %q); give a file with one", f.ID, len(prefixes), prefixes)
+	}
+	prefix := prefixes[0]
+	if format == "refiners" {
+		rename = func(k string) (string, bool) { return k, true }
+	} else {
+		rename = func(k string) (string, bool) { r, ok := diffusersNames[k]; return r, ok }
+	}
+	keyOf = map[string]string{}
+	for _, t := range f.Tensors {
+		rest, ok := strings.CutPrefix(t.Key, prefix)
+		if ok {
+			rest, ok = rename(rest)
+		}
+		if !ok {
+			unused = append(unused, t.Key)
+			continue
+		}
+		keyOf[rest] = t.Key
+	}
+	if format == "diffusers" {
+		var missing []string
+		for d, r := range diffusersNames {
+			if _, ok := keyOf[r]; !ok {
+				missing = append(missing, prefix+d)
+			}
+		}
+		if len(missing) > 0 {
+			slices.Sort(missing)
+			return "", nil, nil, sdk.Errorf("apply: file %s is an incomplete diffusers ControlNet: %d tensors missing, e.g. %s", f.ID, len(missing), missing[0])
+		}
+	}
+	return format, keyOf, unused, nil
 }
