@@ -21,7 +21,7 @@ vet: setup
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
 # numeric packages run once per kernel path this CPU can take, so a machine
 # of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
-NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/...
+NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/... ./plugins/controlnet
 
 test: vet
 	$(GO) test ./...

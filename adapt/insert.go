@@ -67,45 +67,9 @@ func buildInsert(m *core.Chain, target string, desc map[string]any) (core.Module
 	if index < 0 || index > parent.Len() {
 		return nil, nil, fmt.Errorf("insert: index %d out of range [0, %d] for %s", index, parent.Len(), core.Describe(parent))
 	}
-	var built core.Module
-	switch {
-	case desc["spec"] != nil && desc["layer"] != nil:
-		return nil, nil, fmt.Errorf(`insert: give "spec" or "layer", not both`)
-	case desc["spec"] != nil:
-		name, ok := desc["spec"].(string)
-		if !ok || name == "" {
-			return nil, nil, fmt.Errorf("insert: spec must be a file name, got %v", desc["spec"])
-		}
-		set, err := overrides(desc["set"])
-		if err != nil {
-			return nil, nil, err
-		}
-		sp, err := spec.LoadFS(SpecFS, name)
-		if err != nil {
-			return nil, nil, fmt.Errorf("insert: %w", err)
-		}
-		c, err := sp.Build(set)
-		if err != nil {
-			return nil, nil, fmt.Errorf("insert: %w", err)
-		}
-		built = c
-	case desc["layer"] != nil:
-		l, ok := desc["layer"].(map[string]any)
-		if !ok {
-			return nil, nil, fmt.Errorf("insert: layer must be a layer description object, got %v", desc["layer"])
-		}
-		b, err := core.BuildLayer(l)
-		if err != nil {
-			return nil, nil, fmt.Errorf("insert: layer: %w", err)
-		}
-		built = b
-	default:
-		return nil, nil, fmt.Errorf(`insert: the branch needs "spec" (a spec file name) or "layer" (a layer description)`)
-	}
-	for k := range desc {
-		if !slices.Contains([]string{"spec", "set", "layer", "index"}, k) {
-			return nil, nil, fmt.Errorf("insert: unknown branch field %q (known: spec, set, layer, index)", k)
-		}
+	built, err := BuildInsertBranch(desc)
+	if err != nil {
+		return nil, nil, err
 	}
 	d := core.Describe(built)
 	for _, child := range parent.Children() {
@@ -118,6 +82,53 @@ func buildInsert(m *core.Chain, target string, desc map[string]any) (core.Module
 		setDType(built, sd[0].DType)
 	}
 	return built, &insertion{parent: parent, index: index}, nil
+}
+
+// BuildInsertBranch builds an insert patch's sub-model from its branch
+// ({"spec": ..., "set": ..., "index": ...} or {"layer": ..., "index": ...})
+// without placing it: what the plugin conformance kit checks a plan with.
+func BuildInsertBranch(desc map[string]any) (core.Module, error) {
+	var built core.Module
+	switch {
+	case desc["spec"] != nil && desc["layer"] != nil:
+		return nil, fmt.Errorf(`insert: give "spec" or "layer", not both`)
+	case desc["spec"] != nil:
+		name, ok := desc["spec"].(string)
+		if !ok || name == "" {
+			return nil, fmt.Errorf("insert: spec must be a file name, got %v", desc["spec"])
+		}
+		set, err := overrides(desc["set"])
+		if err != nil {
+			return nil, err
+		}
+		sp, err := spec.LoadFS(SpecFS, name)
+		if err != nil {
+			return nil, fmt.Errorf("insert: %w", err)
+		}
+		c, err := sp.Build(set)
+		if err != nil {
+			return nil, fmt.Errorf("insert: %w", err)
+		}
+		built = c
+	case desc["layer"] != nil:
+		l, ok := desc["layer"].(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("insert: layer must be a layer description object, got %v", desc["layer"])
+		}
+		b, err := core.BuildLayer(l)
+		if err != nil {
+			return nil, fmt.Errorf("insert: layer: %w", err)
+		}
+		built = b
+	default:
+		return nil, fmt.Errorf(`insert: the branch needs "spec" (a spec file name) or "layer" (a layer description)`)
+	}
+	for k := range desc {
+		if !slices.Contains([]string{"spec", "set", "layer", "index"}, k) {
+			return nil, fmt.Errorf("insert: unknown branch field %q (known: spec, set, layer, index)", k)
+		}
+	}
+	return built, nil
 }
 
 // overrides reads a branch's "set": parameter overrides as strings

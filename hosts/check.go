@@ -15,6 +15,7 @@ import (
 	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/internal/names"
+	_ "github.com/refiners-go/refiners/models/all" // layer types of the specs insert patches build
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
@@ -208,14 +209,21 @@ func checkPlan(resp *sdk.Plan, req *sdk.PlanRequest) error {
 		}
 	}
 	for i, p := range resp.Patches {
-		if !layers[p.Target] {
+		insert := p.Kind == adapt.InsertKind
+		if !layers[p.Target] && !(insert && isChain(p.Target, req.Model)) {
 			return fmt.Errorf("patch %d targets %q, which is not in the model", i, p.Target)
 		}
 		desc, err := adapt.BranchDescription(p.Branch)
 		if err != nil {
 			return fmt.Errorf("patch %d: %v", i, err)
 		}
-		branch, err := core.BuildLayer(desc)
+		var branch core.Module
+		if insert {
+			// A sub-model added as a child of a chain (adapt, insert.go).
+			branch, err = adapt.BuildInsertBranch(desc)
+		} else {
+			branch, err = core.BuildLayer(desc)
+		}
 		if err != nil {
 			return fmt.Errorf("patch %d: branch: %v", i, err)
 		}
@@ -233,4 +241,15 @@ func checkPlan(resp *sdk.Plan, req *sdk.PlanRequest) error {
 		}
 	}
 	return nil
+}
+
+// isChain says whether path is a chain of the summarised model: its root
+// ("") or a proper prefix of a weighted layer's path.
+func isChain(path string, model []sdk.Layer) bool {
+	for _, l := range model {
+		if path == "" || strings.HasPrefix(l.Path, path+".") {
+			return true
+		}
+	}
+	return false
 }
