@@ -188,63 +188,13 @@ func TestLycorisKindsMatchReference(t *testing.T) {
 					return err
 				}
 				x, want := ref.Load(s, "input."+c.target), ref.Load(s, "expected."+c.name)
-				tree0, params0 := print(s, m)
-				unchanged := func(when string) {
-					tree, params := print(s, m)
-					if tree != tree0 {
-						t.Errorf("tree after %s:\n%s\nbefore:\n%s", when, tree, tree0)
-					}
-					for k, v := range params0 {
-						if !bytes.Equal(v, params[k]) {
-							t.Errorf("%s differs after %s", k, when)
-						}
-					}
-				}
-
-				applied, err := Apply(s, m, plan, files)
+				branches, err := checkRuntimeAndFused(t, s, m, plan, files, target, x, want, want, c.print)
 				if err != nil {
 					return err
 				}
-				tree, _ := print(s, m)
-				for _, line := range c.print {
-					if !strings.Contains(tree, line) {
-						t.Errorf("applied tree lacks %q:\n%s", line, tree)
-					}
+				if branches != len(ids) {
+					t.Errorf("%d branches in the adapter, want %d", branches, len(ids))
 				}
-				adapter, _ := m.ParentOf(target)
-				if got := len(core.LoraNames(adapter)); got != len(ids) {
-					t.Errorf("%d branches in the adapter, want %d", got, len(ids))
-				}
-				y, err := core.Forward(s, adapter, x)
-				if err != nil {
-					return err
-				}
-				runErr := maxAbsDiff(s, y[0], want)
-				if !s.AllClose(y[0], want, deltaRtol, deltaAtol) {
-					t.Errorf("runtime output differs from the reference by %g", runErr)
-				}
-				if err := applied.Eject(); err != nil {
-					return err
-				}
-				unchanged("eject")
-
-				fused, err := Fuse(s, m, plan, files)
-				if err != nil {
-					return err
-				}
-				y, err = core.Forward(s, target, x)
-				if err != nil {
-					return err
-				}
-				fuseErr := maxAbsDiff(s, y[0], want)
-				if !s.AllClose(y[0], want, deltaRtol, deltaAtol) {
-					t.Errorf("fused output differs from the reference by %g", fuseErr)
-				}
-				if err := fused.Unfuse(); err != nil {
-					return err
-				}
-				unchanged("unfuse")
-				t.Logf("max abs error: runtime %.3g, fused %.3g", runErr, fuseErr)
 				return s.Err()
 			})
 			if err != nil {
@@ -252,6 +202,75 @@ func TestLycorisKindsMatchReference(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkRuntimeAndFused applies plan to m at run time, checks the tree shows
+// the branch lines and the target's adapter gives want on x, ejects and
+// checks the tree and every weight came back bit for bit; then does the
+// same fused (against wantFused) and unfused. It returns how many branches
+// the runtime adapter held; an error ends the case (it runs on the tensor
+// worker, where t.Fatal must not be called).
+func checkRuntimeAndFused(t *testing.T, s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File,
+	target core.Module, x, want, wantFused *tensor.Tensor, lines []string) (branches int, err error) {
+	t.Helper()
+	tree0, params0 := print(s, m)
+	unchanged := func(when string) {
+		tree, params := print(s, m)
+		if tree != tree0 {
+			t.Errorf("tree after %s:\n%s\nbefore:\n%s", when, tree, tree0)
+		}
+		for k, v := range params0 {
+			if !bytes.Equal(v, params[k]) {
+				t.Errorf("%s differs after %s", k, when)
+			}
+		}
+	}
+	applied, err := Apply(s, m, plan, files)
+	if err != nil {
+		return 0, fmt.Errorf("apply: %w", err)
+	}
+	tree, _ := print(s, m)
+	for _, line := range lines {
+		if !strings.Contains(tree, line) {
+			t.Errorf("applied tree lacks %q:\n%s", line, tree)
+		}
+	}
+	adapter, ok := m.ParentOf(target)
+	if !ok {
+		return 0, fmt.Errorf("no adapter around the target")
+	}
+	branches = len(core.LoraNames(adapter))
+	y, err := core.Forward(s, adapter, x)
+	if err != nil {
+		return 0, fmt.Errorf("runtime forward: %w", err)
+	}
+	runErr := maxAbsDiff(s, y[0], want)
+	if !s.AllClose(y[0], want, deltaRtol, deltaAtol) {
+		t.Errorf("runtime output differs from the reference by %g", runErr)
+	}
+	if err := applied.Eject(); err != nil {
+		return 0, fmt.Errorf("eject: %w", err)
+	}
+	unchanged("eject")
+
+	fused, err := Fuse(s, m, plan, files)
+	if err != nil {
+		return 0, fmt.Errorf("fuse: %w", err)
+	}
+	y, err = core.Forward(s, target, x)
+	if err != nil {
+		return 0, fmt.Errorf("fused forward: %w", err)
+	}
+	fuseErr := maxAbsDiff(s, y[0], wantFused)
+	if !s.AllClose(y[0], wantFused, deltaRtol, deltaAtol) {
+		t.Errorf("fused output differs from the reference by %g", fuseErr)
+	}
+	if err := fused.Unfuse(); err != nil {
+		return 0, fmt.Errorf("unfuse: %w", err)
+	}
+	unchanged("unfuse")
+	t.Logf("max abs error: runtime %.3g, fused %.3g", runErr, fuseErr)
+	return branches, nil
 }
 
 // TestBadDeltaPlansChangeNothing: a plan with one bad weight-delta patch

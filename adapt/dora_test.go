@@ -75,60 +75,9 @@ func TestDoraMatchesReference(t *testing.T) {
 						t.Errorf("the reference's runtime and merged outputs differ by only %g", d)
 					}
 				}
-				tree0, params0 := print(s, m)
-				unchanged := func(when string) {
-					tree, params := print(s, m)
-					if tree != tree0 {
-						t.Errorf("tree after %s:\n%s\nbefore:\n%s", when, tree, tree0)
-					}
-					for k, v := range params0 {
-						if !bytes.Equal(v, params[k]) {
-							t.Errorf("%s differs after %s", k, when)
-						}
-					}
-				}
-
-				applied, err := Apply(s, m, plan, files)
-				if err != nil {
+				if _, err := checkRuntimeAndFused(t, s, m, plan, files, target, x, want, wantFused, c.print); err != nil {
 					return err
 				}
-				tree, _ := print(s, m)
-				for _, line := range c.print {
-					if !strings.Contains(tree, line) {
-						t.Errorf("applied tree lacks %q:\n%s", line, tree)
-					}
-				}
-				adapter, _ := m.ParentOf(target)
-				y, err := core.Forward(s, adapter, x)
-				if err != nil {
-					return err
-				}
-				runErr := maxAbsDiff(s, y[0], want)
-				if !s.AllClose(y[0], want, deltaRtol, deltaAtol) {
-					t.Errorf("runtime output differs from the reference by %g", runErr)
-				}
-				if err := applied.Eject(); err != nil {
-					return err
-				}
-				unchanged("eject")
-
-				fused, err := Fuse(s, m, plan, files)
-				if err != nil {
-					return err
-				}
-				y, err = core.Forward(s, target, x)
-				if err != nil {
-					return err
-				}
-				fuseErr := maxAbsDiff(s, y[0], wantFused)
-				if !s.AllClose(y[0], wantFused, deltaRtol, deltaAtol) {
-					t.Errorf("fused output differs from the reference by %g", fuseErr)
-				}
-				if err := fused.Unfuse(); err != nil {
-					return err
-				}
-				unchanged("unfuse")
-				t.Logf("max abs error: runtime %.3g, fused %.3g", runErr, fuseErr)
 				return s.Err()
 			})
 			if err != nil {
