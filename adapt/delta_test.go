@@ -273,6 +273,34 @@ func checkRuntimeAndFused(t *testing.T, s *tensor.Scope, m *core.Chain, plan *sd
 	return branches, nil
 }
 
+// checkRefused requires Apply and Fuse both to refuse plan with an error
+// containing each of want, and m's tree and every weight to be unchanged.
+func checkRefused(t *testing.T, s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*weights.File, want []string) {
+	t.Helper()
+	tree0, params0 := print(s, m)
+	_, errApply := Apply(s, m, plan, files)
+	_, errFuse := Fuse(s, m, plan, files)
+	for what, err := range map[string]error{"Apply": errApply, "Fuse": errFuse} {
+		if err == nil {
+			t.Fatalf("%s accepted the plan", what)
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s error lacks %q:\n%v", what, w, err)
+			}
+		}
+	}
+	tree, params := print(s, m)
+	if tree != tree0 {
+		t.Errorf("tree changed:\n%s", tree)
+	}
+	for k, v := range params0 {
+		if !bytes.Equal(v, params[k]) {
+			t.Errorf("%s changed", k)
+		}
+	}
+}
+
 // TestBadDeltaPlansChangeNothing: a plan with one bad weight-delta patch
 // (next to a good one) is refused by Apply and Fuse before anything
 // changes, and the error names the patch and, where one is at fault, the
@@ -348,28 +376,7 @@ func TestBadDeltaPlansChangeNothing(t *testing.T) {
 				}
 				plan := &sdk.Plan{Report: &sdk.Report{}, Patches: []sdk.Patch{good.Patches[0],
 					c.bad(lycorisPlan(t, summary, files, c.file).Patches[0])}}
-				tree0, params0 := print(s, m)
-				_, errApply := Apply(s, m, plan, files)
-				_, errFuse := Fuse(s, m, plan, files)
-				for what, err := range map[string]error{"Apply": errApply, "Fuse": errFuse} {
-					if err == nil {
-						t.Fatalf("%s accepted the plan", what)
-					}
-					for _, w := range c.want {
-						if !strings.Contains(err.Error(), w) {
-							t.Errorf("%s error lacks %q:\n%v", what, w, err)
-						}
-					}
-				}
-				tree, params := print(s, m)
-				if tree != tree0 {
-					t.Errorf("tree changed:\n%s", tree)
-				}
-				for k, v := range params0 {
-					if !bytes.Equal(v, params[k]) {
-						t.Errorf("%s changed", k)
-					}
-				}
+				checkRefused(t, s, m, plan, files, c.want)
 				return s.Err()
 			})
 			if err != nil {

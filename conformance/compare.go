@@ -115,12 +115,12 @@ type Diff struct {
 	MaxAbs, MaxRel float64
 	// Worst is the flat index of the element furthest from the exact
 	// result; for integer outputs, the first mismatch.
-	Worst                          int
-	WorstGot, WorstWant, WorstExct float64
-	Mismatches, Total              int // integer outputs: elements that differ
-	Integer                        bool
-	ShapeGot, Shape                []int64
-	Pass                           bool
+	Worst                           int
+	WorstGot, WorstWant, WorstExact float64
+	Mismatches, Total               int // integer outputs: elements that differ
+	Integer                         bool
+	ShapeGot, Shape                 []int64
+	Pass                            bool
 }
 
 // Check compares got with the reference under the error model (floating
@@ -171,7 +171,7 @@ func (r Reference) measure(g []float32) Diff {
 			err = math.Inf(1)
 		}
 		if err > d.Err || d.Worst < 0 {
-			d.Err, d.Worst, d.WorstGot, d.WorstWant, d.WorstExct = err, i, gv, r.Want[i], e
+			d.Err, d.Worst, d.WorstGot, d.WorstWant, d.WorstExact = err, i, gv, r.Want[i], e
 		}
 		d.RefErr = math.Max(d.RefErr, refErr)
 		abs := math.Abs(gv - r.Want[i])
@@ -210,7 +210,7 @@ func (d Diff) String() string {
 		d.Err, d.Ratio, d.RefErr, d.Floor, ErrorBound, d.MaxAbs)
 	if !d.Pass && d.Worst >= 0 {
 		s += fmt.Sprintf("; worst at %s: got %.7g, float64 reference %.7g, reference %.7g",
-			unflatIndex(d.Worst, d.Shape), d.WorstGot, d.WorstExct, d.WorstWant)
+			unflatIndex(d.Worst, d.Shape), d.WorstGot, d.WorstExact, d.WorstWant)
 	}
 	return s
 }
