@@ -59,6 +59,8 @@ func (d *Daemon) Handler() http.Handler {
 		name := pattern[strings.Index(pattern, " ")+1:]
 		mux.Handle(pattern, d.instrument(name, h))
 	}
+	route("GET /{$}", d.webIndex)
+	route("GET /web/{file}", d.webAsset)
 	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	route("GET /readyz", d.readyz)
 	route("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP)
@@ -128,14 +130,14 @@ func refuseDotSegments(next http.Handler) http.Handler {
 }
 
 // authenticate requires the bearer token, when one is configured, on
-// everything but the health probes.
+// everything but the health probes and the web page's files.
 func (d *Daemon) authenticate(next http.Handler) http.Handler {
 	if d.cfg.Token == "" {
 		return next
 	}
 	want := []byte("Bearer " + d.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !(r.Method == http.MethodGet && webPath(r.URL.Path)) {
 			got := []byte(r.Header.Get("Authorization"))
 			if subtle.ConstantTimeCompare(got, want) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="refinersd"`)
