@@ -302,7 +302,11 @@
     const bar = $("progress");
     const label = $("progress-label");
     box.hidden = false;
+    $("placeholder").hidden = true;
     bar.removeAttribute("value"); // indeterminate until the first step
+    // Counts of what arrived, for the browser tests and the curious.
+    bar.dataset.steps = "0";
+    bar.dataset.previews = "0";
     label.textContent = "Queued…";
     try {
       const job = await api("POST", "/v1/images/jobs", req);
@@ -316,12 +320,14 @@
           case "progress": {
             const step = e.step !== undefined ? e.step : e.done;
             const steps = e.steps !== undefined ? e.steps : e.total;
+            bar.dataset.steps = String(+bar.dataset.steps + 1);
             if (steps) {
               bar.max = steps;
               bar.value = step;
               label.textContent = `Step ${step} of ${steps}`;
             }
             if (e.preview_png_base64) {
+              bar.dataset.previews = String(+bar.dataset.previews + 1);
               $("preview").src = pngURL(e.preview_png_base64);
               $("preview").hidden = false;
               $("result").hidden = true;
