@@ -246,3 +246,141 @@ func TestBrowserSignIn(t *testing.T) {
 		t.Error("Forget token left the token in sessionStorage")
 	}
 }
+
+// genParams are what the test types into the generate form.
+type genParams struct {
+	prompt, negative  string
+	width, height     int
+	steps             int
+	seed              int
+	solver            string
+	lora              string // an adapter to tick, if any
+	pipeline, segment string // model names, if any
+}
+
+// generate fills the form, generates, and checks that progress and the
+// image arrive; it returns the result's base64 PNG.
+func (b *browser) generate(p genParams) string {
+	b.t.Helper()
+	set := func(id, v string) chromedp.Action[chromedp.Void] {
+		return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const e = document.getElementById(%q); e.value = %q; e.dispatchEvent(new Event("change")); })()`, id, v))
+	}
+	actions := []chromedp.Action[chromedp.Void]{
+		chromedp.Click(chromedp.CSS("#tab-generate")),
+		chromedp.SendKeys(chromedp.CSS("#prompt"), p.prompt),
+		chromedp.SendKeys(chromedp.CSS("#negative"), p.negative),
+		set("width", fmt.Sprint(p.width)), set("height", fmt.Sprint(p.height)),
+		set("steps", fmt.Sprint(p.steps)), set("seed", fmt.Sprint(p.seed)), set("solver", p.solver),
+	}
+	if p.pipeline != "" {
+		actions = append(actions, set("gen-model", p.pipeline))
+	}
+	if p.lora != "" {
+		actions = append(actions, chromedp.Click(chromedp.CSS("#loras-box summary")),
+			chromedp.Click(chromedp.CSS(fmt.Sprintf(`#loras input[data-adapter=%q]`, p.lora))))
+	}
+	b.do("fill the generate form", 10*time.Second, actions...)
+	b.shot("form")
+	b.do("press Generate", 5*time.Second, chromedp.Click(chromedp.CSS("#generate")))
+	b.wait("the first step", `+document.getElementById("progress").dataset.steps > 0 || !document.getElementById("gen-error").hidden`, 60*time.Second)
+	b.shot("progress")
+	b.wait("the image", `!document.getElementById("result").hidden || !document.getElementById("gen-error").hidden`, 120*time.Second)
+	if msg := eval[string](b, `document.getElementById("gen-error").hidden ? "" : document.getElementById("gen-error").textContent`); msg != "" {
+		b.shot("error")
+		b.t.Fatalf("generate: the page shows an error: %s", msg)
+	}
+	b.shot("result")
+	progress := eval[map[string]string](b, `(() => { const p = document.getElementById("progress"); return {steps: p.dataset.steps, previews: p.dataset.previews, max: String(p.max), value: String(p.value), label: document.getElementById("progress-label").textContent}; })()`)
+	if progress["steps"] != fmt.Sprint(p.steps) || progress["max"] != "1" || progress["value"] != "1" || !strings.HasPrefix(progress["label"], "Done") {
+		b.t.Errorf("progress after the run: %v, want %d step events and a full bar labelled Done", progress, p.steps)
+	}
+	if progress["previews"] == "0" {
+		b.t.Errorf("no preview image arrived with the %s step events", progress["steps"])
+	}
+	img := eval[string](b, `document.getElementById("result").src`)
+	b64, ok := strings.CutPrefix(img, "data:image/png;base64,")
+	if !ok || b64 == "" {
+		b.t.Fatalf("the result image is %.60q, want a PNG data URL", img)
+	}
+	if seed := eval[string](b, `document.getElementById("result").dataset.seed`); seed != fmt.Sprint(p.seed) {
+		b.t.Errorf("result seed %s, want %d", seed, p.seed)
+	}
+	return b64
+}
+
+// runAgain opens the gallery, checks the first item shows the recipe, and
+// runs it again: the new item must carry the same PNG bytes.
+func (b *browser) runAgain(p genParams, first string) {
+	b.t.Helper()
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.WaitVisible(chromedp.CSS("#item-1")))
+	b.do("open the recipe", 5*time.Second, chromedp.Click(chromedp.CSS("#item-1 details summary")))
+	recipe := eval[string](b, `document.querySelector("#item-1 .recipe").textContent`)
+	for _, want := range []string{p.prompt, fmt.Sprint(p.seed)} {
+		if !strings.Contains(recipe, want) {
+			b.t.Errorf("the gallery's recipe lacks %q: %q", want, recipe)
+		}
+	}
+	if got := eval[string](b, `document.getElementById("item-1").dataset.png`); got != first {
+		b.t.Errorf("the gallery item's PNG is not the generated one")
+	}
+	b.shot("gallery")
+	b.do("press Run again", 5*time.Second, chromedp.Click(chromedp.CSS("#item-1 button.again")))
+	b.wait("the re-run in the gallery", `document.getElementById("item-2") !== null || /Failed/.test(document.querySelector("#item-1 .note").textContent)`, 120*time.Second)
+	if note := eval[string](b, `document.querySelector("#item-1 .note").textContent`); strings.HasPrefix(note, "Failed") {
+		b.shot("error")
+		b.t.Fatalf("run again: %s", note)
+	}
+	b.shot("gallery-run-again")
+	again := eval[map[string]string](b, `(() => { const e = document.getElementById("item-2"); return {png: e.dataset.png, same: e.dataset.same, note: e.querySelector(".note").textContent}; })()`)
+	if again["png"] != first || again["same"] != "true" {
+		b.t.Errorf("run again gave other PNG bytes (page note: %q)", again["note"])
+	}
+}
+
+// segmentFlow uploads an image, clicks a foreground point, then a
+// background point (shift-click): masks are drawn with their scores, and
+// the second request reuses the cached embedding.
+func (b *browser) segmentFlow(imagePath, model string) {
+	b.t.Helper()
+	b.do("open the segment view", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-segment")))
+	if model != "" {
+		b.do("name the segmenter", 5*time.Second, chromedp.SendKeys(chromedp.CSS("#seg-model"), model))
+	}
+	b.do("upload the image", 10*time.Second, chromedp.SetUploadFiles(chromedp.CSS("#seg-image"), []string{imagePath}), chromedp.WaitVisible(chromedp.CSS("#seg-canvas")))
+	b.shot("segment-image")
+	masksOrError := `document.querySelectorAll("#seg-masks button.mask").length > 0 || !document.getElementById("seg-error").hidden`
+	b.clickXY("#seg-canvas", 0.5, 0.5)
+	b.wait("masks", masksOrError, 60*time.Second)
+	b.checkSegment("first click", "false", 1)
+	b.shot("segment-mask")
+	b.do("clear the masks", 5*time.Second, chromedp.Evaluate[chromedp.Void](`document.getElementById("seg-masks").replaceChildren()`))
+	b.clickXY("#seg-canvas", 0.1, 0.1, chromedp.ModifierShift)
+	b.wait("masks for two points", masksOrError, 60*time.Second)
+	b.checkSegment("shift-click", "true", 2)
+	b.shot("segment-mask-bg")
+}
+
+func (b *browser) checkSegment(what, cached string, points int) {
+	b.t.Helper()
+	if msg := eval[string](b, `document.getElementById("seg-error").hidden ? "" : document.getElementById("seg-error").textContent`); msg != "" {
+		b.shot("error")
+		b.t.Fatalf("segment (%s): the page shows an error: %s", what, msg)
+	}
+	info := eval[map[string]any](b, `(() => {
+		const bs = [...document.querySelectorAll("#seg-masks button.mask")];
+		return {cached: document.getElementById("seg-info").dataset.cached, masks: bs.length,
+			scores: bs.map((b) => b.dataset.score), pressed: bs.filter((b) => b.getAttribute("aria-pressed") === "true").length,
+			text: document.getElementById("seg-info").textContent};
+	})()`)
+	if info["cached"] != cached {
+		b.t.Errorf("segment (%s): cached %v, want %s (%v)", what, info["cached"], cached, info["text"])
+	}
+	if n, _ := info["masks"].(float64); n < 1 || info["pressed"] != float64(1) {
+		b.t.Errorf("segment (%s): %v masks, %v shown, want at least 1 and 1", what, info["masks"], info["pressed"])
+	}
+	for _, s := range info["scores"].([]any) {
+		if s == "" || s == "undefined" {
+			b.t.Errorf("segment (%s): a mask without a score", what)
+		}
+	}
+}

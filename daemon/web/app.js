@@ -154,12 +154,31 @@
     for (const [path, key, list] of [["/v1/pipelines", "pipelines", "gen-models"], ["/v1/segmenters", "segmenters", "seg-models"]]) {
       try {
         const j = await api("GET", path);
-        fillDatalist($(list), (j[key] || []).map((p) => (typeof p === "string" ? p : p.name)));
+        const items = (j[key] || []).map((p) => (typeof p === "string" ? { name: p } : p));
+        if (key === "pipelines") for (const p of items) pipelines[p.name] = p;
+        fillDatalist($(list), items.map((p) => p.name));
       } catch (e) {
         if (e.status === 401) throw e;
       }
     }
+    pipelineDefaults();
   }
+
+  // pipelineDefaults sets the size and steps fields to the chosen
+  // pipeline's defaults and limits (GET /v1/pipelines), until the user
+  // changes them.
+  const pipelines = {};
+  const touched = new Set();
+  for (const id of ["width", "height", "steps"]) $(id).addEventListener("input", () => touched.add(id));
+  function pipelineDefaults() {
+    const p = pipelines[$("gen-model").value.trim()];
+    if (!p) return;
+    for (const [id, def, max] of [["width", p.width, p.max_width], ["height", p.height, p.max_height], ["steps", p.steps, p.max_steps]]) {
+      if (max) $(id).max = String(max);
+      if (def && !touched.has(id)) $(id).value = String(def);
+    }
+  }
+  $("gen-model").addEventListener("change", pipelineDefaults);
 
   function fillDatalist(dl, names) {
     dl.replaceChildren(...names.map((n) => Object.assign(document.createElement("option"), { value: n })));
