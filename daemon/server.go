@@ -78,6 +78,11 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
+	route("GET /v1/pipelines", d.listPipelines)
+	route("POST /v1/pipelines/{name}/load", d.loadPipelineRoute)
+	route("POST /v1/pipelines/{name}/unload", d.unloadPipelineRoute)
+	route("POST /v1/images", d.images)
+	route("POST /v1/images/jobs", d.submitImageJob)
 	return d.bodyTimeout(d.authenticate(refuseDotSegments(mux)))
 }
 
@@ -600,6 +605,10 @@ func (d *Daemon) jobResult(w http.ResponseWriter, r *http.Request) {
 			out = "safetensors"
 		}
 	}
+	if j.image != nil {
+		d.writeImageResult(w, r, j)
+		return
+	}
 	d.writeResult(w, j, out)
 }
 
@@ -711,6 +720,12 @@ func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, j *Job, withResu
 			}
 			return
 		}
+	}
+	if withResult && j.image != nil {
+		if resp := j.imageResponse(); resp != nil {
+			write("result", map[string]any{"type": "result", "result": resp})
+		}
+		return
 	}
 	if withResult {
 		j.mu.Lock()
