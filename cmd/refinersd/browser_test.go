@@ -12,8 +12,13 @@ package main
 // test-output/browser/<test>/ at the repository root, for review.
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"image"
+	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +29,9 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"gopkg.in/yaml.v3"
+
+	"github.com/refiners-go/refiners/core/weights"
 )
 
 const browserTestsEnv = "REFINERS_BROWSER_TESTS"
@@ -308,33 +316,33 @@ func (b *browser) generate(p genParams) string {
 	return b64
 }
 
-// runAgain opens the gallery, checks the first item shows the recipe, and
-// runs it again: the new item must carry the same PNG bytes.
-func (b *browser) runAgain(p genParams, first string) {
+// runAgain opens the gallery, checks that item n shows its image and
+// recipe, and runs it again; it returns the new item's PNG (item n+1's,
+// the gallery numbers items in order).
+func (b *browser) runAgain(n int, p genParams, png string) string {
 	b.t.Helper()
-	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.WaitVisible(chromedp.CSS("#item-1")))
-	b.do("open the recipe", 5*time.Second, chromedp.Click(chromedp.CSS("#item-1 details summary")))
-	recipe := eval[string](b, `document.querySelector("#item-1 .recipe").textContent`)
-	for _, want := range []string{p.prompt, fmt.Sprint(p.seed)} {
+	item := fmt.Sprintf("#item-%d", n)
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.WaitVisible(chromedp.CSS(item)))
+	b.do("open the recipe", 5*time.Second, chromedp.Click(chromedp.CSS(item+" details summary")))
+	recipe := eval[string](b, fmt.Sprintf(`document.querySelector("%s .recipe").textContent`, item))
+	for _, want := range []string{p.prompt, fmt.Sprint(p.seed), p.lora} {
 		if !strings.Contains(recipe, want) {
 			b.t.Errorf("the gallery's recipe lacks %q: %q", want, recipe)
 		}
 	}
-	if got := eval[string](b, `document.getElementById("item-1").dataset.png`); got != first {
-		b.t.Errorf("the gallery item's PNG is not the generated one")
+	if got := eval[string](b, fmt.Sprintf(`document.querySelector(%q).dataset.png`, item)); got != png {
+		b.t.Errorf("gallery item %d's PNG is not the generated one", n)
 	}
 	b.shot("gallery")
-	b.do("press Run again", 5*time.Second, chromedp.Click(chromedp.CSS("#item-1 button.again")))
-	b.wait("the re-run in the gallery", `document.getElementById("item-2") !== null || /Failed/.test(document.querySelector("#item-1 .note").textContent)`, 120*time.Second)
-	if note := eval[string](b, `document.querySelector("#item-1 .note").textContent`); strings.HasPrefix(note, "Failed") {
+	next := fmt.Sprintf("item-%d", n+1)
+	b.do("press Run again", 5*time.Second, chromedp.Click(chromedp.CSS(item+" button.again")))
+	b.wait("the re-run in the gallery", fmt.Sprintf(`document.getElementById(%q) !== null || /Failed/.test(document.querySelector("%s .note").textContent)`, next, item), 120*time.Second)
+	if note := eval[string](b, fmt.Sprintf(`document.querySelector("%s .note").textContent`, item)); strings.HasPrefix(note, "Failed") {
 		b.shot("error")
 		b.t.Fatalf("run again: %s", note)
 	}
 	b.shot("gallery-run-again")
-	again := eval[map[string]string](b, `(() => { const e = document.getElementById("item-2"); return {png: e.dataset.png, same: e.dataset.same, note: e.querySelector(".note").textContent}; })()`)
-	if again["png"] != first || again["same"] != "true" {
-		b.t.Errorf("run again gave other PNG bytes (page note: %q)", again["note"])
-	}
+	return eval[string](b, fmt.Sprintf(`document.getElementById(%q).dataset.png`, next))
 }
 
 // segmentFlow uploads an image, clicks a foreground point, then a
@@ -383,4 +391,138 @@ func (b *browser) checkSegment(what, cached string, points int) {
 			b.t.Errorf("segment (%s): a mask without a score", what)
 		}
 	}
+}
+
+// The tiny SD 1.5 of the pipeline conformance cases: SD 1.5's topology at
+// small widths, random weights, 64x48 images in a fraction of a second a
+// step, and a LoRA made for it.
+const tinyPipelineDir = "../../conformance/testdata/pipeline"
+
+// tinyPipelineConfig writes a daemon config serving the tiny pipeline as
+// "tiny".
+func tinyPipelineConfig(t *testing.T, dir string) string {
+	t.Helper()
+	f, err := weights.Open(filepath.Join(tinyPipelineDir, "txt2img_dpm.case.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var files map[string]string
+	var sets map[string]map[string]string
+	if err := json.Unmarshal([]byte(f.Metadata()["weights"]), &files); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(f.Metadata()["overrides"]), &sets); err != nil {
+		t.Fatal(err)
+	}
+	abs := func(name string) string {
+		p, err := filepath.Abs(filepath.Join(tinyPipelineDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := map[string]any{"pipelines": map[string]any{"tiny": map[string]any{
+		"unet": abs(files["unet"]), "text_encoder": abs(files["text_encoder"]), "autoencoder": abs(files["autoencoder"]),
+		"set": sets, "width": 64, "height": 48, "steps": 8,
+	}}}
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "refinersd.yaml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestBrowserGenerate: type a prompt (with a LoRA), generate, watch the
+// progress bar and previews, see the image; then run it again from the
+// gallery and get the same PNG bytes; then cancel a long run.
+func TestBrowserGenerate(t *testing.T) {
+	b := newBrowser(t)
+	f := newDaemonFixture(t)
+	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinyPipelineDir, "lora.safetensors"), "--store", f.store)
+	const token = "browser-test-token-0123456789"
+	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
+	b.signIn(s.url+"/", token)
+	if got := eval[map[string]string](b, `({w: document.getElementById("width").value, h: document.getElementById("height").value, steps: document.getElementById("steps").value, model: document.getElementById("gen-model").value})`); got["w"] != "64" || got["h"] != "48" || got["steps"] != "8" || got["model"] != "tiny" {
+		t.Errorf("form defaults %v, want the pipeline's: tiny, 64x48, 8 steps", got)
+	}
+	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 12, seed: 7, solver: "dpm"}
+	first := b.generate(p)
+	if w, h := pngSize(t, first); w != p.width || h != p.height {
+		t.Errorf("the result PNG is %dx%d, want %dx%d", w, h, p.width, p.height)
+	}
+	if again := b.runAgain(1, p, first); again != first {
+		t.Error("run again gave other PNG bytes")
+	}
+	if note := eval[string](b, `document.querySelector("#item-2 .note").textContent`); !strings.Contains(note, "identical PNG bytes") {
+		t.Errorf("the re-run's note says %q", note)
+	}
+
+	// The same seed with the LoRA: another image, which runs again to the
+	// same pixels.
+	b.do("clear the prompt", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-generate")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""; document.getElementById("negative").value = ""`))
+	withLora := p
+	withLora.lora = "tiny-lora"
+	lora := b.generate(withLora)
+	if samePixels(t, lora, first) {
+		t.Error("the LoRA changed nothing: same pixels as without it")
+	}
+	if again := b.runAgain(3, withLora, lora); !samePixels(t, again, lora) {
+		t.Error("run again of the LoRA image gave other pixels")
+	}
+
+	// A long run, canceled from the page.
+	b.do("set a long run", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-generate")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("steps").value = "150"`))
+	b.do("press Generate", 5*time.Second, chromedp.Click(chromedp.CSS("#generate")))
+	b.wait("the first step", `+document.getElementById("progress").dataset.steps > 0`, 60*time.Second)
+	b.do("press Cancel", 5*time.Second, chromedp.Click(chromedp.CSS("#cancel")))
+	b.wait("the cancellation", `document.getElementById("progress-label").textContent === "Canceled"`, 60*time.Second)
+	b.shot("canceled")
+	if got := eval[map[string]any](b, `({generate: document.getElementById("generate").disabled, cancel: document.getElementById("cancel").disabled, steps: +document.getElementById("progress").dataset.steps, error: document.getElementById("gen-error").hidden})`); got["generate"] != false || got["cancel"] != true || got["error"] != true {
+		t.Errorf("after cancel: %v, want Generate enabled, Cancel disabled, no error", got)
+	} else if n := got["steps"].(float64); n >= 150 {
+		t.Errorf("the canceled run went through all %v steps", n)
+	}
+}
+
+func decodePNG(t *testing.T, b64 string) image.Image {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("the page's image is not a PNG: %v", err)
+	}
+	return im
+}
+
+func pngSize(t *testing.T, b64 string) (int, int) {
+	r := decodePNG(t, b64).Bounds()
+	return r.Dx(), r.Dy()
+}
+
+// samePixels compares two PNGs' pixels (not their text chunks).
+func samePixels(t *testing.T, a, b string) bool {
+	t.Helper()
+	ia, ib := decodePNG(t, a), decodePNG(t, b)
+	if ia.Bounds() != ib.Bounds() {
+		return false
+	}
+	r := ia.Bounds()
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		for x := r.Min.X; x < r.Max.X; x++ {
+			if ia.At(x, y) != ib.At(x, y) {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -322,6 +322,7 @@
     const label = $("progress-label");
     box.hidden = false;
     $("placeholder").hidden = true;
+    $("result-caption").textContent = "";
     bar.removeAttribute("value"); // indeterminate until the first step
     // Counts of what arrived, for the browser tests and the curious.
     bar.dataset.steps = "0";
@@ -459,7 +460,14 @@
     if (againOf) {
       const same = againOf.dataset.png === img.png_base64;
       li.dataset.same = String(same);
-      note.textContent = `Run again of #${againOf.id.slice(5)}: ${same ? "identical PNG bytes" : "the PNG differs"}`;
+      const of = `Run again of #${againOf.id.slice(5)}`;
+      note.textContent = `${of}: ${same ? "identical PNG bytes" : "comparing pixels…"}`;
+      if (!same) {
+        samePixels(againOf.dataset.png, img.png_base64).then((px) => {
+          li.dataset.samePixels = String(px);
+          note.textContent = `${of}: ${px ? "identical pixels (the PNG's text differs)" : "other pixels"}`;
+        });
+      }
     }
     const again = li.querySelector(".again");
     again.disabled = !!running;
@@ -468,6 +476,23 @@
     $("gallery").prepend(li);
     $("gallery-empty").hidden = true;
     $("gallery-count").textContent = String(galleryN);
+  }
+
+  async function pixels(b64) {
+    const img = new Image();
+    img.src = pngURL(b64);
+    await img.decode();
+    const c = document.createElement("canvas");
+    c.width = img.naturalWidth;
+    c.height = img.naturalHeight;
+    const g = c.getContext("2d");
+    g.drawImage(img, 0, 0);
+    return g.getImageData(0, 0, c.width, c.height).data;
+  }
+
+  async function samePixels(a, b) {
+    const [pa, pb] = await Promise.all([pixels(a), pixels(b)]);
+    return pa.length === pb.length && pa.every((v, i) => v === pb[i]);
   }
 
   // runAgain re-runs an image from the recipe its PNG carries.
