@@ -430,8 +430,12 @@ func (d *Daemon) generate(w *warm, j *Job) error {
 			}
 			rec := pipeline.NewRecipe(ij.req, m, p.digests, i)
 			rec.Model = p.name
-			for _, a := range j.resolved {
-				rec.Adapters = append(rec.Adapters, pipeline.RecipeAdapter{Plugin: a.req.Plugin, File: a.req.File, Digest: a.digest, Params: json.RawMessage(a.params)})
+			for k, a := range j.resolved {
+				ra := pipeline.RecipeAdapter{Plugin: a.req.Plugin, File: a.req.File, Digest: a.digest, Params: json.RawMessage(a.params)}
+				if ij.recipe != nil { // the recipe's own name and parameter text (the same values)
+					ra.File, ra.Params = ij.recipe.Adapters[k].File, ij.recipe.Adapters[k].Params
+				}
+				rec.Adapters = append(rec.Adapters, ra)
 			}
 			if b, err = rec.Embed(b); err != nil {
 				return err
