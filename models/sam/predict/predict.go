@@ -26,7 +26,7 @@ const MaskThreshold = 0.0
 type Embedding struct {
 	// Features are the image encoder's output [1, Channels, Grid, Grid],
 	// row-major.
-	Features []float32
+	Features       []float32
 	Channels, Grid int64
 	// Width and Height are the original image's size in pixels.
 	Width, Height int
