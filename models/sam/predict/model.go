@@ -13,8 +13,6 @@ package predict
 import (
 	"errors"
 	"fmt"
-	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/refiners-go/refiners/core/weights"
 	_ "github.com/refiners-go/refiners/models/all" // the layers the specs use
 	"github.com/refiners-go/refiners/models/sam"
+	"github.com/refiners-go/refiners/models/sam/samkeys"
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
 )
@@ -95,10 +94,11 @@ func Load(s *tensor.Scope, c Config) (*Model, error) {
 		info, _ := f.Info(k)
 		shapes[k] = info.Shape
 	}
-	enc, dec, pointDim, maskDim, maskInner, err := inferSizes(shapes, c.DecoderHeads)
+	sz, err := samkeys.ReadSizes(shapes, c.DecoderHeads)
 	if err != nil {
 		return nil, fmt.Errorf("sam: %s: %w", c.Weights, err)
 	}
+	enc, dec, pointDim, maskDim, maskInner := sz.Encoder, sz.Decoder, sz.PointDim, sz.MaskDim, sz.MaskInner
 	m := &Model{EncoderParams: enc, DecoderParams: dec, Format: format, Device: c.Device}
 	m.ImageSize, _ = strconv.ParseInt(enc["image_size"], 10, 64)
 	m.Grid, _ = strconv.ParseInt(dec["dense_side"], 10, 64)
@@ -183,126 +183,4 @@ func build(name string, params map[string]string) (*core.Chain, error) {
 		return nil, err
 	}
 	return sp.Build(params)
-}
-
-var (
-	encoderLayerRE = regexp.MustCompile(`^image_encoder\.Transformer\.TransformerLayer_(\d+)\.Residual_1\.FusedSelfAttention\.RelativePositionAttention\.horizontal_embedding$`)
-	decoderLayerRE = regexp.MustCompile(`^mask_decoder\.Transformer\.TwoWayTransformerLayer_(\d+)\.FeedForward\.Linear_1\.weight$`)
-)
-
-// inferSizes reads the spec parameters from the tensors' shapes (Refiners'
-// keys): widths from the first layers, the grid from the positional
-// embedding, heads from the relative-position tables ([2·side − 1,
-// head_dim]), global layers as those whose table spans the whole grid.
-func inferSizes(shapes map[string][]int64, decoderHeads int) (enc, dec map[string]string, pointDim, maskDim, maskInner int64, err error) {
-	dim := func(key string, i int) (int64, error) {
-		s, ok := shapes[key]
-		if !ok {
-			return 0, fmt.Errorf("no %s: not Segment Anything weights in Refiners' layout", key)
-		}
-		if i >= len(s) {
-			return 0, fmt.Errorf("%s has shape %v", key, s)
-		}
-		return s[i], nil
-	}
-	var e error
-	get := func(key string, i int) int64 {
-		v, err := dim(key, i)
-		if err != nil && e == nil {
-			e = err
-		}
-		return v
-	}
-	width := get("image_encoder.PatchEncoder.Conv2d.weight", 0)
-	patch := get("image_encoder.PatchEncoder.Conv2d.weight", 2)
-	grid := get("image_encoder.PositionalEncoder.Parameter.weight", 0)
-	neck := get("image_encoder.Neck.Conv2d_1.weight", 0)
-	pointDim = get("point_encoder.Residual.PointTypeEmbedding.weight", 1)
-	maskDim = get("mask_encoder.Conv2d_3.weight", 0)
-	maskInner = get("mask_encoder.Conv2d_2.weight", 0)
-	decWidth := get("mask_decoder.IOUMaskEncoder.weight", 1)
-	tokens := get("mask_decoder.IOUMaskEncoder.weight", 0)
-	if e != nil {
-		return nil, nil, 0, 0, 0, e
-	}
-	layers := map[int64][]int64{}
-	decLayers := map[int64]int64{}
-	for k, s := range shapes {
-		if m := encoderLayerRE.FindStringSubmatch(k); m != nil && len(s) == 2 {
-			i, _ := strconv.ParseInt(m[1], 10, 64)
-			layers[i] = s
-		}
-		if m := decoderLayerRE.FindStringSubmatch(k); m != nil && len(s) == 2 {
-			i, _ := strconv.ParseInt(m[1], 10, 64)
-			decLayers[i] = s[0]
-		}
-	}
-	n := int64(len(layers))
-	if n == 0 || len(decLayers) == 0 {
-		return nil, nil, 0, 0, 0, fmt.Errorf("no transformer layers found in the image encoder or the mask decoder")
-	}
-	var globals []string
-	window := int64(0)
-	headDim := int64(0)
-	for i := int64(1); i <= n; i++ {
-		s, ok := layers[i]
-		if !ok {
-			return nil, nil, 0, 0, 0, fmt.Errorf("image encoder layer %d of %d is missing", i, n)
-		}
-		if headDim == 0 {
-			headDim = s[1]
-		}
-		side := (s[0] + 1) / 2
-		switch {
-		case side == grid:
-			globals = append(globals, strconv.FormatInt(i-1, 10))
-		case window == 0 || window == side:
-			window = side
-		default:
-			return nil, nil, 0, 0, 0, fmt.Errorf("image encoder layer %d: window side %d, earlier layers %d", i, side, window)
-		}
-	}
-	if len(globals) > 4 {
-		return nil, nil, 0, 0, 0, fmt.Errorf("%d global-attention layers, the spec takes at most 4", len(globals))
-	}
-	if headDim <= 0 || width%headDim != 0 {
-		return nil, nil, 0, 0, 0, fmt.Errorf("head width %d does not divide the image encoder's width %d", headDim, width)
-	}
-	if window == 0 {
-		window = 14
-	}
-	enc = map[string]string{
-		"embedding_dim": fmt.Sprint(width), "num_layers": fmt.Sprint(n), "num_heads": fmt.Sprint(width / headDim),
-		"image_size": fmt.Sprint(grid * patch), "patch_size": fmt.Sprint(patch), "window_size": fmt.Sprint(window),
-		"neck_dim": fmt.Sprint(neck),
-	}
-	for i := range 4 {
-		g := "-1"
-		if i < len(globals) {
-			g = globals[i]
-		}
-		enc[fmt.Sprintf("global_%d", i+1)] = g
-	}
-	ff := int64(-1)
-	keys := make([]int64, 0, len(decLayers))
-	for i, v := range decLayers {
-		keys = append(keys, i)
-		if ff == -1 {
-			ff = v
-		} else if ff != v {
-			return nil, nil, 0, 0, 0, fmt.Errorf("mask decoder layers have different feed-forward widths")
-		}
-	}
-	sort.Slice(keys, func(a, b int) bool { return keys[a] < keys[b] })
-	if keys[len(keys)-1] != int64(len(keys)) {
-		return nil, nil, 0, 0, 0, fmt.Errorf("mask decoder layers are not numbered 1..%d", len(keys))
-	}
-	if decoderHeads == 0 {
-		decoderHeads = 8
-	}
-	dec = map[string]string{
-		"embedding_dim": fmt.Sprint(decWidth), "feed_forward_dim": fmt.Sprint(ff), "num_layers": fmt.Sprint(len(keys)),
-		"num_output_mask": fmt.Sprint(tokens - 2), "num_heads": fmt.Sprint(decoderHeads), "dense_side": fmt.Sprint(grid),
-	}
-	return enc, dec, pointDim, maskDim, maskInner, nil
 }

@@ -264,3 +264,48 @@ func (r *Rule) shape(shapes map[string][]int64) error {
 	}
 	return nil
 }
+
+// Parts are the prefixes of Refiners' SegmentAnything state dict, one per
+// model, in SegmentAnything's order.
+var Parts = []string{"image_encoder.", "point_encoder.", "mask_encoder.", "mask_decoder."}
+
+// Plan says how to make Refiners' state dict from a file with these keys:
+// its format ("refiners": Refiners' SegmentAnything layout, each key
+// copied; "official": segment_anything's, see Official), the rules, and
+// the file's keys no rule uses (keys outside the four parts of a Refiners
+// file; an official file must have none).
+func Plan(shapes map[string][]int64) (format string, rules []Rule, unused []string, err error) {
+	if IsOfficial(shapes) {
+		rules, err := Official(shapes)
+		return "official", rules, nil, err
+	}
+	keys := make([]string, 0, len(shapes))
+	for k := range shapes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		part := false
+		for _, p := range Parts {
+			part = part || len(k) > len(p) && k[:len(p)] == p
+		}
+		if !part {
+			unused = append(unused, k)
+			continue
+		}
+		rules = append(rules, Rule{Target: k, Sources: []string{k}, Op: Copy, Shape: slices.Clone(shapes[k])})
+	}
+	if len(rules) == 0 {
+		return "", nil, nil, fmt.Errorf("not Segment Anything weights: no key under %v (Refiners' layout) and not an official checkpoint", Parts)
+	}
+	return "refiners", rules, unused, nil
+}
+
+// Targets is the Refiners state dict's shapes the rules make.
+func Targets(rules []Rule) map[string][]int64 {
+	out := make(map[string][]int64, len(rules))
+	for _, r := range rules {
+		out[r.Target] = r.Shape
+	}
+	return out
+}
