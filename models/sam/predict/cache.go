@@ -81,9 +81,10 @@ func (c *Cache) Add(key string, e *Embedding) {
 
 // Stats reports the cache's size and use.
 type Stats struct {
-	Entries      int
-	Bytes        int64
-	Hits, Misses int64
+	Entries int   `json:"entries"`
+	Bytes   int64 `json:"bytes"`
+	Hits    int64 `json:"hits"`
+	Misses  int64 `json:"misses"`
 }
 
 // Stats returns the current counts.
