@@ -82,7 +82,7 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet controlnet sam lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet controlnet sam sam_predict sam_official lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py

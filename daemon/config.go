@@ -42,6 +42,8 @@ type Config struct {
 	LogJSON         bool          `yaml:"log_json"`
 	// Pipelines are the named SD 1.5 pipelines of the image endpoints.
 	Pipelines map[string]PipelineConfig `yaml:"pipelines"`
+	// Segmenters are the Segment Anything models of POST /v1/segment, by name (segment.go).
+	Segmenters map[string]SegmenterConfig `yaml:"segmenters"`
 }
 
 // Defaults are the settings of a daemon with no configuration.
@@ -160,6 +162,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("max_activation %d: want a number of bytes, or 0 for no check", c.MaxActivation)
 	case c.KeepAlive < 0:
 		return fmt.Errorf("keep_alive %v: want 0 (never) or more", c.KeepAlive)
+	}
+	if err := c.validateSegmenters(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		name string

@@ -83,6 +83,8 @@ func (d *Daemon) Handler() http.Handler {
 	route("POST /v1/pipelines/{name}/unload", d.unloadPipelineRoute)
 	route("POST /v1/images", d.images)
 	route("POST /v1/images/jobs", d.submitImageJob)
+	route("POST /v1/segment", d.segment)
+	route("GET /v1/segmenters", d.listSegmenters)
 	return d.bodyTimeout(d.authenticate(refuseDotSegments(mux)))
 }
 
