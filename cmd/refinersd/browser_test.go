@@ -377,7 +377,7 @@ func (b *browser) checkSegment(what, cached string, points int) {
 	info := eval[map[string]any](b, `(() => {
 		const bs = [...document.querySelectorAll("#seg-masks button.mask")];
 		return {cached: document.getElementById("seg-info").dataset.cached, masks: bs.length,
-			scores: bs.map((b) => b.dataset.score), pressed: bs.filter((b) => b.getAttribute("aria-pressed") === "true").length,
+			scores: bs.map((b) => b.dataset.score), areas: bs.map((b) => [b.dataset.area, b.dataset.pixels]), pressed: bs.filter((b) => b.getAttribute("aria-pressed") === "true").length,
 			text: document.getElementById("seg-info").textContent};
 	})()`)
 	if info["cached"] != cached {
@@ -385,6 +385,12 @@ func (b *browser) checkSegment(what, cached string, points int) {
 	}
 	if n, _ := info["masks"].(float64); n < 1 || info["pressed"] != float64(1) {
 		b.t.Errorf("segment (%s): %v masks, %v shown, want at least 1 and 1", what, info["masks"], info["pressed"])
+	}
+	// The overlay tints exactly the mask's pixels, at the image's size.
+	for i, a := range info["areas"].([]any) {
+		if pair := a.([]any); pair[0] != pair[1] {
+			b.t.Errorf("segment (%s): mask %d tints %v pixels, the daemon counts %v inside", what, i+1, pair[0], pair[1])
+		}
 	}
 	for _, s := range info["scores"].([]any) {
 		if s == "" || s == "undefined" {
@@ -398,8 +404,17 @@ func (b *browser) checkSegment(what, cached string, points int) {
 // step, and a LoRA made for it.
 const tinyPipelineDir = "../../conformance/testdata/pipeline"
 
+func absPath(t *testing.T, p string) string {
+	t.Helper()
+	a, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 // tinyPipelineConfig writes a daemon config serving the tiny pipeline as
-// "tiny".
+// "tiny" and the tiny SAM (tinySAM, segment_test.go) as "tiny-sam".
 func tinyPipelineConfig(t *testing.T, dir string) string {
 	t.Helper()
 	f, err := weights.Open(filepath.Join(tinyPipelineDir, "txt2img_dpm.case.safetensors"))
@@ -415,17 +430,14 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 	if err := json.Unmarshal([]byte(f.Metadata()["overrides"]), &sets); err != nil {
 		t.Fatal(err)
 	}
-	abs := func(name string) string {
-		p, err := filepath.Abs(filepath.Join(tinyPipelineDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
+	abs := func(name string) string { return absPath(t, filepath.Join(tinyPipelineDir, name)) }
+	cfg := map[string]any{
+		"pipelines": map[string]any{"tiny": map[string]any{
+			"unet": abs(files["unet"]), "text_encoder": abs(files["text_encoder"]), "autoencoder": abs(files["autoencoder"]),
+			"set": sets, "width": 64, "height": 48, "steps": 8,
+		}},
+		"segmenters": map[string]any{"tiny-sam": map[string]any{"weights": absPath(t, tinySAM)}},
 	}
-	cfg := map[string]any{"pipelines": map[string]any{"tiny": map[string]any{
-		"unet": abs(files["unet"]), "text_encoder": abs(files["text_encoder"]), "autoencoder": abs(files["autoencoder"]),
-		"set": sets, "width": 64, "height": 48, "steps": 8,
-	}}}
 	b, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -525,4 +537,19 @@ func samePixels(t *testing.T, a, b string) bool {
 		}
 	}
 	return true
+}
+
+// TestBrowserSegment: upload an image, click a point and see masks with
+// their scores; shift-click a background point and get masks again from
+// the cached embedding.
+func TestBrowserSegment(t *testing.T) {
+	b := newBrowser(t)
+	f := newDaemonFixture(t)
+	s := f.serve(t, nil, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
+	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
+	if eval[bool](b, `!document.getElementById("login").hidden`) {
+		t.Error("without a token the page asks for one")
+	}
+	b.wait("the segmenter list", `document.getElementById("seg-model").value === "tiny-sam"`, 10*time.Second)
+	b.segmentFlow(absPath(t, tinySAMImage), "")
 }

@@ -673,8 +673,8 @@
         try {
           res = await api("POST", "/v1/segment", Object.assign({ image_digest: seg.digest }, req));
         } catch (e) {
-          if (e.status === 401 || e.status >= 500 || !/digest|cache|unknown|not found/i.test(e.message)) throw e;
-          res = null; // forgotten: send the image again
+          if (e.status !== 404) throw e;
+          res = null; // the embedding left the cache: send the image again
         }
       }
       if (!res) res = await api("POST", "/v1/segment", Object.assign({ image: seg.png }, req));
@@ -687,7 +687,7 @@
     }
     if (seq !== seg.seq) return; // a newer click answered first
     seg.digest = res.image_digest || seg.digest;
-    const masks = await Promise.all((res.masks || []).map(async (m) => ({ score: m.score, overlay: await maskOverlay(m.png_base64) })));
+    const masks = await Promise.all((res.masks || []).map(async (m) => ({ score: m.score, pixels: m.pixels, overlay: await maskOverlay(m.png_base64) })));
     if (seq !== seg.seq) return;
     seg.masks = masks;
     seg.selected = masks.reduce((best, m, i) => (m.score > masks[best].score ? i : best), 0);
@@ -730,7 +730,8 @@
       b.type = "button";
       b.className = "mask";
       b.dataset.score = String(m.score);
-      b.dataset.area = m.overlay.dataset.area;
+      b.dataset.area = m.overlay.dataset.area; // pixels tinted
+      if (m.pixels !== undefined) b.dataset.pixels = String(m.pixels); // pixels inside, as the daemon counts them
       b.setAttribute("aria-pressed", String(i === seg.selected));
       b.append(Object.assign(document.createElement("span"), { textContent: `Mask ${i + 1}` }),
         Object.assign(document.createElement("span"), { textContent: `score ${Number(m.score).toFixed(3)}` }));
