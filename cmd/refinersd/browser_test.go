@@ -245,6 +245,8 @@ func TestBrowserSignIn(t *testing.T) {
 	b.do("open the LoRA list", 10*time.Second, chromedp.Click(chromedp.CSS("#loras-box summary")))
 	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="ff-lora"]') !== null`, 10*time.Second)
 	b.shot("signed-in")
+	b.checkLabels()
+	b.checkNarrow()
 	b.do("reload", 20*time.Second, chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("#main")))
 	if eval[bool](b, `!document.getElementById("login").hidden`) {
 		t.Error("after a reload the page asks for the token again")
@@ -552,4 +554,35 @@ func TestBrowserSegment(t *testing.T) {
 	}
 	b.wait("the segmenter list", `document.getElementById("seg-model").value === "tiny-sam"`, 10*time.Second)
 	b.segmentFlow(absPath(t, tinySAMImage), "")
+}
+
+// checkLabels: every form control of the page has an accessible name (a
+// label, aria-label or, for buttons, text), and every tab its panel.
+func (b *browser) checkLabels() {
+	b.t.Helper()
+	unnamed := eval[[]string](b, `[...document.querySelectorAll("input, select, textarea, button, canvas[tabindex]")]
+		.filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !(e.tagName === "BUTTON" && e.textContent.trim()))
+		.map((e) => e.outerHTML.slice(0, 80))`)
+	for _, e := range unnamed {
+		b.t.Errorf("a control without a label: %s", e)
+	}
+	orphans := eval[[]string](b, `[...document.querySelectorAll("[role=tab]")].filter((t) => !document.getElementById(t.getAttribute("aria-controls"))).map((t) => t.id)`)
+	for _, id := range orphans {
+		b.t.Errorf("tab %s controls no panel", id)
+	}
+}
+
+// checkNarrow: on a phone-sized screen every view fits the width (no
+// sideways scrolling).
+func (b *browser) checkNarrow() {
+	b.t.Helper()
+	b.do("narrow the window", 5*time.Second, chromedp.EmulateViewport(390, 844))
+	for _, tab := range []string{"generate", "gallery", "segment"} {
+		b.do("open "+tab, 5*time.Second, chromedp.Click(chromedp.CSS("#tab-"+tab)))
+		if over := eval[float64](b, `document.documentElement.scrollWidth - window.innerWidth`); over > 0 {
+			b.t.Errorf("%s view at 390 px wide: %v px too wide", tab, over)
+		}
+		b.shot("narrow-" + tab)
+	}
+	b.do("widen the window", 5*time.Second, chromedp.EmulateViewport(1280, 900), chromedp.Click(chromedp.CSS("#tab-generate")))
 }
