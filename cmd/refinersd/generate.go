@@ -220,13 +220,13 @@ func generate(args []string, out io.Writer) error {
 	if *seed == -1 {
 		req.Seed = rand.Uint64N(1 << 32)
 	}
-	if req, err = req.WithDefaults(); err != nil {
-		return fmt.Errorf("generate: %w", err)
-	}
 	if rec != nil {
 		if err := rec.CheckImages(req.InitImage, req.Mask); err != nil {
 			return fmt.Errorf("generate: --recipe %s: %w (--init-image and --mask)", *recipePath, err)
 		}
+	}
+	if req, err = req.WithDefaults(); err != nil {
+		return fmt.Errorf("generate: %w", err)
 	}
 	digests, err := pipeline.FileDigests(cfg) // for the recipes
 	if err != nil {
