@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"strconv"
 
 	"github.com/refiners-go/refiners/adapt"
 	"github.com/refiners-go/refiners/core"
@@ -21,6 +22,9 @@ import (
 // Control is one ControlNet for a generation: a file planned by an
 // installed plugin (e.g. "controlnet") with its JSON parameters, inserted
 // into the U-Net for this generation only, and its condition image.
+// Params holds no "scale" (Scale is the scale); "name" (control<i>),
+// num_heads and num_groups (the U-Net's, when it was built with them) are
+// filled in when absent.
 //
 // The zero values are the defaults: Scale 0 means 1 (a negative scale is
 // an error), End 0 means 1, Start 0. The ControlNet acts at run step i of
@@ -61,12 +65,13 @@ type ControlReport struct {
 	// Scale, Start and End as used (defaults filled in); Preprocess as given.
 	Scale, Start, End float64
 	Preprocess        string
-	// ActiveSteps is how many of the run steps the ControlNet acted in;
-	// FirstStep and LastStep bound them (run steps, 0-based; −1 when none).
-	ActiveSteps, FirstStep, LastStep int
-	Keys, Matched                    int      // keys in the file; keys the plan used
-	Unmatched                        []string // keys the plan did not use
-	Warnings                         []string
+	// ActiveSteps is how many of the Steps run steps the ControlNet acted
+	// in; FirstStep and LastStep bound them (run steps, 0-based; −1 when
+	// none).
+	ActiveSteps, Steps, FirstStep, LastStep int
+	Keys, Matched                           int      // keys in the file; keys the plan used
+	Unmatched                               []string // keys the plan did not use
+	Warnings                                []string
 }
 
 // withDefaults fills a Control's zero fields and checks it.
@@ -225,7 +230,7 @@ func (m *Model) applyControls(ctx context.Context, s *tensor.Scope, controls []C
 			return nil, nil, nil, fmt.Errorf("control %d %s (%s): %w", i+1, c.File, c.Plugin, err)
 		}
 		seen[a.name] = i
-		rep.FirstStep, rep.LastStep = -1, -1
+		rep.Steps, rep.FirstStep, rep.LastStep = steps, -1, -1
 		for k := range steps {
 			if ControlActive(k, steps, a.start, a.end) {
 				if rep.FirstStep < 0 {
@@ -242,8 +247,10 @@ func (m *Model) applyControls(ctx context.Context, s *tensor.Scope, controls []C
 }
 
 // controlParams is a Control's Params with "name" set to control<i> when
-// absent (ControlNets of one generation need distinct names).
-func controlParams(params string, i int) (string, error) {
+// absent (ControlNets of one generation need distinct names), and
+// num_heads and num_groups, when absent, set to the U-Net's when it was
+// built with them (a ControlNet has its U-Net's; they are in no shape).
+func controlParams(params string, i int, unetSet map[string]string) (string, error) {
 	obj := map[string]any{}
 	if params != "" {
 		if err := json.Unmarshal([]byte(params), &obj); err != nil {
@@ -256,6 +263,15 @@ func controlParams(params string, i int) (string, error) {
 	if _, ok := obj["name"]; !ok {
 		obj["name"] = fmt.Sprintf("control%d", i)
 	}
+	for _, k := range []string{"num_heads", "num_groups"} {
+		if _, ok := obj[k]; !ok && unetSet[k] != "" {
+			n, err := strconv.Atoi(unetSet[k])
+			if err != nil {
+				return "", fmt.Errorf("the U-Net's %s %q is not an integer", k, unetSet[k])
+			}
+			obj[k] = n
+		}
+	}
 	if _, ok := obj["scale"]; ok {
 		return "", inputErr(`params %q: give the scale as the control's scale, not in the plugin's params`, params)
 	}
@@ -266,7 +282,7 @@ func controlParams(params string, i int) (string, error) {
 func (m *Model) applyControl(ctx context.Context, s *tensor.Scope, i int, c Control, width, height int) (activeControl, ControlReport, func() error, error) {
 	rep := ControlReport{Plugin: c.Plugin, File: c.File, Scale: c.Scale, Start: c.Start, End: c.End, Preprocess: c.Preprocess}
 	a := activeControl{scale: c.Scale, start: c.Start, end: c.End}
-	params, err := controlParams(c.Params, i)
+	params, err := controlParams(c.Params, i, m.unetSet)
 	if err != nil {
 		return a, rep, nil, err
 	}

@@ -131,8 +131,6 @@ type controlFixture struct {
 	a, b string // ControlNet files: Refiners layout, and under a prefix
 }
 
-const tinyCNParams = `{"num_heads": 2, "num_groups": 2}`
-
 func newControlFixture(t *testing.T) controlFixture {
 	dir := t.TempDir()
 	f := controlFixture{a: filepath.Join(dir, "a.safetensors"), b: filepath.Join(dir, "b.safetensors")}
@@ -301,7 +299,7 @@ func TestControls(t *testing.T) {
 			return res, err
 		}
 		ctl := func(file string, scale, start, end float64) Control {
-			return Control{Plugin: "controlnet", File: file, Params: tinyCNParams, Condition: cond, Scale: scale, Start: start, End: end}
+			return Control{Plugin: "controlnet", File: file, Condition: cond, Scale: scale, Start: start, End: end}
 		}
 		plain, err := gen(tinyRequest())
 		if err != nil {
@@ -355,7 +353,7 @@ func TestControls(t *testing.T) {
 
 		// Two at once, the second from a prefixed file with its own name.
 		r.Controls = []Control{ctl(fx.a, 0, 0, 0), ctl(fx.b, 0.7, 0, 0.5)}
-		r.Controls[1].Params = `{"num_heads": 2, "num_groups": 2, "name": "depth"}`
+		r.Controls[1].Params = `{"name": "depth"}`
 		two, err := gen(r)
 		if err != nil {
 			return err
@@ -389,7 +387,7 @@ func TestControls(t *testing.T) {
 			want     string
 		}{
 			{"bad second file", []Control{ctl(fx.a, 0, 0, 0), ctl(bad, 0, 0, 0)}, "control 2 " + bad},
-			{"duplicate name", []Control{ctl(fx.a, 0, 0, 0), {Plugin: "controlnet", File: fx.b, Params: `{"num_heads": 2, "num_groups": 2, "name": "control0"}`, Condition: cond}}, "control0"},
+			{"duplicate name", []Control{ctl(fx.a, 0, 0, 0), {Plugin: "controlnet", File: fx.b, Params: `{"name": "control0"}`, Condition: cond}}, "control0"},
 			{"scale in params", []Control{{Plugin: "controlnet", File: fx.a, Params: `{"scale": 2}`, Condition: cond}}, "give the scale as the control's scale"},
 			{"not a ControlNet", []Control{ctl(filepath.Join(tinyDir, "lora.safetensors"), 0, 0, 0)}, "not an SD 1.5 ControlNet"},
 			{"unknown plugin", []Control{{Plugin: "nope", File: fx.a, Condition: cond}}, "nope"},
@@ -403,7 +401,7 @@ func TestControls(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		r = tinyRequest()
 		r.Controls = []Control{ctl(fx.a, 0, 0, 0), ctl(fx.b, 0, 0, 0)}
-		r.Controls[1].Params = `{"num_heads": 2, "num_groups": 2, "name": "other"}`
+		r.Controls[1].Params = `{"name": "other"}`
 		r.Progress = func(p Progress) {
 			if p.Step == 2 {
 				cancel()
@@ -443,7 +441,7 @@ func TestControlsWithLora(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		r.Controls = []Control{{Plugin: "controlnet", File: fx.a, Params: tinyCNParams, Condition: stripes(64, 48)}}
+		r.Controls = []Control{{Plugin: "controlnet", File: fx.a, Condition: stripes(64, 48)}}
 		both, err := m.Generate(context.Background(), s, r)
 		if err != nil {
 			return err
