@@ -227,6 +227,7 @@ func TestGenerateErrors(t *testing.T) {
 	}
 
 	tiny, inpaint := tinyArgs(t, false), tinyArgs(t, true)
+	cnA := filepath.Join(tinySD, "controlnet_a.safetensors")
 	with := func(base []string, extra ...string) []string {
 		return append(append(append([]string{}, base...), "--prompt", "a cat", "--seed", "1", "--output", out), extra...)
 	}
@@ -266,6 +267,12 @@ func TestGenerateErrors(t *testing.T) {
 		{"recipe adapter not stored", append(withoutSize(tiny), "--recipe", recipes["lora"], "--store", t.TempDir(), "--output", out), "is not in the store"},
 		{"recipe adapter differs", append(withoutSize(tiny), "--recipe", recipes["lora"], "--adapter", "lora:"+small, "--output", out), "the recipe's adapter 1 sha256:"},
 		{"recipe newer", append(withoutSize(tiny), "--recipe", recipes["newer"], "--output", out), "version 9 is newer"},
+		{"control syntax", with(tiny, "--control", "cn.safetensors"), "want a ControlNet file and a condition image"},
+		{"control file missing", with(tiny, "--control", filepath.Join(dir, "nope.safetensors")+":"+filepath.Join(tinySD, "control.png")), "--control " + filepath.Join(dir, "nope.safetensors") + ": no such file"},
+		{"control condition missing", with(tiny, "--control", cnA+":"+filepath.Join(dir, "nope.png")), "--control " + filepath.Join(dir, "nope.png") + ": no such file"},
+		{"control condition not an image", with(tiny, "--control", cnA+":"+notImage), "not a PNG or JPEG image"},
+		{"control range", with(tiny, "--control", cnA+":"+filepath.Join(tinySD, "control.png")+":start=0.6,end=0.5"), "start 0.6, end 0.5: want 0 ≤ start < end ≤ 1"},
+		{"control plugin missing", with(tiny, "--control", cnA+":"+filepath.Join(tinySD, "control.png"), "--plugins-dir", t.TempDir()), `plugin controlnet: plugin "controlnet" is not installed`},
 	} {
 		cmd := exec.Command(bin, c.args...)
 		msg, err := cmd.CombinedOutput()
@@ -400,4 +407,120 @@ func withoutSize(args []string) []string {
 		out = append(out, args[i])
 	}
 	return out
+}
+
+// TestControlFlag: --control's syntax, options and refusals.
+func TestControlFlag(t *testing.T) {
+	for _, c := range []struct {
+		flag string
+		want control // params nil: none
+		err  string
+	}{
+		{"cn.safetensors:edges.png", control{plugin: "controlnet", file: "cn.safetensors", condition: "edges.png"}, ""},
+		{"cn.safetensors:edges.png:scale=0.5,start=0.1,end=0.6", control{plugin: "controlnet", file: "cn.safetensors", condition: "edges.png", scale: 0.5, start: 0.1, end: 0.6}, ""},
+		{"canny:cn.safetensors:photo.jpg", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg"}, ""},
+		{"canny:cn.safetensors:photo.jpg:low=50,high=150", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg", low: 50, high: 150}, ""},
+		{"canny:cn.safetensors:photo.jpg:low=50", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg", low: 50, high: 200}, ""},
+		{"canny:cn.safetensors:photo.jpg:high=300", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg", low: 100, high: 300}, ""},
+		{"cn.safetensors:e.png:plugin=mycn,name=edges,num_heads=2", control{plugin: "mycn", file: "cn.safetensors", condition: "e.png",
+			params: map[string]any{"name": "edges", "num_heads": 2.0}}, ""},
+		{"cn.safetensors", control{}, "want a ControlNet file and a condition image"},
+		{"canny:cn.safetensors", control{}, "want a ControlNet file and a condition image"},
+		{"a:b:c:d", control{}, "want a ControlNet file and a condition image"},
+		{"cn.safetensors:e.png:scale", control{}, `option "scale" is not KEY=VALUE`},
+		{"cn.safetensors:e.png:scale=big", control{}, "scale=big is not a number"},
+		{"cn.safetensors:e.png:scale=0", control{}, "want a positive scale"},
+		{"cn.safetensors:e.png:end=0", control{}, "end 0"},
+		{"cn.safetensors:e.png:low=10", control{}, "low is canny's threshold"},
+		{"cn.safetensors:e.png:name=a,name=b", control{}, "option name given twice"},
+	} {
+		var f controlFlags
+		err := f.Set(c.flag)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: got %v, want an error containing %q", c.flag, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.flag, err)
+			continue
+		}
+		got := f[0]
+		if c.want.params == nil {
+			c.want.params = map[string]any{}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%s: %+v, want %+v", c.flag, got, c.want)
+		}
+	}
+	// The request: params as JSON, the rest as the pipeline's fields.
+	var f controlFlags
+	if err := f.Set("canny:cn.safetensors:p.png:low=1,high=2,scale=0.5,name=x"); err != nil {
+		t.Fatal(err)
+	}
+	cond := pipeline.NewRGB(8, 8)
+	req, err := f[0].request(cond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pipeline.Control{Plugin: "controlnet", File: "cn.safetensors", Params: `{"name":"x"}`, Condition: cond, Preprocess: "canny",
+		CannyLow: 1, CannyHigh: 2, Scale: 0.5}
+	if fmt.Sprint(req) != fmt.Sprint(want) {
+		t.Errorf("request %+v, want %+v", req, want)
+	}
+}
+
+// TestGenerateControl drives the real binary with ControlNets of the tiny
+// pipeline (conformance/testdata/pipeline) through the installed plugin:
+// each changes the image, the report names each one's steps and keys, and
+// the same flags give the same bytes.
+func TestGenerateControl(t *testing.T) {
+	bin := buildRefinersd(t)
+	dir := t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("refinersd %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	plug := filepath.Join(dir, "controlnet")
+	if out, err := exec.Command("go", "build", "-o", plug, "../../plugins/controlnet").CombinedOutput(); err != nil {
+		t.Fatalf("build the ControlNet plugin: %v\n%s", err, out)
+	}
+	plugins := filepath.Join(dir, "plugins")
+	run("plugins", "install", plug, "--dir", plugins)
+	base := append(tinyArgs(t, false), "--prompt", "a lighthouse at dusk", "--seed", "42", "--steps", "4", "--quiet", "--plugins-dir", plugins)
+	read := func(path string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	plain, edges, canny, again := filepath.Join(dir, "plain.png"), filepath.Join(dir, "edges.png"), filepath.Join(dir, "canny.png"), filepath.Join(dir, "again.png")
+	run(append(base, "--output", plain)...)
+	cnA, cnB := filepath.Join(tinySD, "controlnet_a.safetensors"), filepath.Join(tinySD, "controlnet_b.safetensors")
+	out := run(append(base, "--output", edges, "--control", cnA+":"+filepath.Join(tinySD, "control.png")+":scale=0.8")...)
+	if !strings.Contains(out, "control "+cnA+" (controlnet, name control0, format refiners): scale 0.8 on steps 1-4 of 4; 340 of 340 keys matched") {
+		t.Errorf("no control report:\n%s", out)
+	}
+	flags := []string{"--output", canny, "--control", "canny:" + cnA + ":" + filepath.Join(tinySD, "photo.png") + ":low=50,high=150",
+		"--control", cnB + ":" + filepath.Join(tinySD, "control.png") + ":scale=1.3,end=0.5"}
+	out = run(append(base, flags...)...)
+	if !strings.Contains(out, "name control1, format refiners): scale 1.3 on steps 1-2 of 4") {
+		t.Errorf("no report of the second control:\n%s", out)
+	}
+	flags[1] = again
+	run(append(base, flags...)...)
+	if bytes.Equal(read(edges), read(plain)) || bytes.Equal(read(canny), read(plain)) || bytes.Equal(read(canny), read(edges)) {
+		t.Error("a ControlNet did not change the image")
+	}
+	if !bytes.Equal(read(canny), read(again)) {
+		t.Error("the same flags gave different images")
+	}
 }
