@@ -287,14 +287,14 @@ func (d *Daemon) imageJob(req *ImageRequest, parts map[string][]byte) (*Job, err
 	case req.Guidance < 0:
 		return nil, errorf(http.StatusBadRequest, "guidance %g: want a positive scale (1: the prompt alone)", req.Guidance)
 	}
+	if rec := ij.recipe; rec != nil {
+		if err := rec.CheckImages(pr.InitImage, pr.Mask); err != nil {
+			return nil, errorf(http.StatusBadRequest, "%v", err)
+		}
+	}
 	full, err := pr.WithDefaults()
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "%v", err)
-	}
-	if rec := ij.recipe; rec != nil {
-		if err := rec.CheckImages(full.InitImage, full.Mask); err != nil {
-			return nil, errorf(http.StatusBadRequest, "%v", err)
-		}
 	}
 	for i, a := range req.Adapters {
 		if a.Operation != "" {

@@ -55,7 +55,9 @@ const generateUsage = `usage: refinersd generate --prompt TEXT --output OUT.png
 
 Stable Diffusion 1.5, as Refiners' StableDiffusion_1: text to image, image to
 image (--init-image), inpainting (--init-image and --mask with an inpainting
-U-Net). See docs/generate.md.
+U-Net), with adapters (--adapter) and ControlNets (--control, e.g.
+--control canny:controlnet.safetensors:photo.png:scale=0.8,end=0.6). See
+docs/generate.md.
 
 `
 
@@ -86,7 +88,9 @@ func generate(args []string, out io.Writer) error {
 	maskPath := fs.String("mask", "", "inpainting mask (PNG), white where to repaint, the output's size")
 	var adapters adapterFlags
 	fs.Var(&adapters, "adapter", "PLUGIN:FILE[:PARAMS_JSON], e.g. lora:style.safetensors:{\"scale\": 0.8} (repeatable)")
-	pluginsDir := fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for --adapter)")
+	var controls controlFlags
+	fs.Var(&controls, "control", "a ControlNet: "+controlSyntax+", e.g. canny:cn.safetensors:photo.png:scale=0.8,end=0.5 (repeatable; plugin controlnet by default)")
+	pluginsDir := fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for --adapter and --control)")
 	device := fs.String("device", "cpu", "cpu, cuda or cuda:N")
 	dtype := fs.String("dtype", "float32", "float32, float16 or bfloat16")
 	output := fs.String("output", "", "PNG file to write (with --batch N: OUT-1.png ... OUT-N.png)")
@@ -176,6 +180,17 @@ func generate(args []string, out io.Writer) error {
 			return err
 		}
 	}
+	var conditions []*pipeline.RGB
+	for _, c := range controls {
+		if err := fileExists("--control", c.file); err != nil {
+			return err
+		}
+		img, err := readImageFlag("--control", c.condition)
+		if err != nil {
+			return err
+		}
+		conditions = append(conditions, pipeline.ToRGB(img))
+	}
 
 	// The library reads zero as "the default": a zero given here is a mistake.
 	switch {
@@ -220,13 +235,20 @@ func generate(args []string, out io.Writer) error {
 	if *seed == -1 {
 		req.Seed = rand.Uint64N(1 << 32)
 	}
-	if req, err = req.WithDefaults(); err != nil {
-		return fmt.Errorf("generate: %w", err)
-	}
 	if rec != nil {
 		if err := rec.CheckImages(req.InitImage, req.Mask); err != nil {
 			return fmt.Errorf("generate: --recipe %s: %w (--init-image and --mask)", *recipePath, err)
 		}
+	}
+	for i, c := range controls {
+		pc, err := c.request(conditions[i])
+		if err != nil {
+			return fmt.Errorf("generate: --control: %w", err)
+		}
+		req.Controls = append(req.Controls, pc)
+	}
+	if req, err = req.WithDefaults(); err != nil {
+		return fmt.Errorf("generate: %w", err)
 	}
 	digests, err := pipeline.FileDigests(cfg) // for the recipes
 	if err != nil {
@@ -273,7 +295,7 @@ func generate(args []string, out io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	var host *hosts.Host
-	if len(req.Adapters) > 0 {
+	if len(req.Adapters) > 0 || len(req.Controls) > 0 {
 		if host, err = hosts.New(*pluginsDir, hosts.Options{}); err != nil {
 			return err
 		}
@@ -281,6 +303,11 @@ func generate(args []string, out io.Writer) error {
 		for _, a := range req.Adapters { // before the slow part
 			if _, err := host.Describe(ctx, a.Plugin); err != nil {
 				return fmt.Errorf("generate: --adapter %s: %w", a.Plugin, err)
+			}
+		}
+		for _, c := range req.Controls {
+			if _, err := host.Describe(ctx, c.Plugin); err != nil {
+				return fmt.Errorf("generate: --control %s: plugin %s: %w (install it: refinersd plugins install PATH)", c.File, c.Plugin, err)
 			}
 		}
 	}
@@ -309,6 +336,17 @@ func generate(args []string, out io.Writer) error {
 				a.File, a.Plugin, a.Format, a.UNetLayers, a.TextEncoderLayers, a.Matched, a.Keys)
 			if len(a.Unmatched) > 0 {
 				fmt.Fprintf(stderr, "warning: adapter %s: %d keys matched no layer, e.g. %s\n", a.File, len(a.Unmatched), a.Unmatched[0])
+			}
+		}
+		for _, c := range res.Controls {
+			steps := "no step"
+			if c.ActiveSteps > 0 {
+				steps = fmt.Sprintf("steps %d-%d", c.FirstStep+1, c.LastStep+1)
+			}
+			fmt.Fprintf(out, "control %s (%s, name %s, format %s): scale %g on %s of %d; %d of %d keys matched\n",
+				c.File, c.Plugin, c.Name, c.Format, c.Scale, steps, c.Steps, c.Matched, c.Keys)
+			for _, w := range c.Warnings {
+				fmt.Fprintf(stderr, "warning: control %s: %s\n", c.File, w)
 			}
 		}
 		// Encode everything first, then write: a failure writes nothing.
