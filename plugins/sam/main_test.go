@@ -137,10 +137,12 @@ func TestPlanOfficial(t *testing.T) {
 	}
 }
 
-// TestLoadThroughHost plans Refiners' layout through the installed plugin,
-// applies the plan to an empty chain with adapt.Apply, and checks the four
-// models it builds against predict.Load's: same structure, the same
-// weights bit for bit.
+// TestLoadThroughHost plans each layout through the installed plugin —
+// Refiners' file, and the official checkpoint's tensors under their own
+// keys in a safetensors file (the host reads safetensors) — applies the
+// plan to an empty chain with adapt.Apply (concatenating the official
+// embeddings), and checks the four models it builds against
+// predict.Load's: same structure, the same weights bit for bit.
 func TestLoadThroughHost(t *testing.T) {
 	h, err := hosts.New(t.TempDir(), hosts.Options{})
 	if err != nil {
@@ -151,54 +153,95 @@ func TestLoadThroughHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wf, err := weights.Open(refinersFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wf.Close()
-	plan, err := h.Plan(context.Background(), e.Name, &sdk.PlanRequest{Operation: "load", Files: []sdk.File{adapt.Header("sam", "", wf)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if plan.Report.Format != "refiners" || len(plan.Report.Unmatched) != 0 {
-		t.Errorf("report: %+v", plan.Report)
-	}
-	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
-		root := core.NewNamed("SegmentAnything", core.Sequence)
-		applied, err := adapt.Apply(s, root, plan, map[string]*weights.File{"sam": wf})
-		if err != nil {
-			return err
-		}
-		defer applied.Eject()
-		m, err := predict.Load(s, predict.Config{Weights: refinersFile})
-		if err != nil {
-			return err
-		}
-		defer m.Release()
-		children := root.Children()
-		if len(children) != 4 {
-			t.Fatalf("the plan built %d models, want 4", len(children))
-		}
-		for i, want := range []*core.Chain{m.ImageEncoder, m.PointEncoder, m.MaskEncoder, m.MaskDecoder} {
-			got := children[i].(*core.Chain)
-			if got.String() != want.String() {
-				t.Errorf("model %d: tree differs from predict.Load's:\n%s\nwant\n%s", i, firstLines(got.String()), firstLines(want.String()))
+	official := officialSafetensors(t)
+	for _, c := range []struct{ format, file, reference string }{
+		{"refiners", refinersFile, refinersFile},
+		{"official", official, officialFile},
+	} {
+		t.Run(c.format, func(t *testing.T) {
+			wf, err := weights.Open(c.file)
+			if err != nil {
+				t.Fatal(err)
 			}
-			gs, ws := core.StateDict(got), core.StateDict(want)
-			if len(gs) != len(ws) {
-				t.Fatalf("model %d: %d parameters, want %d", i, len(gs), len(ws))
+			defer wf.Close()
+			plan, err := h.Plan(context.Background(), e.Name, &sdk.PlanRequest{Operation: "load", Files: []sdk.File{adapt.Header("sam", "", wf)}})
+			if err != nil {
+				t.Fatal(err)
 			}
-			for j := range gs {
-				if gs[j].Key != ws[j].Key || !bytes.Equal(s.Bytes(*gs[j].Value), s.Bytes(*ws[j].Value)) {
-					t.Errorf("model %d: parameter %s differs from %s", i, gs[j].Key, ws[j].Key)
+			if plan.Report.Format != c.format || len(plan.Report.Unmatched) != 0 {
+				t.Errorf("report: %+v", plan.Report)
+			}
+			err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				root := core.NewNamed("SegmentAnything", core.Sequence)
+				applied, err := adapt.Apply(s, root, plan, map[string]*weights.File{"sam": wf})
+				if err != nil {
+					return err
 				}
+				defer applied.Eject()
+				m, err := predict.Load(s, predict.Config{Weights: c.reference})
+				if err != nil {
+					return err
+				}
+				defer m.Release()
+				children := root.Children()
+				if len(children) != 4 {
+					t.Fatalf("the plan built %d models, want 4", len(children))
+				}
+				for i, want := range []*core.Chain{m.ImageEncoder, m.PointEncoder, m.MaskEncoder, m.MaskDecoder} {
+					got := children[i].(*core.Chain)
+					if got.String() != want.String() {
+						t.Errorf("model %d: tree differs from predict.Load's:\n%s\nwant\n%s", i, firstLines(got.String()), firstLines(want.String()))
+					}
+					gs, ws := core.StateDict(got), core.StateDict(want)
+					if len(gs) != len(ws) {
+						t.Fatalf("model %d: %d parameters, want %d", i, len(gs), len(ws))
+					}
+					for j := range gs {
+						if gs[j].Key != ws[j].Key || !bytes.Equal(s.Bytes(*gs[j].Value), s.Bytes(*ws[j].Value)) {
+							t.Errorf("model %d: parameter %s differs from %s", i, gs[j].Key, ws[j].Key)
+						}
+					}
+				}
+				return s.Err()
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		return s.Err()
-	})
+		})
+	}
+}
+
+// officialSafetensors writes the official test checkpoint's tensors, keys
+// unchanged, as a safetensors file.
+func officialSafetensors(t *testing.T) string {
+	t.Helper()
+	tf, err := torchfile.Open(officialFile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer tf.Close()
+	named, _, err := torchfile.Flatten(tf.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raws := map[string]weights.Raw{}
+	for _, n := range named {
+		b, release, err := n.Tensor.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws[n.Key] = weights.Raw{DType: tensor.Float32, Shape: n.Tensor.Shape, Data: slices.Clone(b)}
+		release()
+	}
+	var buf bytes.Buffer
+	if err := weights.Encode(&buf, raws, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "official.safetensors")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func firstLines(s string) string {
