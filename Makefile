@@ -27,9 +27,11 @@ vet: setup
 # of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
 NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/... ./plugins/controlnet
 
-# REFINERS_BROWSER_TESTS=1: the browser tests fail, not skip, without Chromium.
+# REFINERS_BROWSER_TESTS=1: the browser tests fail, not skip, without Chromium;
+# cmd/refinersd (the real binary, browsers included) needs more than the
+# default 10 minutes on a busy 2-core machine.
 test: vet setup-browser
-	REFINERS_BROWSER_TESTS=1 $(GO) test ./...
+	REFINERS_BROWSER_TESTS=1 $(GO) test -timeout 30m ./...
 	@for cap in $$(scripts/cpu-capabilities.sh); do \
 		echo "ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS)"; \
 		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \

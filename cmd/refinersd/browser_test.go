@@ -292,9 +292,9 @@ func (b *browser) generate(p genParams) string {
 	b.do("fill the generate form", 10*time.Second, actions...)
 	b.shot("form")
 	b.do("press Generate", 5*time.Second, chromedp.Click(chromedp.CSS("#generate")))
-	b.wait("the first step", `+document.getElementById("progress").dataset.steps > 0 || !document.getElementById("gen-error").hidden`, 60*time.Second)
+	b.wait("the first step", `+document.getElementById("progress").dataset.steps > 0 || !document.getElementById("gen-error").hidden`, 180*time.Second)
 	b.shot("progress")
-	b.wait("the image", `!document.getElementById("result").hidden || !document.getElementById("gen-error").hidden`, 120*time.Second)
+	b.wait("the image", `!document.getElementById("result").hidden || !document.getElementById("gen-error").hidden`, 300*time.Second)
 	if msg := eval[string](b, `document.getElementById("gen-error").hidden ? "" : document.getElementById("gen-error").textContent`); msg != "" {
 		b.shot("error")
 		b.t.Fatalf("generate: the page shows an error: %s", msg)
@@ -338,7 +338,7 @@ func (b *browser) runAgain(n int, p genParams, png string) string {
 	b.shot("gallery")
 	next := fmt.Sprintf("item-%d", n+1)
 	b.do("press Run again", 5*time.Second, chromedp.Click(chromedp.CSS(item+" button.again")))
-	b.wait("the re-run in the gallery", fmt.Sprintf(`document.getElementById(%q) !== null || /Failed/.test(document.querySelector("%s .note").textContent)`, next, item), 120*time.Second)
+	b.wait("the re-run in the gallery", fmt.Sprintf(`document.getElementById(%q) !== null || /Failed/.test(document.querySelector("%s .note").textContent)`, next, item), 300*time.Second)
 	if note := eval[string](b, fmt.Sprintf(`document.querySelector("%s .note").textContent`, item)); strings.HasPrefix(note, "Failed") {
 		b.shot("error")
 		b.t.Fatalf("run again: %s", note)
@@ -464,7 +464,7 @@ func TestBrowserGenerate(t *testing.T) {
 	if got := eval[map[string]string](b, `({w: document.getElementById("width").value, h: document.getElementById("height").value, steps: document.getElementById("steps").value, model: document.getElementById("gen-model").value})`); got["w"] != "64" || got["h"] != "48" || got["steps"] != "8" || got["model"] != "tiny" {
 		t.Errorf("form defaults %v, want the pipeline's: tiny, 64x48, 8 steps", got)
 	}
-	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 12, seed: 7, solver: "dpm"}
+	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 6, seed: 7, solver: "dpm"}
 	first := b.generate(p)
 	if w, h := pngSize(t, first); w != p.width || h != p.height {
 		t.Errorf("the result PNG is %dx%d, want %dx%d", w, h, p.width, p.height)
