@@ -78,9 +78,9 @@ type segmenter struct {
 	cache *predict.Cache
 	sem   chan struct{}
 
-	mu      sync.Mutex // guards model, loadErr
-	model   *predict.Model
-	loadErr error
+	mu     sync.Mutex // guards model, closed
+	model  *predict.Model
+	closed bool
 
 	// Embeddings counts image-encoder runs, Decodes prompt decodings.
 	embeddings, decodes atomic.Int64
@@ -115,7 +115,7 @@ func (s *segmenters) close() {
 			g.model.Release()
 			g.model = nil
 		}
-		g.loadErr = errors.New("the daemon is shutting down")
+		g.closed = true
 		g.mu.Unlock()
 		<-g.sem
 	}
@@ -126,6 +126,9 @@ func (s *segmenters) close() {
 func (g *segmenter) load(s *tensor.Scope) (*predict.Model, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.closed {
+		return nil, errorf(http.StatusServiceUnavailable, "segmenter %s: the daemon is shutting down", g.name)
+	}
 	if g.model != nil {
 		return g.model, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -177,6 +178,7 @@ func TestSegmentRefusals(t *testing.T) {
 		{"bad box", `{"model": "tiny", "image": "` + img + `", "box": [1, 2, 3]}`, 400, "x0, y0, x1, y1"},
 		{"not base64", `{"model": "tiny", "image": "%%%", "points": [{"x": 1, "y": 1}]}`, 400, "not base64"},
 		{"not an image", `{"model": "tiny", "image": "` + notPNG + `", "points": [{"x": 1, "y": 1}]}`, 400, "image"},
+		{"too many pixels", `{"model": "tiny", "image": "` + hugePNGHeader() + `", "points": [{"x": 1, "y": 1}]}`, 400, "at most"},
 		{"mask size", `{"model": "tiny", "image": "` + img + `", "points": [{"x": 1, "y": 1}], "mask_input": "AAAAAA=="}`, 400, "want 32×32"},
 		{"mask bytes", `{"model": "tiny", "image": "` + img + `", "points": [{"x": 1, "y": 1}], "mask_input": "AAA="}`, 400, "float32"},
 	} {
@@ -255,4 +257,18 @@ func predictTiny(t *testing.T, prompt predict.Prompt) *predict.Prediction {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// hugePNGHeader is the start of a PNG claiming 20000×20000 pixels (a
+// valid signature and IHDR chunk, no data): refused from its header.
+func hugePNGHeader() string {
+	ihdr := binary.BigEndian.AppendUint32(nil, 20000)
+	ihdr = binary.BigEndian.AppendUint32(ihdr, 20000)
+	ihdr = append(ihdr, 8, 0, 0, 0, 0) // 8-bit gray
+	chunk := append([]byte("IHDR"), ihdr...)
+	b := []byte("\x89PNG\r\n\x1a\n")
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ihdr)))
+	b = append(b, chunk...)
+	b = binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(chunk))
+	return base64.StdEncoding.EncodeToString(b)
 }

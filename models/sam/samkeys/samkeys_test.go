@@ -1,8 +1,10 @@
 package samkeys
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"strings"
 	"testing"
 )
@@ -144,5 +146,46 @@ func TestOfficialRefuses(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.want)
 		}
+	}
+}
+
+// TestReadSizesViTH reads SegmentAnythingH's own layout (the headers
+// conformance/generate_sam.py writes from Refiners' classes on the meta
+// device) and finds ViT-H's parameters, the spec's defaults.
+func TestReadSizesViTH(t *testing.T) {
+	shapes := map[string][]int64{
+		"point_encoder.Residual.PointTypeEmbedding.weight": {5, 256},
+		"point_encoder.CoordinateEncoder.Linear.weight":    {128, 2},
+		"mask_encoder.Conv2d_2.weight":                     {16, 4, 2, 2},
+		"mask_encoder.Conv2d_3.weight":                     {256, 16, 1, 1},
+	}
+	for prefix, file := range map[string]string{"image_encoder.": "sam_vit_h_image_encoder.json", "mask_decoder.": "sam_vit_h_mask_decoder.json"} {
+		b, err := os.ReadFile("../../../conformance/testdata/headers/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h map[string]struct{ Shape []int64 }
+		if err := json.Unmarshal(b, &h); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range h {
+			shapes[prefix+k] = v.Shape
+		}
+	}
+	sz, err := ReadSizes(shapes, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"embedding_dim": "1280", "num_layers": "32", "num_heads": "16", "global_1": "7", "global_2": "15",
+		"global_3": "23", "global_4": "31", "image_size": "1024", "patch_size": "16", "window_size": "14", "neck_dim": "256"}
+	if !maps.Equal(sz.Encoder, want) {
+		t.Errorf("encoder sizes %v, want %v", sz.Encoder, want)
+	}
+	wantDec := map[string]string{"embedding_dim": "256", "feed_forward_dim": "2048", "num_layers": "2", "num_output_mask": "3", "num_heads": "8", "dense_side": "64"}
+	if !maps.Equal(sz.Decoder, wantDec) {
+		t.Errorf("decoder sizes %v, want %v", sz.Decoder, wantDec)
+	}
+	if sz.PointDim != 256 || sz.MaskDim != 256 || sz.MaskInner != 16 {
+		t.Errorf("prompt sizes %d %d %d", sz.PointDim, sz.MaskDim, sz.MaskInner)
 	}
 }
