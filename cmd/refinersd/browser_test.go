@@ -476,6 +476,14 @@ func TestBrowserGenerate(t *testing.T) {
 		t.Errorf("the re-run's note says %q", note)
 	}
 
+	// Edit puts the recipe back in the form.
+	b.do("change the form, then Edit item 1", 5*time.Second,
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = "something else"; document.getElementById("seed").value = "1"; document.getElementById("steps").value = "2"`),
+		chromedp.Click(chromedp.CSS("#item-1 button.edit")), chromedp.WaitVisible(chromedp.CSS("#view-generate")))
+	if got := eval[map[string]string](b, `({prompt: document.getElementById("prompt").value, negative: document.getElementById("negative").value, seed: document.getElementById("seed").value, steps: document.getElementById("steps").value, solver: document.getElementById("solver").value})`); got["prompt"] != p.prompt || got["negative"] != p.negative || got["seed"] != fmt.Sprint(p.seed) || got["steps"] != fmt.Sprint(p.steps) || got["solver"] != p.solver {
+		t.Errorf("after Edit the form holds %v, want item 1's recipe", got)
+	}
+
 	// The same seed with the LoRA: another image, which runs again to the
 	// same pixels.
 	b.do("clear the prompt", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-generate")),
