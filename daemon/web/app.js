@@ -81,6 +81,7 @@
 
   function showLogin(msg) {
     $("main").hidden = true;
+    $("tabs").hidden = true;
     $("login").hidden = false;
     $("logout").hidden = true;
     showError($("login-error"), msg ? new Error(msg) : null);
@@ -95,6 +96,7 @@
       say(e.message);
     }
     $("login").hidden = true;
+    $("tabs").hidden = false;
     $("main").hidden = false;
     $("logout").hidden = !token;
   }
@@ -368,6 +370,7 @@
       return res;
     } catch (e) {
       label.textContent = e.canceled ? "Canceled" : "Failed";
+      if (e.canceled && bar.max > 1) $("result-caption").textContent = `Canceled after step ${bar.value} of ${bar.max}.`;
       bar.max = 1;
       bar.value = 0;
       throw e;
