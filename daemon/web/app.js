@@ -474,6 +474,7 @@
     }
     const again = li.querySelector(".again");
     again.disabled = !!running;
+    li.request = req; // kept for the ControlNet condition images a re-run needs
     again.addEventListener("click", () => runAgain(li));
     li.querySelector(".edit").addEventListener("click", () => editFrom(recipe, req));
     $("gallery").prepend(li);
@@ -498,18 +499,23 @@
     return pa.length === pb.length && pa.every((v, i) => v === pb[i]);
   }
 
-  // runAgain re-runs an image from the recipe its PNG carries.
+  // runAgain re-runs an image from the recipe its PNG carries. The recipe
+  // names ControlNet condition images by digest only, so they are sent
+  // again, in the recipe's order.
   async function runAgain(li) {
     const note = li.querySelector(".note");
     note.textContent = "Running again…";
+    const body = { recipe: li.dataset.png, preview: true };
+    const controls = (li.request && li.request.controlnets) || [];
+    if (controls.length) body.controlnets = controls.map((c) => ({ image: c.image }));
     try {
-      const res = await runJob({ recipe: li.dataset.png, preview: true }, (step, steps) => {
+      const res = await runJob(body, (step, steps) => {
         note.textContent = `Running again: step ${step} of ${steps}`;
       });
       note.textContent = "";
       for (const img of res.images || []) {
         showResult(res, img);
-        addToGallery(res, img, {}, li);
+        addToGallery(res, img, controls.length ? { controlnets: controls } : {}, li);
       }
     } catch (e) {
       note.textContent = e.canceled ? "Canceled." : `Failed: ${e.message}`;
@@ -561,6 +567,7 @@
       return;
     }
     Object.assign(seg, { digest: "", points: [], box: null, masks: [], selected: 0, cursor: null });
+    seg.seq++; // an answer still on its way is for the old image
     canvas.width = seg.bmp.width;
     canvas.height = seg.bmp.height;
     $("seg-stage").hidden = false;
