@@ -40,6 +40,8 @@ func run(args []string, out io.Writer) error {
 		return runSpec(args, out)
 	case "generate":
 		return generate(args, out)
+	case "demo-weights":
+		return demoWeights(args, out)
 	case "plugins":
 		return pluginsVerb(args, out)
 	case "serve":
@@ -93,6 +95,8 @@ const usage = `usage: refinersd VERB [flags]
   generate --prompt TEXT --output OUT.png --unet W --text-encoder W --autoencoder W [flags]
                                 Stable Diffusion 1.5: text to image, image to image, inpainting
                                 (refinersd generate -h; docs/generate.md)
+  demo-weights DIR [--force]    write a tiny random-weight SD 1.5, a ControlNet and a serve config
+                                (refinersd serve --config DIR/config.yaml; make serve-demo)
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
 --prefix P reads weights under keys P<key>; --device cpu|cuda[:N];
