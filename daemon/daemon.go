@@ -152,36 +152,18 @@ func (d *Daemon) resolve(j *Job) error {
 	}
 	var keyParts []string
 	for i, a := range j.Adapters {
-		if err := names.Check("plugin", a.Plugin); err != nil {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin: %v", i, err)
-		}
-		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
+		field := fmt.Sprintf("adapters[%d]", i)
+		if err := checkPlugin(field, a.Plugin, installed); err != nil {
+			return err
 		}
 		if a.Operation != "" {
 			if err := names.Check("operation", a.Operation); err != nil {
 				return errorf(http.StatusBadRequest, "adapters[%d].operation: %v", i, err)
 			}
 		}
-		var digest string
-		if strings.HasPrefix(a.File, "sha256:") {
-			if err := store.CheckDigest(a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file: %w", i, err)
-			}
-			digest = a.File
-		} else {
-			if err := names.Check("adapter", a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
-			}
-			ad, err := d.store.Adapter(a.File)
-			if err != nil {
-				return fmt.Errorf("adapters[%d].file: %w", i, err)
-			}
-			digest = ad.File.Digest
-		}
-		path, err := d.store.BlobPath(digest)
+		digest, path, err := d.storeFile(field+".file", a.File)
 		if err != nil {
-			return fmt.Errorf("adapters[%d].file: %w", i, err)
+			return err
 		}
 		params := map[string]any{}
 		for k, v := range a.Params {
@@ -201,7 +183,47 @@ func (d *Daemon) resolve(j *Job) error {
 	if j.Fuse {
 		j.key = "fuse\n" + j.key
 	}
+	if j.image != nil {
+		return d.resolveControls(j, installed)
+	}
 	return nil
+}
+
+// checkPlugin checks a request's plugin name (field.plugin): valid and
+// installed.
+func checkPlugin(field, name string, installed []hosts.Entry) error {
+	if err := names.Check("plugin", name); err != nil {
+		return errorf(http.StatusBadRequest, "%s.plugin: %v", field, err)
+	}
+	if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == name }) {
+		return errorf(http.StatusBadRequest, "%s.plugin %q is not installed", field, name)
+	}
+	return nil
+}
+
+// storeFile resolves a request's file (an adapter name or a blob digest,
+// which never leave the store) to its digest and path.
+func (d *Daemon) storeFile(field, file string) (digest, path string, err error) {
+	if strings.HasPrefix(file, "sha256:") {
+		if err := store.CheckDigest(file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s: %w", field, err)
+		}
+		digest = file
+	} else {
+		if err := names.Check("adapter", file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s (an adapter name or a sha256: digest): %w", field, err)
+		}
+		ad, err := d.store.Adapter(file)
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", field, err)
+		}
+		digest = ad.File.Digest
+	}
+	path, err = d.store.BlobPath(digest)
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", field, err)
+	}
+	return digest, path, nil
 }
 
 // Submit queues a job. It fails at once (429) when the queue is full and

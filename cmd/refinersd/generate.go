@@ -118,6 +118,9 @@ func generate(args []string, out io.Writer) error {
 		if adapters, err = recipeAdapters(rec, adapters, *storeDir); err != nil {
 			return err
 		}
+		if len(rec.Controlnets) > 0 {
+			return fmt.Errorf("generate: --recipe %s has ControlNets: re-run it through the daemon (POST /v1/images with the recipe and each ControlNet's image); the command line does not re-run those yet", *recipePath)
+		}
 	}
 
 	// Everything that can be checked before loading the models is.
@@ -270,6 +273,14 @@ func generate(args []string, out io.Writer) error {
 		}
 		recAdapters = append(recAdapters, ra)
 	}
+	var recControls []pipeline.RecipeControl
+	for _, c := range req.Controls {
+		sum, err := hosts.FileSHA256(c.File)
+		if err != nil {
+			return fmt.Errorf("generate: --control %s: %w", c.File, err)
+		}
+		recControls = append(recControls, pipeline.NewRecipeControl(c, c.File, "sha256:"+sum))
+	}
 	if rec != nil {
 		recAdapters = rec.Adapters // digests checked by recipeAdapters; keep the recipe's names
 		for _, w := range recipeWarnings(rec, digests, dev, dt) {
@@ -361,7 +372,7 @@ func generate(args []string, out io.Writer) error {
 				return err
 			}
 			r := pipeline.NewRecipe(req, m, digests, i)
-			r.Model, r.Adapters = *model, recAdapters
+			r.Model, r.Adapters, r.Controlnets = *model, recAdapters, recControls
 			if rec != nil {
 				r.Model = rec.Model
 			}

@@ -42,6 +42,8 @@ func run(args []string, out io.Writer) error {
 		return generate(args, out)
 	case "segment":
 		return segment(args, out)
+	case "demo-weights":
+		return demoWeights(args, out)
 	case "plugins":
 		return pluginsVerb(args, out)
 	case "serve":
@@ -98,6 +100,8 @@ const usage = `usage: refinersd VERB [flags]
   segment --weights SAM --image IN --point X,Y[,fg|bg]... [--box X0,Y0,X1,Y1] --output MASK.png
                                 Segment Anything: masks from points and boxes (refinersd segment -h;
                                 docs/sam.md)
+  demo-weights DIR [--force]    write a tiny random-weight SD 1.5, a ControlNet and a serve config
+                                (refinersd serve --config DIR/config.yaml; make serve-demo)
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
 --prefix P reads weights under keys P<key>; --device cpu|cuda[:N];
