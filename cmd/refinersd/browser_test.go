@@ -401,11 +401,6 @@ func (b *browser) checkSegment(what, cached string, points int) {
 	}
 }
 
-// The tiny SD 1.5 of the pipeline conformance cases: SD 1.5's topology at
-// small widths, random weights, 64x48 images in a fraction of a second a
-// step, and a LoRA made for it.
-const tinyPipelineDir = "../../conformance/testdata/pipeline"
-
 func absPath(t *testing.T, p string) string {
 	t.Helper()
 	a, err := filepath.Abs(p)
@@ -415,11 +410,13 @@ func absPath(t *testing.T, p string) string {
 	return a
 }
 
-// tinyPipelineConfig writes a daemon config serving the tiny pipeline as
-// "tiny" and the tiny SAM (tinySAM, segment_test.go) as "tiny-sam".
+// tinyPipelineConfig writes a daemon config serving the tiny SD 1.5 of the
+// pipeline conformance cases (tinySD: random weights, 64x48 images, and a
+// LoRA made for it) as "tiny", and the tiny SAM (tinySAM, segment_test.go)
+// as "tiny-sam".
 func tinyPipelineConfig(t *testing.T, dir string) string {
 	t.Helper()
-	f, err := weights.Open(filepath.Join(tinyPipelineDir, "txt2img_dpm.case.safetensors"))
+	f, err := weights.Open(filepath.Join(tinySD, "txt2img_dpm.case.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +429,7 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 	if err := json.Unmarshal([]byte(f.Metadata()["overrides"]), &sets); err != nil {
 		t.Fatal(err)
 	}
-	abs := func(name string) string { return absPath(t, filepath.Join(tinyPipelineDir, name)) }
+	abs := func(name string) string { return absPath(t, filepath.Join(tinySD, name)) }
 	cfg := map[string]any{
 		"pipelines": map[string]any{"tiny": map[string]any{
 			"unet": abs(files["unet"]), "text_encoder": abs(files["text_encoder"]), "autoencoder": abs(files["autoencoder"]),
@@ -457,7 +454,7 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 func TestBrowserGenerate(t *testing.T) {
 	b := newBrowser(t)
 	f := newDaemonFixture(t)
-	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinyPipelineDir, "lora.safetensors"), "--store", f.store)
+	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinySD, "lora.safetensors"), "--store", f.store)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.signIn(s.url+"/", token)
@@ -593,4 +590,46 @@ func (b *browser) checkNarrow() {
 		b.shot("narrow-" + tab)
 	}
 	b.do("widen the window", 5*time.Second, chromedp.EmulateViewport(1280, 900), chromedp.Click(chromedp.CSS("#tab-generate")))
+}
+
+// TestBrowserDemo: what a fresh clone does: `refinersd demo-weights`, serve
+// its config, open the page, generate; then with the demo's ControlNet on
+// the Canny edges of a photo (other pixels than without it), and run that
+// again from the gallery (the page sends the condition image again): the
+// same PNG bytes.
+func TestBrowserDemo(t *testing.T) {
+	b := newBrowser(t)
+	dir := t.TempDir()
+	demo := filepath.Join(dir, "demo")
+	f := &daemonFixture{dir: dir, bin: filepath.Join(dir, "refinersd"), store: filepath.Join(demo, "store"), plugins: filepath.Join(demo, "plugins")}
+	buildBinaries(t, dir, map[string]string{"refinersd": ".", "bin/controlnet": "../../plugins/controlnet"})
+	f.cli(t, "demo-weights", demo)
+	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
+	s := f.serve(t, nil, "--config", filepath.Join(demo, "config.yaml"), "--addr", "127.0.0.1:0")
+	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
+	b.wait("the demo pipeline", `document.getElementById("gen-model").value === "demo" && document.querySelector('#cn-adapter option[value="demo-controlnet"]') !== null`, 10*time.Second)
+
+	p := genParams{prompt: "a lighthouse at dusk", width: 64, height: 64, steps: 6, seed: 42, solver: "dpm"}
+	plain := b.generate(p)
+	b.do("choose the ControlNet", 10*time.Second,
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""`),
+		chromedp.Click(chromedp.CSS("#cn-box summary")),
+		chromedp.SetValue(chromedp.CSS("#cn-adapter"), "demo-controlnet"),
+		chromedp.SetUploadFiles(chromedp.CSS("#cn-image"), []string{absPath(t, filepath.Join(tinySD, "init.png"))}),
+		chromedp.WaitVisible(chromedp.CSS("#cn-preview")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("cn-low").value = "50"; document.getElementById("cn-high").value = "150"; document.getElementById("cn-scale").value = "2"`))
+	control := b.generate(p)
+	if samePixels(t, control, plain) {
+		t.Error("the ControlNet changed nothing: same pixels as without it")
+	}
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.Click(chromedp.CSS("#item-2 details summary")))
+	recipe := eval[string](b, `document.querySelector("#item-2 .recipe").textContent`)
+	for _, want := range []string{`"preprocess":"canny"`, `"adapter":"demo-controlnet"`, `"low":50`, `"high":150`, `"scale":2`} {
+		if !strings.Contains(recipe, want) {
+			t.Errorf("the ControlNet item's recipe lacks %s: %q", want, recipe)
+		}
+	}
+	if again := b.runAgain(2, p, control); again != control {
+		t.Error("run again of the ControlNet image gave other PNG bytes")
+	}
 }
