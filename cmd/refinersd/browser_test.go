@@ -488,6 +488,9 @@ func TestBrowserGenerate(t *testing.T) {
 	withLora := p
 	withLora.lora = "tiny-lora"
 	lora := b.generate(withLora)
+	if caption := eval[string](b, `document.getElementById("result-caption").textContent`); !strings.Contains(caption, "tiny-lora: ") || !strings.Contains(caption, " layers") {
+		t.Errorf("the caption does not report the LoRA: %q", caption)
+	}
 	if samePixels(t, lora, first) {
 		t.Error("the LoRA changed nothing: same pixels as without it")
 	}
@@ -619,6 +622,9 @@ func TestBrowserDemo(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("#cn-preview")),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("cn-low").value = "50"; document.getElementById("cn-high").value = "150"; document.getElementById("cn-scale").value = "2"`))
 	control := b.generate(p)
+	if caption := eval[string](b, `document.getElementById("result-caption").textContent`); !strings.Contains(caption, "demo-controlnet: steps 6 of 6") {
+		t.Errorf("the caption does not report the ControlNet on every step: %q", caption)
+	}
 	if samePixels(t, control, plain) {
 		t.Error("the ControlNet changed nothing: same pixels as without it")
 	}
