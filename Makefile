@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench bench-convert bench-sd15 loadtest golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup demo test vet bench bench-convert bench-sd15 bench-sam conformance-sam-full loadtest golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
@@ -21,7 +21,7 @@ vet: setup
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
 # numeric packages run once per kernel path this CPU can take, so a machine
 # of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
-NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/... ./plugins/controlnet
+NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/... ./plugins/controlnet ./plugins/sam
 
 test: vet
 	$(GO) test ./...
@@ -62,6 +62,19 @@ bench-sd15: setup
 	conformance/setup-python.sh
 	$(GO) run ./cmd/refiners-bench -mode sd15
 
+# The SAM predictor against Refiners' SegmentAnything at ViT-B size (random
+# weights), interleaved, and the daemon's throughput for 20 prompts on one image.
+bench-sam: setup
+	conformance/setup-python.sh
+	$(GO) run ./cmd/refiners-bench -mode sam -sam-size vit_b
+
+# The predictor on an official ViT-B checkpoint (random weights, 358 MiB
+# .pth, not committed) against the official SamPredictor.
+conformance-sam-full: setup
+	conformance/setup-python.sh
+	conformance/.venv/bin/python conformance/generate_sam_official.py --full
+	CONFORMANCE_TIER=full $(GO) test -count=1 -timeout 30m -run 'TestSAMOfficial' ./conformance
+
 # A bounded load test of `refinersd serve` on loopback: prints throughput,
 # latency percentiles, 429s and adapter grouping.
 loadtest: setup
@@ -72,7 +85,7 @@ loadtest: setup
 golden: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_layers.py
-	for g in vit clip_text sd15_vae sd15_unet controlnet sam lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
+	for g in vit clip_text sd15_vae sd15_unet controlnet sam sam_predict sam_official lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py

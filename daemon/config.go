@@ -40,6 +40,8 @@ type Config struct {
 	BodyTimeout     time.Duration `yaml:"body_timeout"`     // a request body that sends nothing for this long is cut (408)
 	LogLevel        string        `yaml:"log_level"`
 	LogJSON         bool          `yaml:"log_json"`
+	// Segmenters are the Segment Anything models of POST /v1/segment, by name (segment.go).
+	Segmenters map[string]SegmenterConfig `yaml:"segmenters"`
 }
 
 // Defaults are the settings of a daemon with no configuration.
@@ -158,6 +160,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("max_activation %d: want a number of bytes, or 0 for no check", c.MaxActivation)
 	case c.KeepAlive < 0:
 		return fmt.Errorf("keep_alive %v: want 0 (never) or more", c.KeepAlive)
+	}
+	if err := c.validateSegmenters(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		name string

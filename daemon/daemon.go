@@ -34,6 +34,7 @@ type Daemon struct {
 	metrics *metrics
 	jobs    *jobTable
 	decodes chan struct{} // a slot per request body being read
+	segs    *segmenters   // Segment Anything models (segment.go)
 
 	mu       sync.Mutex
 	models   map[string]*warm
@@ -97,7 +98,7 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
-		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes)}
+		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes), segs: newSegmenters(cfg)}
 	d.metrics = newMetrics(d)
 	go d.reaper()
 	return d, nil
@@ -790,5 +791,6 @@ func (d *Daemon) Close() {
 	d.mu.Unlock()
 	close(d.stop)
 	d.workers.Wait()
+	d.segs.close()
 	d.host.Close()
 }

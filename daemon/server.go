@@ -76,6 +76,8 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
+	route("POST /v1/segment", d.segment)
+	route("GET /v1/segmenters", d.listSegmenters)
 	return d.bodyTimeout(d.authenticate(refuseDotSegments(mux)))
 }
 
