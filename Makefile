@@ -5,10 +5,14 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench bench-convert bench-sd15 bench-sam conformance-sam-full loadtest golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam conformance-sam-full loadtest golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
+
+# Chromium for the browser tests (Debian's package; idempotent).
+setup-browser:
+	@scripts/setup-browser.sh
 
 demo: setup
 	$(GO) run ./cmd/refinersd demo
@@ -23,8 +27,11 @@ vet: setup
 # of one kind proves the suite holds on the others (scripts/cpu-capabilities.sh).
 NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/... ./plugins/controlnet ./plugins/sam
 
-test: vet
-	$(GO) test ./...
+# REFINERS_BROWSER_TESTS=1: the browser tests fail, not skip, without Chromium;
+# cmd/refinersd (the real binary, browsers included) needs more than the
+# default 10 minutes on a busy 2-core machine.
+test: vet setup-browser
+	REFINERS_BROWSER_TESTS=1 $(GO) test -timeout 30m ./...
 	@for cap in $$(scripts/cpu-capabilities.sh); do \
 		echo "ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS)"; \
 		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \
@@ -36,6 +43,11 @@ test: vet
 	$(GO) test -run='^$$' -fuzz=FuzzOpen -fuzztime=20s -fuzzminimizetime=5s ./core/weights
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=20s -fuzzminimizetime=5s ./torchfile
 	scripts/check-cuda-link.sh
+
+# The web page in headless Chromium against the real daemon; screenshots
+# of each step in test-output/browser/.
+test-browser: setup setup-browser
+	REFINERS_BROWSER_TESTS=1 $(GO) test -count=1 -run 'TestBrowser' -v ./cmd/refinersd
 
 bench: setup
 	$(GO) test -run='^$$' -bench=. -benchtime=20000x ./core/tensor

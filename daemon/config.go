@@ -40,6 +40,8 @@ type Config struct {
 	BodyTimeout     time.Duration `yaml:"body_timeout"`     // a request body that sends nothing for this long is cut (408)
 	LogLevel        string        `yaml:"log_level"`
 	LogJSON         bool          `yaml:"log_json"`
+	// Pipelines are the named SD 1.5 pipelines of the image endpoints.
+	Pipelines map[string]PipelineConfig `yaml:"pipelines"`
 	// Segmenters are the Segment Anything models of POST /v1/segment, by name (segment.go).
 	Segmenters map[string]SegmenterConfig `yaml:"segmenters"`
 }
@@ -172,6 +174,18 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s %v: want more than 0", d.name, d.v)
 		}
+	}
+	for name, p := range c.Pipelines {
+		p, err := p.withDefaults(name)
+		if err != nil {
+			return err
+		}
+		if p.Model == "" {
+			if _, err := p.files(name); err != nil {
+				return err
+			}
+		}
+		c.Pipelines[name] = p
 	}
 	return nil
 }

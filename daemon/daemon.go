@@ -53,6 +53,7 @@ type warm struct {
 	loadErr  error
 	chain    *core.Chain
 	file     *weights.File
+	pipe     *warmPipeline // an SD 1.5 pipeline instead of a store model (chain, file and manifest unset)
 
 	// guarded by Daemon.mu
 	pending  []*Job
@@ -100,6 +101,13 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
 		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes), segs: newSegmenters(cfg)}
 	d.metrics = newMetrics(d)
+	d.mu.Lock()
+	for _, name := range d.pipelineNames() {
+		if p := cfg.Pipelines[name]; p.Preload {
+			d.warmPipelineLocked(name, p)
+		}
+	}
+	d.mu.Unlock()
 	go d.reaper()
 	return d, nil
 }
@@ -199,7 +207,14 @@ func (d *Daemon) resolve(j *Job) error {
 // Submit queues a job. It fails at once (429) when the queue is full and
 // (503) when the daemon is shutting down.
 func (d *Daemon) Submit(j *Job) error {
-	m, err := d.store.Model(j.Model) // validates the name
+	var m *store.Model
+	var p PipelineConfig
+	var err error
+	if j.image != nil {
+		p, err = d.pipeline(j.Model)
+	} else {
+		m, err = d.store.Model(j.Model) // validates the name
+	}
 	if err != nil {
 		return err
 	}
@@ -215,7 +230,12 @@ func (d *Daemon) Submit(j *Job) error {
 		d.metrics.rejected.Inc()
 		return errorf(http.StatusTooManyRequests, "the queue is full (%d jobs waiting); retry later", d.queued)
 	}
-	w := d.warmLocked(j.Model, m)
+	var w *warm
+	if j.image != nil {
+		w = d.warmPipelineLocked(j.Model, p)
+	} else {
+		w = d.warmLocked(j.Model, m)
+	}
 	w.pending = append(w.pending, j)
 	d.queued++
 	d.metrics.queueDepth.Set(float64(d.queued))
@@ -353,6 +373,9 @@ func (d *Daemon) load(w *warm) {
 	defer close(w.ready)
 	start := time.Now()
 	err := func() error {
+		if w.pipe != nil {
+			return d.loadPipeline(w)
+		}
 		sp, err := d.store.LoadSpec(w.manifest)
 		if err != nil {
 			return err
@@ -396,6 +419,13 @@ func (d *Daemon) load(w *warm) {
 
 // release ejects the adapters and frees the weights of a retired model.
 func (d *Daemon) release(w *warm) {
+	if w.pipe != nil && w.pipe.model != nil {
+		d.swap(w, nil)
+		w.pipe.model.Release()
+		w.pipe.model = nil
+		d.log.Info("pipeline unloaded", "pipeline", w.pipe.name)
+		return
+	}
 	if w.chain == nil {
 		return
 	}
@@ -433,6 +463,9 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	}
 	set := &appliedSet{key: j.key}
 	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
+		if w.pipe != nil {
+			return d.applyPipelineAdapters(s, w.pipe.model, j, set)
+		}
 		model := adapt.Summarize(w.chain)
 		for i, a := range j.resolved {
 			rep, undo, err := d.applyOne(j.ctx, s, w.chain, model, i, a, j.Fuse)
@@ -522,6 +555,9 @@ func (d *Daemon) execute(w *warm, j *Job) {
 		return // canceled while queued
 	}
 	begin := time.Now()
+	j.mu.Lock()
+	d.metrics.queueWait.Observe(j.started.Sub(j.created).Seconds())
+	j.mu.Unlock()
 	defer func() {
 		d.metrics.jobs.WithLabelValues(j.status().State).Inc()
 		d.metrics.jobSeconds.Observe(time.Since(begin).Seconds())
@@ -550,6 +586,14 @@ func (d *Daemon) execute(w *warm, j *Job) {
 	j.mu.Unlock()
 	if len(reports) > 0 {
 		j.emit(Event{Type: "adapters", Adapters: reports})
+	}
+	if j.image != nil {
+		if err := d.generate(w, j); err != nil {
+			j.finish(nil, err, statusOf(err))
+			return
+		}
+		j.finish(nil, nil, 0)
+		return
 	}
 	outputs, err := d.forward(w, j)
 	if err != nil {
