@@ -90,6 +90,10 @@ func (es Errors) sorted() Errors {
 	return es
 }
 
+// Suggest returns " (did you mean X?)" for the candidate closest to word,
+// if one is close, else "": the hint spec errors end with.
+func Suggest(word string, candidates []string) string { return suggest(word, candidates) }
+
 // suggest returns " (did you mean X?)" for the closest candidate, if close.
 func suggest(word string, candidates []string) string {
 	best, bestD := "", len(word)/2+2
