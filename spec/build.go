@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -56,12 +57,21 @@ type builder struct {
 	// a recursion that never ends.
 	active map[string]bool
 	depth  map[string]int
+	// uses are the blocks being instantiated, outermost first, as
+	// "Block at file:line:col (params)": an error inside a block names the
+	// use it happened in.
+	uses []string
 }
 
 func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...any) {
 	e := &Error{File: file, Code: code, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Col = n.Line, n.Column
+	}
+	if len(b.uses) > 0 {
+		chain := slices.Clone(b.uses)
+		slices.Reverse(chain)
+		e.Uses = []string{strings.Join(chain, ", in ")}
 	}
 	b.errs = append(b.errs, e)
 }
@@ -628,9 +638,11 @@ func (b *builder) block(file string, typeNode *yaml.Node, blk *Block, args map[s
 	}
 	b.active[key] = true
 	b.depth[blk.Name]++
+	b.uses = append(b.uses, fmt.Sprintf("%s at %s:%d:%d%s", blk.Name, file, typeNode.Line, typeNode.Column, strings.TrimPrefix(describeParams(be.vars), " (it has none)")))
 	defer func() {
 		delete(b.active, key)
 		b.depth[blk.Name]--
+		b.uses = b.uses[:len(b.uses)-1]
 	}()
 	kids := b.items(blk.File, blk.layers, be)
 	if len(b.errs) > before {

@@ -1,6 +1,7 @@
 package main
 
 //go:generate go run . layers --markdown --output ../../docs/layers.md
+//go:generate go run . explain --markdown --output ../../docs/errors.md
 //go:generate sh -c "go run . schema > ../../specs/refiners.schema.json"
 
 import (

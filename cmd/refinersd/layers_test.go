@@ -71,3 +71,51 @@ func TestLayersVerb(t *testing.T) {
 		}
 	}
 }
+
+// TestCommittedErrorIndexIsCurrent: docs/errors.md is what spec's error
+// index generates today.
+func TestCommittedErrorIndexIsCurrent(t *testing.T) {
+	var b bytes.Buffer
+	if err := run([]string{"explain", "--markdown"}, &b); err != nil {
+		t.Fatal(err)
+	}
+	committed, err := os.ReadFile("../../docs/errors.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(committed, b.Bytes()) {
+		t.Error("docs/errors.md is stale: regenerate it with `go generate ./cmd/refinersd`")
+	}
+}
+
+func TestExplainVerb(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+		err  bool
+	}{
+		{args: []string{"explain"}, want: []string{"RFN-S001", "RFN-S052", "refinersd explain CODE"}},
+		{args: []string{"explain", "RFN-S015"}, want: []string{"RFN-S015: the layer rejected its arguments", "GroupNorm: 16 channels not divisible by 5 groups", "Fix:"}},
+		{args: []string{"explain", "s41"}, want: []string{"--set dimm=16", `override "dimm"`}},
+		{args: []string{"explain", "RFN-S099"}, want: []string{`no error code "RFN-S099"`}, err: true},
+	} {
+		var b bytes.Buffer
+		err := run(c.args, &b)
+		got := b.String()
+		if c.err {
+			if err == nil {
+				t.Errorf("%v: no error", c.args)
+				continue
+			}
+			got = err.Error()
+		} else if err != nil {
+			t.Errorf("%v: %v", c.args, err)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%v: %q not in\n%s", c.args, w, got)
+			}
+		}
+	}
+}
