@@ -94,7 +94,7 @@ func init() {
 		"Chunk": {Refiners: "fl.Chunk", Inputs: "x", Outputs: "chunks tensors, x split into equal parts along dim",
 			Args: map[string]string{"chunks": "number of parts", "dim": "the dim split"}},
 		"Multiply": {Refiners: "fl.Multiply", Inputs: "x", Outputs: "x·scale + bias, same shape", Args: map[string]string{"scale": "factor", "bias": "added after scaling"}},
-		"Parameter": {Refiners: "fl.Parameter", Inputs: "x [B, ...] (only its batch size is used)", Outputs: "[B, dims...]: the learned tensor repeated over the batch",
+		"Parameter": {Refiners: "fl.Parameter", Inputs: "ignored but for its batch size: x [B, ...]", Outputs: "[B, dims...]: the learned tensor repeated over the batch",
 			Args: map[string]string{"dims": "the tensor's shape"}},
 		"SetContext": {Refiners: "fl.SetContext", Inputs: "x", Outputs: "x, unchanged", Writes: []string{"{context}/{key}: x"}, Args: ctx},
 		"UseContext": {Refiners: "fl.UseContext", Inputs: "ignored", Outputs: "the value stored at {context}/{key}", Reads: []string{"{context}/{key}"}, Args: ctx},
