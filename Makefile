@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test vet bench bench-convert bench-sd15 loadtest golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup demo test vet bench bench-convert bench-sd15 loadtest scaleout golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
@@ -66,6 +66,15 @@ bench-sd15: setup
 # latency percentiles, 429s and adapter grouping.
 loadtest: setup
 	$(GO) test -count=1 -run TestServeLoad -v ./cmd/refinersd
+
+# Three replicas over one S3 store (versitygw) behind HAProxy
+# (deploy/haproxy.cfg) on loopback: a bounded load of several adapter sets,
+# swaps with and without hashing, one replica killed and one drained
+# mid-load; prints a table and fails on any lost or wrong answer.
+scaleout: setup
+	scripts/setup-haproxy.sh
+	scripts/build-versitygw.sh >/dev/null
+	$(GO) run ./internal/scaleout
 
 # The pinned Python reference (torch 2.1.2, refiners 0.4.0) lives in
 # conformance/.venv; it is only needed to regenerate golden vectors.
