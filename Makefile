@@ -16,6 +16,7 @@ demo: setup
 vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy && $(GO) vet ./...
 
 # libtorch picks its CPU kernels (and so the order of its float sums) by the
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
@@ -25,6 +26,7 @@ NUMERIC_PKGS = ./conformance ./core/... ./diffusion ./adapt ./models/... ./plugi
 
 test: vet
 	$(GO) test ./...
+	cd deploy && $(GO) test -count=1 ./...
 	@for cap in $$(scripts/cpu-capabilities.sh); do \
 		echo "ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS)"; \
 		ATEN_CPU_CAPABILITY=$$cap $(GO) test -count=1 $(NUMERIC_PKGS) || exit 1; \
