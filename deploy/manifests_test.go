@@ -398,7 +398,8 @@ func selects(selector, labels map[string]string) bool {
 
 // TestHAProxyConfigsRouteOnTheDaemonsHeader: both HAProxy configurations
 // (deploy/haproxy.cfg and the cluster's) hash on the header the daemon
-// documents, consistently, check /readyz and retry on 503.
+// documents, consistently, check /readyz, retry on 503 and keep a job's
+// follow-ups on its replica. (make scaleout runs the first for real.)
 func TestHAProxyConfigsRouteOnTheDaemonsHeader(t *testing.T) {
 	m := loadManifests(t)
 	cm := m.configMaps["refinersd-haproxy"]
@@ -415,6 +416,8 @@ func TestHAProxyConfigsRouteOnTheDaemonsHeader(t *testing.T) {
 			"hash-type consistent",
 			"option httpchk GET /readyz",
 			"option redispatch",
+			"stick match path,field(4,/) if { path_beg /v1/jobs/ }",
+			"force-persist if { path_beg /v1/jobs/ }",
 		} {
 			if !strings.Contains(cfg, "\n    "+want) && !strings.Contains(cfg, "\n        "+want) {
 				t.Errorf("%s lacks %q", name, want)

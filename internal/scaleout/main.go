@@ -219,6 +219,12 @@ func run(perPhase, clients int, keep bool) error {
 			}()
 		},
 		n / 2: func() {
+			// Asynchronous jobs, one per set, taken just before the drain:
+			// their follow-ups must reach the replica that took them, even
+			// once HAProxy has taken it out.
+			for _, s := range sets {
+				ev.jobs = append(ev.jobs, e.submit(lb.url, s))
+			}
 			ev.drainAt = time.Now()
 			st, err := postDrain(drained.url)
 			ev.drainStatus, ev.drainErr = st, err
@@ -234,6 +240,20 @@ func run(perPhase, clients int, keep bool) error {
 	for _, o := range failover.outcomes {
 		if o.start.After(ev.killAt) && victimSets[o.set] && o.code == 200 && (ev.firstAnswer.IsZero() || o.end.Before(ev.firstAnswer)) {
 			ev.firstAnswer = o.end
+		}
+	}
+	step("fetching the asynchronous jobs through HAProxy once %s is out of it", drained.name)
+	var asyncErrs []string
+	if _, err := lb.waitDown(drained.name, time.Now()); err != nil {
+		asyncErrs = append(asyncErrs, err.Error())
+	}
+	onDrained := 0
+	for _, j := range ev.jobs {
+		if j.replica == drained.name {
+			onDrained++
+		}
+		if err := e.fetchJob(lb.url, j); err != nil {
+			asyncErrs = append(asyncErrs, err.Error())
 		}
 	}
 	refused503, _ := metric(drained.url, `refinersd_http_requests_total{code="503",route="/v1/run"}`)
@@ -272,6 +292,13 @@ func run(perPhase, clients int, keep bool) error {
 	} else {
 		fmt.Printf("drain: %s had %d queued and %d running jobs at the drain; it answered %.0f runs with 503 (retried elsewhere by HAProxy) and finished %.0f jobs since it started\n",
 			drained.name, ev.drainStatus.Queued, ev.drainStatus.Running, refused503, drainedDone)
+	}
+	if len(asyncErrs) > 0 {
+		fmt.Printf("async jobs: %d submitted before the drain; failures:\n  %s\n", len(ev.jobs), strings.Join(asyncErrs, "\n  "))
+		bad += len(asyncErrs)
+	} else {
+		fmt.Printf("async jobs: %d submitted just before the drain (%d taken by %s); all fetched through HAProxy after it marked %s DOWN, each from the replica that took it, outputs right\n",
+			len(ev.jobs), onDrained, drained.name, drained.name)
 	}
 	if exitErr != nil {
 		fmt.Printf("SIGTERM: %s: %v\n", drained.name, exitErr)
@@ -559,10 +586,8 @@ type outcome struct {
 	start, end time.Time
 }
 
-// send runs one request of set s against url.
-func (e *env) send(url string, s *adapterSet, header bool) outcome {
-	o := outcome{set: s.name, start: time.Now()}
-	defer func() { o.end = time.Now() }()
+// body is a run request of set s: the JSON request and the inputs file.
+func (e *env) body(s *adapterSet) (io.Reader, string) {
 	var buf bytes.Buffer
 	mw := multipart.NewWriter(&buf)
 	rj, _ := json.Marshal(daemon.RunRequest{Model: "clip", Adapters: s.adapters, Outputs: "base64"})
@@ -570,8 +595,15 @@ func (e *env) send(url string, s *adapterSet, header bool) outcome {
 	part, _ := mw.CreateFormFile("inputs", "inputs.safetensors")
 	part.Write(e.inputs)
 	mw.Close()
-	req, _ := http.NewRequest("POST", url+"/v1/run", &buf)
-	req.Header.Set("Content-Type", mw.FormDataContentType())
+	return &buf, mw.FormDataContentType()
+}
+
+// send runs one request of set s against url.
+func (e *env) send(url string, s *adapterSet, header bool) outcome {
+	o := outcome{set: s.name, start: time.Now()}
+	body, ct := e.body(s)
+	req, _ := http.NewRequest("POST", url+"/v1/run", body)
+	req.Header.Set("Content-Type", ct)
 	if header {
 		req.Header.Set(daemon.AdapterSetHeader, daemon.AdapterSetDigest("clip", s.adapters, false))
 	}
@@ -715,7 +747,72 @@ func (e *env) phase(name, url string, sets []*adapterSet, n, clients int, header
 	return r
 }
 
+// asyncJob is a job submitted through HAProxy.
+type asyncJob struct {
+	set     *adapterSet
+	id      string
+	replica string // that took it
+	err     error
+}
+
+// submit posts an asynchronous job of set s, with the routing header.
+func (e *env) submit(url string, s *adapterSet) asyncJob {
+	j := asyncJob{set: s}
+	body, ct := e.body(s)
+	req, _ := http.NewRequest("POST", url+"/v1/jobs", body)
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set(daemon.AdapterSetHeader, daemon.AdapterSetDigest("clip", s.adapters, false))
+	resp, err := client.Do(req)
+	if err != nil {
+		j.err = err
+		return j
+	}
+	defer resp.Body.Close()
+	var st daemon.JobStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusAccepted {
+		j.err = fmt.Errorf("submit %s: %s %v", s.name, resp.Status, err)
+		return j
+	}
+	j.id, j.replica = st.ID, resp.Header.Get(daemon.ReplicaHeader)
+	return j
+}
+
+// fetchJob polls a job through HAProxy without the routing header (the
+// stick table must find its replica) and checks its result.
+func (e *env) fetchJob(url string, j asyncJob) error {
+	if j.err != nil {
+		return j.err
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := client.Get(url + "/v1/jobs/" + j.id + "/result?outputs=base64")
+		if err != nil {
+			return fmt.Errorf("job %s (%s, on %s): %v", j.id, j.set.name, j.replica, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if by := resp.Header.Get(daemon.ReplicaHeader); by != j.replica {
+			return fmt.Errorf("job %s (%s): taken by %s, its result asked of %s (%d %s)", j.id, j.set.name, j.replica, by, resp.StatusCode, bytes.TrimSpace(b))
+		}
+		if resp.StatusCode == http.StatusConflict && time.Now().Before(deadline) {
+			continue // not ended yet
+		}
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("job %s (%s, on %s): %d %s", j.id, j.set.name, j.replica, resp.StatusCode, bytes.TrimSpace(b))
+		}
+		var rr struct {
+			Outputs map[string]struct {
+				DataBase64 string `json:"data_base64"`
+			}
+		}
+		if err := json.Unmarshal(b, &rr); err != nil || rr.Outputs["output.0"].DataBase64 != j.set.want {
+			return fmt.Errorf("job %s (%s, on %s): wrong output (%v)", j.id, j.set.name, j.replica, err)
+		}
+		return nil
+	}
+}
+
 type failoverEvents struct {
+	jobs                         []asyncJob
 	killAt, drainAt, firstAnswer time.Time
 	downAfter                    time.Duration
 	downErr, drainErr            error
