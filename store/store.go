@@ -211,12 +211,15 @@ func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
 	}
 	ctx := context.Background()
 	key := blobKey(got)
-	// Blobs never change: one already there (another replica's upload,
-	// say) is not sent again.
-	if _, err := s.be.Stat(ctx, key); err != nil {
-		if !errors.Is(err, ErrNotFound) {
-			return Blob{}, fmt.Errorf("store blob: %w", err)
-		}
+	// Blobs never change: one written recently (another replica's upload,
+	// say) is not sent again. An older one is written anew, which makes it
+	// recent: else collect could take it, unreferenced for over
+	// uploadGrace, before the manifest that names it again is written.
+	info, err := s.be.Stat(ctx, key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Blob{}, fmt.Errorf("store blob: %w", err)
+	}
+	if err != nil || time.Since(info.Modified) > uploadGrace/2 {
 		if err := s.be.Put(ctx, key, tmp.Name()); err != nil {
 			return Blob{}, fmt.Errorf("store blob: %w", err)
 		}
