@@ -56,7 +56,31 @@ func main() {
 	unetWeights := flag.String("unet-weights", "", "lora mode: UNet weights (param.<key>, e.g. conformance/testdata/full/sd15_unet_full.safetensors); random if empty")
 	rank := flag.Int64("rank", 32, "lora mode: LoRA rank")
 	cycles := flag.Int("cycles", 1000, "lora mode: apply/remove cycles for the RSS check")
+	vsModelsFlag := flag.String("vs-models", "unet,vae,clip", "vs-refiners mode: models to compare, comma-separated (unet, vae, clip)")
+	vsModel := flag.String("vs-model", "", "vs-go mode: the one model to run")
+	vsRepeats := flag.Int("repeats", 3, "vs-refiners mode: interleaved repeats per model and side")
+	forwards := flag.Int("forwards", 0, "vs modes: forwards per child (0: 1 for unet and vae, 3 for clip)")
+	dtype := flag.String("dtype", "float32", "vs modes: weights and inputs dtype (float32, bfloat16, float16)")
+	channelsLast := flag.Bool("channels-last", false, "vs modes: Go side runs convolutions channels-last (NHWC)")
+	vsScript := flag.String("vs-script", "conformance/bench_models.py", "vs-refiners mode: the reference side's script")
 	flag.Parse()
+	switch *mode {
+	case "vs-refiners", "vs-go":
+		var err error
+		if *mode == "vs-go" {
+			err = runVsGo(*sd15Dir, *vsModel, *dtype, max(*forwards, 1), *channelsLast)
+		} else if *vsRepeats < 1 {
+			err = fmt.Errorf("-repeats must be at least 1")
+		} else {
+			err = runVs(vsOptions{dir: *sd15Dir, python: *python, script: *vsScript, dtype: *dtype, models: strings.Split(*vsModelsFlag, ","),
+				repeats: *vsRepeats, forwards: *forwards, channelsLast: *channelsLast})
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var sd15Err error
 	switch *mode {
 	case "sd15":

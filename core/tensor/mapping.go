@@ -140,3 +140,28 @@ func (m *Mapping) SharesMemory(t *Tensor) bool {
 	base := uintptr(unsafe.Pointer(unsafe.SliceData(m.data)))
 	return p >= base && p < base+uintptr(len(m.data))
 }
+
+// ChannelsLast returns the 4-d tensor t laid out channels-last (NHWC in
+// memory, NCHW in shape), as torch's contiguous(memory_format=
+// torch.channels_last); t itself, shallow-copied, when it already is.
+// Convolutions given channels-last inputs and weights take oneDNN's NHWC
+// kernels and return channels-last outputs.
+func (s *Scope) ChannelsLast(t *Tensor) *Tensor {
+	if s.err == nil && t.Valid() && t.Dim() != 4 {
+		s.Failf("channels last: tensor has %d dims, want 4", t.Dim())
+		return nil
+	}
+	return s.op("channels last", func() (*ts.Tensor, error) {
+		c, err := rgext.Contiguous(unsafe.Pointer(t.c()), true)
+		if err != nil {
+			return nil, err
+		}
+		return ts.FromCtensor(c), nil
+	}, t)
+}
+
+// IsChannelsLast reports whether t is a 4-d tensor laid out channels-last
+// (and not also row-major).
+func (t *Tensor) IsChannelsLast() bool {
+	return t.Valid() && rgext.IsChannelsLast(unsafe.Pointer(t.c()))
+}
