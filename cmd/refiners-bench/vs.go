@@ -73,7 +73,7 @@ func runVs(o vsOptions) error {
 	}
 	fmt.Printf("refiners-bench vs-refiners: weights %s, dtype %s, %d repeats, OMP_NUM_THREADS=%s\n", o.dir, o.dtype, o.repeats, os.Getenv("OMP_NUM_THREADS"))
 	type row struct {
-		m      vsModel
+		m       vsModel
 		go_, py []*vsResult
 	}
 	var rows []row
