@@ -8,10 +8,14 @@ weights and inputs widened exactly, in float64 (ref64.N). So the yardstick
 is the reference's own bfloat16 error against the exact result of the
 computation Go is asked to do, and the same ratio rule (ratio <= 10)
 applies. Float16 has no CPU kernels in libtorch 2.1 (convolution, norms,
-matmul), so there is no float16 CPU case: it is for GPUs (scripts/gpu-check.sh).
+matmul), so there is no float16 CPU case: it is for GPUs. scripts/gpu-check.sh
+writes CUDA vectors (float32 and float16, the reference run on the GPU) to a
+scratch folder with --device cuda --dtypes float32,float16 --out DIR.
 
-    conformance/.venv/bin/python conformance/generate_half.py
+    conformance/.venv/bin/python conformance/generate_half.py [--device cuda] [--dtypes bfloat16] [--out DIR]
 """
+
+import argparse
 
 import sys
 from pathlib import Path
@@ -26,7 +30,7 @@ import generate_clip_text as clip  # noqa: E402
 import generate_sd15_unet as unet  # noqa: E402
 import generate_sd15_vae as vae  # noqa: E402
 
-DTYPES = {"bfloat16": torch.bfloat16}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def read(path):
@@ -43,16 +47,16 @@ def builders():
     }
 
 
-def run(model, tensors, dtype):
-    """Runs model on the case's inputs (floating ones cast to dtype)."""
-    cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+def run(model, tensors, dtype, device):
+    """Runs model on the case's inputs (floating ones cast to dtype) on device."""
+    cast = lambda t: (t.to(dtype) if t.is_floating_point() else t).to(device)  # noqa: E731
     if hasattr(model, "set_timestep"):
-        model.set_timestep(tensors["context.diffusion.timestep"])
+        model.set_timestep(tensors["context.diffusion.timestep"].to(device))
         model.set_clip_text_embedding(cast(tensors["context.cross_attention_block.clip_text_embedding"]))
     return model(cast(tensors["input.0"]))
 
 
-def generate(name, build, src_dir, out_dir, dtype_name):
+def generate(name, build, src_dir, out_dir, dtype_name, device):
     dtype = DTYPES[dtype_name]
     tensors, meta = read(src_dir / f"{name}.safetensors")
     model = build().eval()
@@ -60,11 +64,12 @@ def generate(name, build, src_dir, out_dir, dtype_name):
     model.load_state_dict(params, strict=True)
     model = model.to(dtype=dtype)
     with torch.no_grad():
-        y = run(model, tensors, dtype)
-        twin = float64_twin(model)  # the bfloat16 weights, widened exactly
+        twin = float64_twin(model)  # the rounded weights, widened exactly
         inputs64 = {k: (upcast(v.to(dtype)) if v.is_floating_point() else v) for k, v in tensors.items()}
-        y64 = run(twin, inputs64, torch.float64)
-    out = {f"param.{k}": v.contiguous() for k, v in model.state_dict().items()}
+        model, twin = model.to(device=device), twin.to(device=device)
+        y = run(model, tensors, dtype, device).cpu()
+        y64 = run(twin, inputs64, torch.float64, device).cpu()
+    out = {f"param.{k}": v.contiguous().cpu() for k, v in model.state_dict().items()}
     for k, v in tensors.items():
         if k.startswith("input.") or k.startswith("context."):
             out[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
@@ -73,7 +78,7 @@ def generate(name, build, src_dir, out_dir, dtype_name):
         "spec": meta["spec"],
         "overrides": meta["overrides"],
         "dtype": dtype_name,
-        "reference": f"torch {torch.__version__}, {meta['reference'].split(', ', 1)[-1]}, in {dtype_name}",
+        "reference": f"torch {torch.__version__}, {meta['reference'].split(', ', 1)[-1]}, in {dtype_name} on {device}",
         **reference_error_note([y], [y64]),
     }
     path = out_dir / f"{name}_{dtype_name}.safetensors"
@@ -83,6 +88,14 @@ def generate(name, build, src_dir, out_dir, dtype_name):
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtypes", default="bfloat16", help="comma-separated: bfloat16, float16, float32")
+    ap.add_argument("--out", default=None, help="output folder (default: testdata/specs)")
+    a = ap.parse_args()
     here = Path(__file__).parent / "testdata" / "specs"
-    for name, build in builders().items():
-        generate(name, build, here, here, "bfloat16")
+    out = Path(a.out) if a.out else here
+    out.mkdir(parents=True, exist_ok=True)
+    for dtype_name in a.dtypes.split(","):
+        for name, build in builders().items():
+            generate(name, build, here, out, dtype_name, a.device)
