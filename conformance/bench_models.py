@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--model", required=True, choices=["unet", "vae", "clip"])
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--forwards", type=int, default=1)
+    ap.add_argument("--latent", type=int, default=64, help="latent side of the UNet and VAE decoder inputs")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     dt = DTYPES[a.dtype]
     torch.set_grad_enabled(False)
@@ -60,27 +62,31 @@ def main():
         model.load_state_dict(load(os.path.join(a.dir, "text_encoder.safetensors"), "", dt))
         model.pop(0)  # the tokenizer: both sides take token ids
     model.eval()
+    model.to(device=a.device)
     ready = time.perf_counter() - start
+    n = a.latent
     if a.model == "unet":
         torch.manual_seed(1)
-        x = torch.randn(2, 4, 64, 64).to(dt)
+        x = torch.randn(2, 4, n, n).to(dt)
         torch.manual_seed(2)
         emb = torch.randn(2, 77, 768).to(dt)
-        model.set_timestep(torch.tensor([999], dtype=torch.int64))
-        model.set_clip_text_embedding(emb)
+        model.set_timestep(torch.tensor([999], dtype=torch.int64).to(a.device))
+        model.set_clip_text_embedding(emb.to(a.device))
     elif a.model == "vae":
         torch.manual_seed(3)
-        x = torch.randn(1, 4, 64, 64).to(dt)
+        x = torch.randn(1, 4, n, n).to(dt)
     else:
         x = tokens(2)
+    x = x.to(a.device)
     forwards = []
     for _ in range(a.forwards):
         t = time.perf_counter()
         y = model(x)
+        out_abs_mean = y.float().abs().mean().item()  # reading a value back waits for a device
         forwards.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("BENCH " + json.dumps({"side": "refiners", "ready_seconds": ready, "forward_seconds": forwards,
-                                 "out_abs_mean": y.float().abs().mean().item(), "peak_rss_bytes": rss,
+                                 "out_abs_mean": out_abs_mean, "peak_rss_bytes": rss,
                                  "threads": str(torch.get_num_threads())}))
 
 

@@ -61,6 +61,8 @@ func main() {
 	vsRepeats := flag.Int("repeats", 3, "vs-refiners mode: interleaved repeats per model and side")
 	forwards := flag.Int("forwards", 0, "vs modes: forwards per child (0: 1 for unet and vae, 3 for clip)")
 	dtype := flag.String("dtype", "float32", "vs modes: weights and inputs dtype (float32, bfloat16, float16)")
+	latent := flag.Int("latent", 64, "vs modes: latent side for the UNet and VAE decoder inputs (64: 512² images)")
+	device := flag.String("device", "cpu", "vs modes: cpu, cuda or cuda:N")
 	channelsLast := flag.Bool("channels-last", false, "vs modes: Go side runs convolutions channels-last (NHWC)")
 	vsScript := flag.String("vs-script", "conformance/bench_models.py", "vs-refiners mode: the reference side's script")
 	flag.Parse()
@@ -68,12 +70,12 @@ func main() {
 	case "vs-refiners", "vs-go":
 		var err error
 		if *mode == "vs-go" {
-			err = runVsGo(*sd15Dir, *vsModel, *dtype, max(*forwards, 1), *channelsLast)
+			err = runVsGo(*sd15Dir, *vsModel, *dtype, *device, max(*forwards, 1), *latent, *channelsLast)
 		} else if *vsRepeats < 1 {
 			err = fmt.Errorf("-repeats must be at least 1")
 		} else {
 			err = runVs(vsOptions{dir: *sd15Dir, python: *python, script: *vsScript, dtype: *dtype, models: strings.Split(*vsModelsFlag, ","),
-				repeats: *vsRepeats, forwards: *forwards, channelsLast: *channelsLast})
+				repeats: *vsRepeats, forwards: *forwards, latent: *latent, channelsLast: *channelsLast, device: *device})
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "refiners-bench:", err)

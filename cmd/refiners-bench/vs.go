@@ -59,8 +59,9 @@ func (r *vsResult) forward() float64 { return steadyStep(r.Forwards) }
 type vsOptions struct {
 	dir, python, script, dtype string
 	models                     []string
-	repeats, forwards          int
+	repeats, forwards, latent  int
 	channelsLast               bool
+	device                     string
 }
 
 func runVs(o vsOptions) error {
@@ -71,7 +72,7 @@ func runVs(o vsOptions) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("refiners-bench vs-refiners: weights %s, dtype %s, %d repeats, OMP_NUM_THREADS=%s\n", o.dir, o.dtype, o.repeats, os.Getenv("OMP_NUM_THREADS"))
+	fmt.Printf("refiners-bench vs-refiners: weights %s, %s on %s, latents %d², %d repeats, OMP_NUM_THREADS=%s\n", o.dir, o.dtype, o.device, o.latent, o.repeats, os.Getenv("OMP_NUM_THREADS"))
 	type row struct {
 		m       vsModel
 		go_, py []*vsResult
@@ -89,11 +90,13 @@ func runVs(o vsOptions) error {
 		}
 		r := row{m: m}
 		for rep := range o.repeats {
-			goArgs := []string{"-mode", "vs-go", "-vs-model", m.name, "-sd15-dir", o.dir, "-dtype", o.dtype, "-forwards", fmt.Sprint(forwards)}
+			goArgs := []string{"-mode", "vs-go", "-vs-model", m.name, "-sd15-dir", o.dir, "-dtype", o.dtype, "-forwards", fmt.Sprint(forwards),
+				"-latent", fmt.Sprint(o.latent), "-device", o.device}
 			if o.channelsLast {
 				goArgs = append(goArgs, "-channels-last")
 			}
-			pyArgs := []string{o.script, "--dir", o.dir, "--model", m.name, "--dtype", o.dtype, "--forwards", fmt.Sprint(forwards)}
+			pyArgs := []string{o.script, "--dir", o.dir, "--model", m.name, "--dtype", o.dtype, "--forwards", fmt.Sprint(forwards),
+				"--latent", fmt.Sprint(o.latent), "--device", o.device}
 			sides := []func() error{
 				func() error {
 					res, err := vsChild(self, goArgs...)
@@ -120,8 +123,8 @@ func runVs(o vsOptions) error {
 		}
 		rows = append(rows, r)
 	}
-	fmt.Printf("\nGo / Refiners 0.4.0 (same libtorch 2.1.2, %s, OMP_NUM_THREADS=%s, %d interleaved repeats: median (min–max))\n\n",
-		o.dtype, os.Getenv("OMP_NUM_THREADS"), o.repeats)
+	fmt.Printf("\nGo / Refiners 0.4.0 (same libtorch 2.1.2, %s on %s, latents %d², OMP_NUM_THREADS=%s, %d interleaved repeats: median (min–max))\n\n",
+		o.dtype, o.device, o.latent, os.Getenv("OMP_NUM_THREADS"), o.repeats)
 	fmt.Println("| model, input | forward Go / Refiners (ratio) | time to ready (ratio) | peak RSS, GB (ratio) | weights |")
 	fmt.Println("|---|---|---|---|---|")
 	for _, r := range rows {
@@ -133,7 +136,11 @@ func runVs(o vsOptions) error {
 		if st != nil {
 			size = float64(st.Size()) / 1e9
 		}
-		fmt.Printf("| %s | %s / %s (%.2f) | %s / %s (%.2f) | %s / %s (%.2f) | %.2f GB file |\n", r.m.title,
+		title := r.m.title
+		if o.latent != 64 {
+			title = fmt.Sprintf("%s, latents %d² instead", title, o.latent)
+		}
+		fmt.Printf("| %s | %s / %s (%.2f) | %s / %s (%.2f) | %s / %s (%.2f) | %.2f GB file |\n", title,
 			spread(fwd(r.go_), "s"), spread(fwd(r.py), "s"), median(fwd(r.go_))/median(fwd(r.py)),
 			spread(rdy(r.go_), "s"), spread(rdy(r.py), "s"), median(rdy(r.go_))/median(rdy(r.py)),
 			spread(rss(r.go_), ""), spread(rss(r.py), ""), median(rss(r.go_))/median(rss(r.py)), size)
@@ -233,7 +240,7 @@ func vsTokens(batch, length int) []int64 {
 }
 
 // runVsGo is the Go side: build and load one model, run it forward.
-func runVsGo(dir, name, dtype string, forwards int, channelsLast bool) error {
+func runVsGo(dir, name, dtype, device string, forwards, latent int, channelsLast bool) error {
 	i := slices.IndexFunc(vsModels, func(m vsModel) bool { return m.name == name })
 	if i < 0 {
 		return fmt.Errorf("unknown model %q", name)
@@ -243,6 +250,11 @@ func runVsGo(dir, name, dtype string, forwards int, channelsLast bool) error {
 	if err != nil {
 		return err
 	}
+	dev, err := tensor.ParseDevice(device)
+	if err != nil {
+		return err
+	}
+	l := int64(latent)
 	res := vsResult{Side: "go", Threads: os.Getenv("OMP_NUM_THREADS"), Layout: "contiguous"}
 	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
 		start := time.Now()
@@ -263,7 +275,7 @@ func runVsGo(dir, name, dtype string, forwards int, channelsLast bool) error {
 				return err
 			}
 		}
-		if _, err := core.LoadState(s, model, f, core.LoadOptions{Strict: true, Prefix: m.prefix}); err != nil {
+		if _, err := core.LoadState(s, model, f, core.LoadOptions{Strict: true, Prefix: m.prefix, Device: dev}); err != nil {
 			return err
 		}
 		f.Close() // the weights keep the mapping alive
@@ -286,16 +298,17 @@ func runVsGo(dir, name, dtype string, forwards int, channelsLast bool) error {
 		var x *tensor.Tensor
 		switch m.name {
 		case "unet":
-			x = s.ToDType(s.Randn(1, tensor.Float32, 2, 4, 64, 64), dt)
+			x = s.ToDType(s.Randn(1, tensor.Float32, 2, 4, l, l), dt)
 			call.Contexts = core.Contexts{
-				"diffusion":             {"timestep": s.FromInt64([]int64{999}, 1)},
-				"cross_attention_block": {"clip_text_embedding": s.ToDType(s.Randn(2, tensor.Float32, 2, 77, 768), dt)},
+				"diffusion":             {"timestep": s.To(s.FromInt64([]int64{999}, 1), dev)},
+				"cross_attention_block": {"clip_text_embedding": s.To(s.ToDType(s.Randn(2, tensor.Float32, 2, 77, 768), dt), dev)},
 			}
 		case "vae":
-			x = s.ToDType(s.Randn(3, tensor.Float32, 1, 4, 64, 64), dt)
+			x = s.ToDType(s.Randn(3, tensor.Float32, 1, 4, l, l), dt)
 		case "clip":
 			x = s.FromInt64(vsTokens(2, 77), 2, 77)
 		}
+		x = s.To(x, dev)
 		if channelsLast && x.Valid() && x.Dim() == 4 {
 			x = s.ChannelsLast(x)
 		}
@@ -310,8 +323,9 @@ func runVsGo(dir, name, dtype string, forwards int, channelsLast bool) error {
 				c.Close()
 				return err
 			}
-			res.Forwards = append(res.Forwards, time.Since(t).Seconds())
+			// Reading a value back waits for a device to finish.
 			res.OutAbsMean = c.Item(c.Mean(c.Abs(c.ToDType(out[0], tensor.Float32)), false))
+			res.Forwards = append(res.Forwards, time.Since(t).Seconds())
 			c.Close()
 		}
 		return s.Err()
