@@ -64,13 +64,14 @@ func main() {
 	latent := flag.Int("latent", 64, "vs modes: latent side for the UNet and VAE decoder inputs (64: 512² images)")
 	device := flag.String("device", "cpu", "vs modes: cpu, cuda or cuda:N")
 	channelsLast := flag.Bool("channels-last", false, "vs modes: Go side runs convolutions channels-last (NHWC)")
+	nhwcWeights := flag.Bool("nhwc-weights", true, "vs-go mode with -channels-last: convert the convolution weights too (else only the input is channels-last)")
 	vsScript := flag.String("vs-script", "conformance/bench_models.py", "vs-refiners mode: the reference side's script")
 	flag.Parse()
 	switch *mode {
 	case "vs-refiners", "vs-go":
 		var err error
 		if *mode == "vs-go" {
-			err = runVsGo(*sd15Dir, *vsModel, *dtype, *device, max(*forwards, 1), *latent, *channelsLast)
+			err = runVsGo(*sd15Dir, *vsModel, *dtype, *device, max(*forwards, 1), *latent, *channelsLast, *nhwcWeights)
 		} else if *vsRepeats < 1 {
 			err = fmt.Errorf("-repeats must be at least 1")
 		} else {

@@ -48,7 +48,8 @@ type vsResult struct {
 	PeakRSS     int64     `json:"peak_rss_bytes"`
 	Threads     string    `json:"threads"`
 	Layout      string    `json:"layout,omitempty"`
-	WeightBytes int64     `json:"weight_bytes,omitempty"`
+	Activations int64     `json:"activation_bytes,omitempty"` // Go: core.Call.EstimatePeak
+	WeightBytes int64     `json:"weight_bytes,omitempty"`     // Go: the loaded parameters
 }
 
 // forward is the steady forward time: the median after the first when
@@ -120,6 +121,10 @@ func runVs(o vsOptions) error {
 			g, p := r.go_[len(r.go_)-1], r.py[len(r.py)-1]
 			fmt.Printf("  %s repeat %d: forward %.2f / %.2f s, ready %.2f / %.2f s, peak RSS %.2f / %.2f GB, out mean|x| %.6g / %.6g\n",
 				m.name, rep+1, g.forward(), p.forward(), g.Ready, p.Ready, gb(g.PeakRSS), gb(p.PeakRSS), g.OutAbsMean, p.OutAbsMean)
+			if g.Activations > 0 {
+				fmt.Printf("    Go peak RSS = %.2f × (weights %.2f GB + estimated activations %.2f GB)\n",
+					float64(g.PeakRSS)/float64(g.WeightBytes+g.Activations), gb(g.WeightBytes), gb(g.Activations))
+			}
 		}
 		rows = append(rows, r)
 	}
@@ -240,7 +245,7 @@ func vsTokens(batch, length int) []int64 {
 }
 
 // runVsGo is the Go side: build and load one model, run it forward.
-func runVsGo(dir, name, dtype, device string, forwards, latent int, channelsLast bool) error {
+func runVsGo(dir, name, dtype, device string, forwards, latent int, channelsLast, nhwcWeights bool) error {
 	i := slices.IndexFunc(vsModels, func(m vsModel) bool { return m.name == name })
 	if i < 0 {
 		return fmt.Errorf("unknown model %q", name)
@@ -280,7 +285,7 @@ func runVsGo(dir, name, dtype, device string, forwards, latent int, channelsLast
 		}
 		f.Close() // the weights keep the mapping alive
 		defer core.ReleaseParams(model)
-		if channelsLast {
+		if channelsLast && nhwcWeights {
 			// Convolution weights (every 4-d parameter) to NHWC: copies.
 			for _, e := range core.StateDict(model) {
 				if v := *e.Value; v.Dim() == 4 {
@@ -291,7 +296,12 @@ func runVsGo(dir, name, dtype, device string, forwards, latent int, channelsLast
 			if err := s.Err(); err != nil {
 				return err
 			}
+		}
+		if channelsLast {
 			res.Layout = "channels-last"
+			if !nhwcWeights {
+				res.Layout += " (inputs only)"
+			}
 		}
 		res.Ready = time.Since(start).Seconds()
 		call := core.Call{}
@@ -314,6 +324,14 @@ func runVsGo(dir, name, dtype, device string, forwards, latent int, channelsLast
 		}
 		if err := s.Err(); err != nil {
 			return err
+		}
+		for _, e := range core.StateDict(model) {
+			res.WeightBytes += (*e.Value).Numel() * int64((*e.Value).DType().Size())
+		}
+		if dev == tensor.CPU {
+			if res.Activations, err = call.EstimatePeak(s, model, x); err != nil {
+				return err
+			}
 		}
 		for range forwards {
 			c := s.Child()
