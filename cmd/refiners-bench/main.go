@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,13 +66,16 @@ func main() {
 	device := flag.String("device", "cpu", "vs modes: cpu, cuda or cuda:N")
 	channelsLast := flag.Bool("channels-last", false, "vs modes: Go side runs convolutions channels-last (NHWC)")
 	nhwcWeights := flag.Bool("nhwc-weights", true, "vs-go mode with -channels-last: convert the convolution weights too (else only the input is channels-last)")
+	cpuProfile := flag.String("cpuprofile", "", "vs-go mode: write a CPU profile of the forwards to this file (go tool pprof)")
 	vsScript := flag.String("vs-script", "conformance/bench_models.py", "vs-refiners mode: the reference side's script")
 	flag.Parse()
 	switch *mode {
 	case "vs-refiners", "vs-go":
 		var err error
 		if *mode == "vs-go" {
-			err = runVsGo(*sd15Dir, *vsModel, *dtype, *device, max(*forwards, 1), *latent, *channelsLast, *nhwcWeights)
+			err = withProfile(*cpuProfile, func() error {
+				return runVsGo(*sd15Dir, *vsModel, *dtype, *device, max(*forwards, 1), *latent, *channelsLast, *nhwcWeights)
+			})
 		} else if *vsRepeats < 1 {
 			err = fmt.Errorf("-repeats must be at least 1")
 		} else {
@@ -459,3 +463,26 @@ func numel(shape []int64) int64 {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// withProfile runs f under a CPU profile written to path (none if empty).
+// Time spent inside libtorch is attributed to the Go op that called it
+// (through runtime.cgocall), so the profile splits a forward by op.
+func withProfile(path string, f func() error) error {
+	if path == "" {
+		return f()
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return err
+	}
+	err = f()
+	pprof.StopCPUProfile()
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
