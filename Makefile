@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam bench-vs-refiners gpu-check conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
@@ -88,6 +88,22 @@ conformance-sam-full: setup
 	conformance/setup-python.sh
 	conformance/.venv/bin/python conformance/generate_sam_official.py --full
 	CONFORMANCE_TIER=full $(GO) test -count=1 -timeout 30m -run 'TestSAMOfficial' ./conformance
+
+# Go against Refiners 0.4.0 model by model (SD 1.5 UNet, VAE decoder,
+# CLIP-L) on full-size random weights written once to $(BENCH_DIR) (4.3 GB,
+# gitignored): forward, time to a ready model and peak RSS, each side in
+# fresh processes, interleaved and repeated; prints medians, spread, ratios.
+BENCH_DIR ?= conformance/testdata/full/bench
+BENCH_REPEATS ?= 3
+BENCH_MODELS ?= unet,vae,clip
+bench-vs-refiners: setup
+	conformance/setup-python.sh
+	$(GO) run ./cmd/refiners-bench -mode vs-refiners -sd15-dir $(BENCH_DIR) -repeats $(BENCH_REPEATS) -vs-models $(BENCH_MODELS)
+
+# On a machine with an NVIDIA GPU: CUDA builds, conformance on the GPU in
+# float32 and float16, the benchmark on the GPU (scripts/gpu-check.sh).
+gpu-check:
+	scripts/gpu-check.sh
 
 # A bounded load test of `refinersd serve` on loopback: prints throughput,
 # latency percentiles, 429s and adapter grouping.
