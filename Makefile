@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup setup-browser test-browser demo serve-demo test vet bench bench-convert bench-sd15 bench-sam bench-vs-refiners gpu-check conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup serve-demo setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam bench-vs-refiners gpu-check conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh

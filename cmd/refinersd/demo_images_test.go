@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/refiners-go/refiners/core/weights"
 )
 
 // TestServeDemo: `refinersd demo-weights DIR` writes what `refinersd serve
@@ -32,6 +35,21 @@ func TestServeDemo(t *testing.T) {
 		t.Errorf("demo-weights over an earlier demo: %v %s", err, msg)
 	}
 	f.cli(t, "demo-weights", demo, "--force")
+	// The tiny SAM is in Refiners' layout: the keys the SAM predictor
+	// reads its sizes from (models/sam/samkeys on branch sam).
+	samFile, err := weights.Open(filepath.Join(demo, "sam.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, shape := range map[string][]int64{"image_encoder.PatchEncoder.Conv2d.weight": {16, 3, 16, 16}, "image_encoder.PositionalEncoder.Parameter.weight": {8, 8, 16},
+		"image_encoder.Neck.Conv2d_1.weight": {32, 16, 1, 1}, "point_encoder.Residual.PointTypeEmbedding.weight": {5, 32},
+		"mask_encoder.Conv2d_3.weight": {32, 16, 1, 1}, "mask_encoder.Conv2d_2.weight": {16, 4, 2, 2}, "mask_decoder.IOUMaskEncoder.weight": {5, 32}} {
+		info, ok := samFile.Info(key)
+		if !ok || fmt.Sprint(info.Shape) != fmt.Sprint(shape) {
+			t.Errorf("sam.safetensors: %s: %v (present %v), want %v", key, info.Shape, ok, shape)
+		}
+	}
+	samFile.Close()
 	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
 	s := f.serve(t, nil, "--config", filepath.Join(demo, "config.yaml"), "--addr", "127.0.0.1:0")
 	fx := &imagesFixture{daemonFixture: f, srv: s}
@@ -95,6 +113,14 @@ func TestServeDemo(t *testing.T) {
 	ct, body := multipartImages(t, map[string]any{}, map[string][]byte{"recipe": withCN, "controlnets.0.image": condPNG})
 	if code, _, b := s.do(t, "POST", "/v1/images", ct, body, "Accept", "image/png"); code != 200 || !bytes.Equal(b, withCN) {
 		t.Errorf("ControlNet recipe: %d, same bytes %v %.300s", code, bytes.Equal(b, withCN), b)
+	}
+
+	if configHasKey("segmenters") { // the daemon segments (branch sam): the demo's SAM answers
+		code, _, b := fx.post(t, "/v1/segment", map[string]any{"model": "demo-sam", "image": base64.StdEncoding.EncodeToString(condPNG),
+			"points": []map[string]any{{"x": 20, "y": 20, "label": "fg"}}})
+		if code != 200 || !strings.Contains(string(b), "png_base64") {
+			t.Errorf("segment with the demo SAM: %d %.300s", code, b)
+		}
 	}
 
 	other := base64.StdEncoding.EncodeToString(plain)

@@ -8,13 +8,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/daemon"
 	"github.com/refiners-go/refiners/internal/atomicfile"
+	"github.com/refiners-go/refiners/models/sam"
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
 	"github.com/refiners-go/refiners/store"
@@ -32,6 +35,22 @@ var (
 	demoControlnet = map[string]string{"channels_1": "4", "channels_2": "8", "channels_3": "12", "sinusoidal_embedding_dim": "4",
 		"timestep_embedding_dim": "16", "clip_embedding_dim": "4", "num_heads": "2", "num_groups": "2",
 		"condition_channels_1": "4", "condition_channels_2": "8", "condition_channels_3": "8", "condition_channels_4": "16"}
+	// A tiny Segment Anything in Refiners' layout (the SAM predictor's
+	// tiny test model's sizes): a 3-layer ViT of width 16 on 128×128
+	// images (8×8 patches of 16), windows of 3, layer 1 global; 32-wide
+	// embedding, prompt encoders and mask decoder (8 heads, SAM's).
+	demoSAMEncoder = map[string]string{"embedding_dim": "16", "num_layers": "3", "num_heads": "2", "global_1": "1", "global_2": "-1",
+		"global_3": "-1", "global_4": "-1", "image_size": "128", "patch_size": "16", "window_size": "3", "neck_dim": fmt.Sprint(demoSAMWidth)}
+	demoSAMPoint   = map[string]string{"embedding_dim": fmt.Sprint(demoSAMWidth)}
+	demoSAMDecoder = map[string]string{"embedding_dim": fmt.Sprint(demoSAMWidth), "feed_forward_dim": "64", "num_layers": "2", "num_output_mask": "3",
+		"num_heads": "8", "dense_side": "8"}
+)
+
+// The tiny SAM's embedding width (neck, prompt encoders, mask decoder) and
+// its mask encoder's inner width (Refiners' 16).
+const (
+	demoSAMWidth     = 32
+	demoSAMMaskInner = 16
 )
 
 const demoWeightsUsage = `usage: refinersd demo-weights DIR [--force]
@@ -42,6 +61,8 @@ images without downloading anything:
 
   DIR/sd15/unet.safetensors, text_encoder.safetensors, autoencoder.safetensors
   DIR/controlnet.safetensors   a tiny ControlNet, also in the store as demo-controlnet
+  DIR/sam.safetensors          a tiny Segment Anything (Refiners' layout), segmenter demo-sam
+                               when the daemon serves POST /v1/segment
   DIR/store/                   the model store
   DIR/config.yaml              refinersd serve --config DIR/config.yaml
                                (pipeline "demo": 64x64, 8 steps; plugins from DIR/plugins)
@@ -94,6 +115,9 @@ func demoWeights(args []string, out io.Writer) error {
 			{filepath.Join(sd, "autoencoder.safetensors"), []randomPart{{"sd15_vae_encoder.yaml", demoAutoencoder, "Encoder.", 3},
 				{"sd15_vae_decoder.yaml", demoAutoencoder, "Decoder.", 4}}},
 			{cn, []randomPart{{"sd15_controlnet.yaml", demoControlnet, "", 5}}},
+			{filepath.Join(dir, "sam.safetensors"), []randomPart{{"sam.yaml", demoSAMEncoder, "image_encoder.", 6},
+				{"sam_point_encoder.yaml", demoSAMPoint, "point_encoder.", 7}, {"", nil, "mask_encoder.", 8},
+				{"sam_mask_decoder.yaml", demoSAMDecoder, "mask_decoder.", 9}}},
 		} {
 			if err := writeRandomWeights(s, w.path, w.parts...); err != nil {
 				return fmt.Errorf("demo-weights: %s: %w", w.path, err)
@@ -156,8 +180,9 @@ pipelines:
 		}
 		fmt.Fprintf(&b, "      %s: {%s}\n", m.name, strings.Join(kv, ", "))
 	}
-	// Segment Anything: a tiny SAM and its segmenters: entry go here once
-	// the daemon has POST /v1/segment (branch sam).
+	if configHasKey("segmenters") { // POST /v1/segment (docs/api.md)
+		fmt.Fprintf(&b, "segmenters:\n  demo-sam:\n    weights: %s\n", filepath.Join(dir, "sam.safetensors"))
+	}
 	return b.String()
 }
 
@@ -175,11 +200,16 @@ type randomPart struct {
 func writeRandomWeights(s *tensor.Scope, path string, parts ...randomPart) error {
 	all := map[string]*tensor.Tensor{}
 	for _, p := range parts {
-		sp, err := spec.LoadFS(specs.FS, p.spec)
-		if err != nil {
-			return err
+		var m *core.Chain
+		var err error
+		if p.spec == "" { // SAM's mask encoder is built as its chain, not from its spec's wrapper
+			m, err = sam.NewMaskEncoder(demoSAMWidth, demoSAMMaskInner)
+		} else {
+			var sp *spec.Spec
+			if sp, err = spec.LoadFS(specs.FS, p.spec); err == nil {
+				m, err = sp.Build(p.params)
+			}
 		}
-		m, err := sp.Build(p.params)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.spec, err)
 		}
@@ -192,4 +222,16 @@ func writeRandomWeights(s *tensor.Scope, path string, parts ...randomPart) error
 		}
 	}
 	return weights.Save(s, path, all, map[string]string{"refiners-go": "demo-weights: random values, not a trained model"})
+}
+
+// configHasKey reports whether the daemon's configuration has a top-level
+// key (a feature another branch adds, e.g. segmenters).
+func configHasKey(key string) bool {
+	t := reflect.TypeOf(daemon.Config{})
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("yaml") == key {
+			return true
+		}
+	}
+	return false
 }
