@@ -599,7 +599,7 @@ func (b *browser) checkNarrow() {
 // its config, open the page, generate; then with the demo's ControlNet on
 // the Canny edges of a photo (other pixels than without it), and run that
 // again from the gallery (the page sends the condition image again): the
-// same PNG bytes.
+// same PNG bytes; then segment that image with the demo's SAM.
 func TestBrowserDemo(t *testing.T) {
 	b := newBrowser(t)
 	dir := t.TempDir()
@@ -638,4 +638,18 @@ func TestBrowserDemo(t *testing.T) {
 	if again := b.runAgain(2, p, control); again != control {
 		t.Error("run again of the ControlNet image gave other PNG bytes")
 	}
+
+	// And segment the image just made with the demo's SAM.
+	if got := eval[string](b, `document.getElementById("seg-model").value`); got != "demo-sam" {
+		t.Errorf("the segmenter field holds %q, want the demo's only one, demo-sam", got)
+	}
+	png, err := base64.StdEncoding.DecodeString(control)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "generated.png")
+	if err := os.WriteFile(img, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.segmentFlow(img, "")
 }
