@@ -233,17 +233,29 @@ func (b *browser) signIn(url, token string) {
 	}
 }
 
+// newWebFixture is the refinersd binary with the LoRA plugin installed and
+// the tiny pipeline's LoRA in the store as tiny-lora.
+func newWebFixture(t *testing.T) *daemonFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &daemonFixture{dir: dir, bin: filepath.Join(dir, "refinersd"), store: filepath.Join(dir, "store"), plugins: filepath.Join(dir, "plugins")}
+	buildBinaries(t, dir, map[string]string{"refinersd": ".", "bin/lora": "../../plugins/lora"})
+	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
+	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinySD, "lora.safetensors"), "--store", f.store)
+	return f
+}
+
 // TestBrowserSignIn: with a token set, the page loads without it, asks for
 // it, refuses a wrong one, and once signed in lists the store's adapters
 // (an authenticated call); a reload keeps the session.
 func TestBrowserSignIn(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
+	f := newWebFixture(t)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0")
 	b.signIn(s.url+"/", token)
 	b.do("open the LoRA list", 10*time.Second, chromedp.Click(chromedp.CSS("#loras-box summary")))
-	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="ff-lora"]') !== null`, 10*time.Second)
+	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="tiny-lora"]') !== null`, 10*time.Second)
 	b.shot("signed-in")
 	b.checkLabels()
 	b.checkNarrow()
@@ -453,8 +465,7 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 // gallery and get the same PNG bytes; then cancel a long run.
 func TestBrowserGenerate(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
-	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinySD, "lora.safetensors"), "--store", f.store)
+	f := newWebFixture(t)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.signIn(s.url+"/", token)
@@ -554,7 +565,7 @@ func samePixels(t *testing.T, a, b string) bool {
 // the cached embedding.
 func TestBrowserSegment(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
+	f := newWebFixture(t)
 	s := f.serve(t, nil, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
 	if eval[bool](b, `!document.getElementById("login").hidden`) {
