@@ -105,16 +105,14 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		d.cfg.Replica, _ = os.Hostname()
 	}
 	d.metrics = newMetrics(d)
-	d.mu.Lock()
-	for _, name := range d.pipelineNames() {
-		if p := cfg.Pipelines[name]; p.Preload {
-			d.warmPipelineLocked(name, p)
-		}
-	}
-	d.mu.Unlock()
 	go d.reaper()
 	for _, name := range cfg.Preload {
-		go d.preload(name)
+		go d.preload(name, d.Load)
+	}
+	for _, name := range d.pipelineNames() {
+		if cfg.Pipelines[name].Preload {
+			go d.preload(name, d.LoadPipeline)
+		}
 	}
 	return d, nil
 }
@@ -123,11 +121,11 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 // (the model may not be in the store yet, or the store not reachable).
 var preloadRetry = 5 * time.Second
 
-// preload loads a model named in Preload, trying again until it loads or
-// the daemon stops.
-func (d *Daemon) preload(name string) {
+// preload loads a model named in Preload (or a pipeline with preload),
+// trying again until it loads or the daemon stops.
+func (d *Daemon) preload(name string, load func(context.Context, string) error) {
 	for {
-		err := d.Load(context.Background(), name)
+		err := load(context.Background(), name)
 		if err == nil {
 			return
 		}
@@ -151,7 +149,13 @@ func (d *Daemon) Ready() (bool, string) {
 	if d.draining {
 		return false, "draining: finishing the jobs it has, taking no new ones"
 	}
-	for _, name := range d.cfg.Preload {
+	preloaded := slices.Clone(d.cfg.Preload)
+	for name, p := range d.cfg.Pipelines {
+		if p.Preload {
+			preloaded = append(preloaded, pipelineKey(name))
+		}
+	}
+	for _, name := range preloaded {
 		w, ok := d.models[name]
 		if !ok {
 			return false, fmt.Sprintf("model %s is not loaded", name)
@@ -825,7 +829,8 @@ func (d *Daemon) reaper() {
 		}
 		d.mu.Lock()
 		for _, w := range d.models {
-			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) {
+			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) &&
+				(w.pipe == nil || !w.pipe.cfg.Preload) {
 				d.log.Info("unloading idle model", "model", w.name, "idle", time.Since(w.lastUsed).Round(time.Second))
 				d.retireLocked(w, nil)
 			}

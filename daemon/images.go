@@ -637,6 +637,7 @@ func short(digest string) string {
 func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(pipelineKey(j.Model), j.Adapters, false))
 		err = d.Submit(j)
 	}
 	if err != nil {
@@ -659,6 +660,7 @@ func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) submitImageJob(w http.ResponseWriter, r *http.Request) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(pipelineKey(j.Model), j.Adapters, false))
 		err = d.Submit(j)
 	}
 	if err != nil {

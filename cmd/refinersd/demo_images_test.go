@@ -123,6 +123,31 @@ func TestServeDemo(t *testing.T) {
 		}
 	}
 
+	// refinersd generate --recipe with the ControlNet's file and condition:
+	// the same bytes too.
+	in, again := filepath.Join(dir, "cn.png"), filepath.Join(dir, "cn-again.png")
+	if err := os.WriteFile(in, withCN, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"generate", "--weights", filepath.Join(demo, "sd15"), "--recipe", in, "--output", again, "--quiet", "--plugins-dir", f.plugins,
+		"--control", filepath.Join(demo, "controlnet.safetensors") + ":" + filepath.Join(tinySD, "init.png")}
+	for _, m := range []struct {
+		name   string
+		params map[string]string
+	}{{"unet", demoUNet}, {"text_encoder", demoTextEncoder}, {"autoencoder", demoAutoencoder}} {
+		for k, v := range m.params {
+			args = append(args, "--set", m.name+"."+k+"="+v)
+		}
+	}
+	f.cli(t, args...)
+	if b, _ := os.ReadFile(again); !bytes.Equal(b, withCN) {
+		t.Error("refinersd generate --recipe with a ControlNet wrote other bytes than the daemon")
+	}
+	bad := append(append([]string{}, args...), "--control", filepath.Join(demo, "controlnet.safetensors")+":"+filepath.Join(tinySD, "init.png"))
+	if msg, err := exec.Command(f.bin, bad...).CombinedOutput(); err == nil || !strings.Contains(string(msg), "--recipe has 1 ControlNets, 2 --control flags given") {
+		t.Errorf("--recipe with two --control flags for one ControlNet: %v %s", err, msg)
+	}
+
 	other := base64.StdEncoding.EncodeToString(plain)
 	for _, c := range []struct {
 		name string

@@ -151,7 +151,6 @@ func demoConfig(dir string) string {
 addr: 127.0.0.1:8642
 store: %s
 plugins_dir: %s
-keep_alive: 0s   # keep the demo pipeline loaded
 pipelines:
   demo:
     weights: %s
