@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	"gopkg.in/yaml.v3"
 
 	"github.com/refiners-go/refiners/core/weights"
@@ -380,6 +382,40 @@ func (b *browser) segmentFlow(imagePath, model string) {
 	b.wait("masks for two points", masksOrError, 60*time.Second)
 	b.checkSegment("shift-click", "true", 2)
 	b.shot("segment-mask-bg")
+
+	// A box dragged over the middle half, then a point from the keyboard
+	// (focus, Enter: the cursor starts at the centre).
+	r := eval[[]float64](b, `(() => { const r = document.getElementById("seg-canvas").getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()`)
+	x0, y0, x1, y1 := r[0]+0.25*r[2], r[1]+0.25*r[3], r[0]+0.75*r[2], r[1]+0.75*r[3]
+	clear := chromedp.Evaluate[chromedp.Void](`document.getElementById("seg-masks").replaceChildren()`)
+	b.do("drag a box", 10*time.Second, clear,
+		chromedp.MouseEvent(chromedp.MousePressed, x0, y0, chromedp.ButtonLeft, chromedp.ClickCount(1)),
+		chromedp.MouseEvent(chromedp.MouseMoved, (x0+x1)/2, (y0+y1)/2, chromedp.ButtonLeft),
+		chromedp.MouseEvent(chromedp.MouseMoved, x1, y1, chromedp.ButtonLeft),
+		chromedp.MouseEvent(chromedp.MouseReleased, x1, y1, chromedp.ButtonLeft, chromedp.ClickCount(1)))
+	b.wait("masks for the box", masksOrError, 60*time.Second)
+	b.checkSegment("box", "true", 2)
+	b.shot("segment-box")
+	asked := eval[map[string]any](b, `(() => { const c = document.getElementById("seg-canvas"); return {points: c.dataset.points, box: c.dataset.box.split(",").map(Number), w: c.width, h: c.height}; })()`)
+	w, h := asked["w"].(float64), asked["h"].(float64)
+	want := []float64{0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h}
+	box, _ := asked["box"].([]any)
+	for i := range want {
+		if len(box) != 4 || math.Abs(box[i].(float64)-want[i]) > 2 {
+			b.t.Errorf("segment: the box asked is %v, want about %v (image pixels)", asked["box"], want)
+			break
+		}
+	}
+	if n := len(strings.Fields(asked["points"].(string))); n != 2 {
+		b.t.Errorf("segment: after the drag %d points are asked (%q), want the 2 clicked", n, asked["points"])
+	}
+	b.do("add a point from the keyboard", 10*time.Second, clear, chromedp.Focus(chromedp.CSS("#seg-canvas")), chromedp.KeyEvent(kb.Enter))
+	b.wait("masks for three points and the box", masksOrError, 60*time.Second)
+	b.checkSegment("keyboard", "true", 3)
+	b.shot("segment-keyboard")
+	if p := eval[string](b, `document.getElementById("seg-canvas").dataset.points`); !strings.HasSuffix(p, fmt.Sprintf("%d,%d,fg", int(w)/2, int(h)/2)) {
+		b.t.Errorf("segment: the keyboard point is not at the centre as a foreground point: %q", p)
+	}
 }
 
 func (b *browser) checkSegment(what, cached string, points int) {
@@ -394,6 +430,9 @@ func (b *browser) checkSegment(what, cached string, points int) {
 			scores: bs.map((b) => b.dataset.score), areas: bs.map((b) => [b.dataset.area, b.dataset.pixels]), pressed: bs.filter((b) => b.getAttribute("aria-pressed") === "true").length,
 			text: document.getElementById("seg-info").textContent};
 	})()`)
+	if asked := eval[string](b, `document.getElementById("seg-canvas").dataset.points`); len(strings.Fields(asked)) != points {
+		b.t.Errorf("segment (%s): points asked %q, want %d", what, asked, points)
+	}
 	if info["cached"] != cached {
 		b.t.Errorf("segment (%s): cached %v, want %s (%v)", what, info["cached"], cached, info["text"])
 	}

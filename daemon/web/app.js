@@ -771,6 +771,9 @@
 
   function drawSeg() {
     if (!seg.bmp) return;
+    // What is being asked, for the curious and the browser tests.
+    canvas.dataset.points = seg.points.map((p) => `${p.x},${p.y},${p.label}`).join(" ");
+    canvas.dataset.box = seg.box ? seg.box.join(",") : "";
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.drawImage(seg.bmp, 0, 0);
     const m = seg.masks[seg.selected];
