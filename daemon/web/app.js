@@ -583,6 +583,8 @@
       $("mask-preview").hidden = !i2i.mask;
       if (i2i.mask) $("mask-preview").src = pngURL(i2i.mask);
       $("i2i-box").open = true;
+    } else {
+      $("i2i-clear").click(); // the recipe starts from noise
     }
     if (req.model) set("gen-model", req.model);
     selectTab("generate", true);
