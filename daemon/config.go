@@ -46,6 +46,10 @@ type Config struct {
 	BodyTimeout     time.Duration `yaml:"body_timeout"`     // a request body that sends nothing for this long is cut (408)
 	LogLevel        string        `yaml:"log_level"`
 	LogJSON         bool          `yaml:"log_json"`
+	// Pipelines are the named SD 1.5 pipelines of the image endpoints.
+	Pipelines map[string]PipelineConfig `yaml:"pipelines"`
+	// Segmenters are the Segment Anything models of POST /v1/segment, by name (segment.go).
+	Segmenters map[string]SegmenterConfig `yaml:"segmenters"`
 }
 
 // Defaults are the settings of a daemon with no configuration.
@@ -176,6 +180,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("preload: %w", err)
 		}
 	}
+	if err := c.validateSegmenters(); err != nil {
+		return err
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -184,6 +191,18 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s %v: want more than 0", d.name, d.v)
 		}
+	}
+	for name, p := range c.Pipelines {
+		p, err := p.withDefaults(name)
+		if err != nil {
+			return err
+		}
+		if p.Model == "" {
+			if _, err := p.files(name); err != nil {
+				return err
+			}
+		}
+		c.Pipelines[name] = p
 	}
 	return nil
 }

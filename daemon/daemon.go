@@ -35,11 +35,13 @@ type Daemon struct {
 	metrics *metrics
 	jobs    *jobTable
 	decodes chan struct{} // a slot per request body being read
+	segs    *segmenters   // Segment Anything models (segment.go)
 
 	mu       sync.Mutex
 	models   map[string]*warm
 	queued   int // jobs waiting, across models
 	draining bool
+	warmed   map[string]bool // keys of d.models that loaded once since the start
 	workers  sync.WaitGroup
 	stop     chan struct{}
 }
@@ -53,6 +55,7 @@ type warm struct {
 	loadErr  error
 	chain    *core.Chain
 	file     *weights.File
+	pipe     *warmPipeline // an SD 1.5 pipeline instead of a store model (chain, file and manifest unset)
 
 	// guarded by Daemon.mu
 	pending  []*Job
@@ -98,11 +101,18 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
-		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes)}
+		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes), segs: newSegmenters(cfg), warmed: map[string]bool{}}
 	if d.cfg.Replica == "" {
 		d.cfg.Replica, _ = os.Hostname()
 	}
 	d.metrics = newMetrics(d)
+	d.mu.Lock()
+	for _, name := range d.pipelineNames() {
+		if p := cfg.Pipelines[name]; p.Preload {
+			d.warmPipelineLocked(name, p)
+		}
+	}
+	d.mu.Unlock()
 	go d.reaper()
 	for _, name := range cfg.Preload {
 		go d.preload(name)
@@ -134,13 +144,23 @@ func (d *Daemon) preload(name string) {
 	}
 }
 
-// Ready reports whether the daemon takes work: not draining, and every
-// preloaded model warm. It says why not.
+// Ready reports whether the daemon takes work: not draining, every model
+// of Preload warm, and every pipeline with preload set loaded once (it may
+// be unloaded for idleness later and reloaded by the next request). It
+// says why not.
 func (d *Daemon) Ready() (bool, string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.draining {
 		return false, "draining: finishing the jobs it has, taking no new ones"
+	}
+	for _, name := range d.pipelineNames() {
+		if key := pipelineKey(name); d.cfg.Pipelines[name].Preload && !d.warmed[key] {
+			if _, loading := d.models[key]; loading {
+				return false, fmt.Sprintf("pipeline %s is loading", name)
+			}
+			return false, fmt.Sprintf("pipeline %s did not load (see the log)", name)
+		}
 	}
 	for _, name := range d.cfg.Preload {
 		w, ok := d.models[name]
@@ -254,7 +274,14 @@ func (d *Daemon) resolve(j *Job) error {
 // Submit queues a job. It fails at once (429) when the queue is full and
 // (503) when the daemon is shutting down.
 func (d *Daemon) Submit(j *Job) error {
-	m, err := d.store.Model(j.Model) // validates the name
+	var m *store.Model
+	var p PipelineConfig
+	var err error
+	if j.image != nil {
+		p, err = d.pipeline(j.Model)
+	} else {
+		m, err = d.store.Model(j.Model) // validates the name
+	}
 	if err != nil {
 		return err
 	}
@@ -270,7 +297,12 @@ func (d *Daemon) Submit(j *Job) error {
 		d.metrics.rejected.Inc()
 		return errorf(http.StatusTooManyRequests, "the queue is full (%d jobs waiting); retry later", d.queued)
 	}
-	w := d.warmLocked(j.Model, m)
+	var w *warm
+	if j.image != nil {
+		w = d.warmPipelineLocked(j.Model, p)
+	} else {
+		w = d.warmLocked(j.Model, m)
+	}
 	w.pending = append(w.pending, j)
 	d.queued++
 	d.metrics.queueDepth.Set(float64(d.queued))
@@ -408,6 +440,9 @@ func (d *Daemon) load(w *warm) {
 	defer close(w.ready)
 	start := time.Now()
 	err := func() error {
+		if w.pipe != nil {
+			return d.loadPipeline(w)
+		}
 		sp, err := d.store.LoadSpec(w.manifest)
 		if err != nil {
 			return err
@@ -446,11 +481,21 @@ func (d *Daemon) load(w *warm) {
 		return
 	}
 	d.metrics.modelLoads.Inc()
+	d.mu.Lock()
+	d.warmed[w.name] = true
+	d.mu.Unlock()
 	d.log.Info("model loaded", "model", w.name, "seconds", time.Since(start).Seconds())
 }
 
 // release ejects the adapters and frees the weights of a retired model.
 func (d *Daemon) release(w *warm) {
+	if w.pipe != nil && w.pipe.model != nil {
+		d.swap(w, nil)
+		w.pipe.model.Release()
+		w.pipe.model = nil
+		d.log.Info("pipeline unloaded", "pipeline", w.pipe.name)
+		return
+	}
 	if w.chain == nil {
 		return
 	}
@@ -488,6 +533,9 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	}
 	set := &appliedSet{key: j.key}
 	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
+		if w.pipe != nil {
+			return d.applyPipelineAdapters(s, w.pipe.model, j, set)
+		}
 		model := adapt.Summarize(w.chain)
 		for i, a := range j.resolved {
 			rep, undo, err := d.applyOne(j.ctx, s, w.chain, model, i, a, j.Fuse)
@@ -577,6 +625,9 @@ func (d *Daemon) execute(w *warm, j *Job) {
 		return // canceled while queued
 	}
 	begin := time.Now()
+	j.mu.Lock()
+	d.metrics.queueWait.Observe(j.started.Sub(j.created).Seconds())
+	j.mu.Unlock()
 	defer func() {
 		d.metrics.jobs.WithLabelValues(j.status().State).Inc()
 		d.metrics.jobSeconds.Observe(time.Since(begin).Seconds())
@@ -605,6 +656,14 @@ func (d *Daemon) execute(w *warm, j *Job) {
 	j.mu.Unlock()
 	if len(reports) > 0 {
 		j.emit(Event{Type: "adapters", Adapters: reports})
+	}
+	if j.image != nil {
+		if err := d.generate(w, j); err != nil {
+			j.finish(nil, err, statusOf(err))
+			return
+		}
+		j.finish(nil, nil, 0)
+		return
 	}
 	outputs, err := d.forward(w, j)
 	if err != nil {
@@ -859,5 +918,6 @@ func (d *Daemon) Close() {
 	d.mu.Unlock()
 	close(d.stop)
 	d.workers.Wait()
+	d.segs.close()
 	d.host.Close()
 }

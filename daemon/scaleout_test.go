@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -134,6 +135,29 @@ func TestPreloadGatesReadiness(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // many keep-alives: a preloaded model stays
 	if code, b := td.do(t, "GET", "/readyz", "", nil); code != 200 {
 		t.Errorf("/readyz after idling past keep_alive: %d %s", code, b)
+	}
+}
+
+// TestPreloadedPipelineGatesReadiness: a pipeline with preload set that
+// does not load keeps /readyz failing, and says which.
+func TestPreloadedPipelineGatesReadiness(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"unet", "text_encoder", "autoencoder"} {
+		os.WriteFile(filepath.Join(dir, f+".safetensors"), []byte("not safetensors"), 0o644)
+	}
+	td := newTestDaemon(t, func(c *Config) {
+		c.Pipelines = map[string]PipelineConfig{"tiny": {Weights: dir, Preload: true}}
+	})
+	var code int
+	var body []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		code, body = td.do(t, "GET", "/readyz", "", nil)
+		if strings.Contains(string(body), "did not load") {
+			break
+		}
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(string(body), "pipeline tiny did not load") {
+		t.Errorf("/readyz with a preloaded pipeline that fails: %d %s", code, body)
 	}
 }
 

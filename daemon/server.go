@@ -61,6 +61,8 @@ func (d *Daemon) Handler() http.Handler {
 		name := pattern[strings.Index(pattern, " ")+1:]
 		mux.Handle(pattern, d.instrument(name, h))
 	}
+	route("GET /{$}", d.webIndex)
+	route("GET /web/{file}", d.webAsset)
 	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	route("GET /readyz", d.readyz)
 	route("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP)
@@ -78,6 +80,13 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
+	route("GET /v1/pipelines", d.listPipelines)
+	route("POST /v1/pipelines/{name}/load", d.loadPipelineRoute)
+	route("POST /v1/pipelines/{name}/unload", d.unloadPipelineRoute)
+	route("POST /v1/images", d.images)
+	route("POST /v1/images/jobs", d.submitImageJob)
+	route("POST /v1/segment", d.segment)
+	route("GET /v1/segmenters", d.listSegmenters)
 	route("POST /v1/admin/drain", d.drain)
 	return d.replicaHeader(d.bodyTimeout(d.authenticate(refuseDotSegments(mux))))
 }
@@ -179,14 +188,14 @@ func refuseDotSegments(next http.Handler) http.Handler {
 }
 
 // authenticate requires the bearer token, when one is configured, on
-// everything but the health probes.
+// everything but the health probes and the web page's files.
 func (d *Daemon) authenticate(next http.Handler) http.Handler {
 	if d.cfg.Token == "" {
 		return next
 	}
 	want := []byte("Bearer " + d.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !(r.Method == http.MethodGet && webPath(r.URL.Path)) {
 			got := []byte(r.Header.Get("Authorization"))
 			if subtle.ConstantTimeCompare(got, want) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="refinersd"`)
@@ -650,6 +659,10 @@ func (d *Daemon) jobResult(w http.ResponseWriter, r *http.Request) {
 			out = "safetensors"
 		}
 	}
+	if j.image != nil {
+		d.writeImageResult(w, r, j)
+		return
+	}
 	d.writeResult(w, j, out)
 }
 
@@ -761,6 +774,12 @@ func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, j *Job, withResu
 			}
 			return
 		}
+	}
+	if withResult && j.image != nil {
+		if resp := j.imageResponse(); resp != nil {
+			write("result", map[string]any{"type": "result", "result": resp})
+		}
+		return
 	}
 	if withResult {
 		j.mu.Lock()
