@@ -477,6 +477,7 @@ func short(digest string) string {
 func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(j.Model, j.Adapters, j.Fuse))
 		err = d.Submit(j)
 	}
 	if err != nil {
@@ -499,6 +500,7 @@ func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) submitImageJob(w http.ResponseWriter, r *http.Request) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(j.Model, j.Adapters, j.Fuse))
 		err = d.Submit(j)
 	}
 	if err != nil {
