@@ -128,11 +128,31 @@ func TestGenerate(t *testing.T) {
 	if !strings.Contains(stdout, "batch-2.png (seed 43)") {
 		t.Errorf("batch stdout %q", stdout)
 	}
-	if !bytes.Equal(read(filepath.Join(dir, "batch-1.png")), read(a)) {
+	if !bytes.Equal(pngPixels(t, read(filepath.Join(dir, "batch-1.png"))), pngPixels(t, read(a))) {
 		t.Error("image 1 of the batch is not seed 42's")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "batch-2.png")); err != nil {
 		t.Error(err)
+	}
+
+	// Each PNG carries its recipe; --recipe writes the same bytes again
+	// (for an image of a batch too).
+	rec, err := pipeline.ReadRecipe(read(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Prompt != "a lighthouse at dusk" || rec.Seed != 42 || rec.Steps != 3 || rec.Width != 64 || rec.Batch != 1 || !strings.HasPrefix(rec.Weights.UNet, "sha256:") {
+		t.Errorf("recipe %+v", rec)
+	}
+	for _, src := range []string{a, filepath.Join(dir, "batch-2.png")} {
+		again := filepath.Join(dir, "again.png")
+		stdout, _ := run(append(withoutSize(tinyArgs(t, false)), "--recipe", src, "--output", again, "--quiet")...)
+		if !bytes.Equal(read(again), read(src)) {
+			t.Errorf("--recipe %s wrote other bytes", src)
+		}
+		if strings.Count(stdout, ".png") != 1 {
+			t.Errorf("--recipe wrote more than the recipe's image: %q", stdout)
+		}
 	}
 
 	// Inpainting and image to image write PNGs too.
@@ -181,6 +201,30 @@ func TestGenerateErrors(t *testing.T) {
 	f.Close()
 	notImage := filepath.Join(dir, "notes.png")
 	os.WriteFile(notImage, []byte("not an image"), 0o644)
+	recipes := map[string]string{} // PNGs with recipes, outside dir
+	recipeDir := t.TempDir()
+	plainPNG, err := pipeline.NewRGB(64, 48).EncodePNG()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := pipeline.Recipe{Version: 1, Prompt: "p", Seed: 1, Steps: 3, Guidance: 7.5, Solver: "dpm", Width: 64, Height: 48, Batch: 1}
+	for name, edit := range map[string]func(*pipeline.Recipe){
+		"plain":   func(*pipeline.Recipe) {},
+		"img2img": func(r *pipeline.Recipe) { r.InitImage, r.Strength = pipeline.PixelDigest([]byte("some pixels")), 0.5 },
+		"lora": func(r *pipeline.Recipe) {
+			r.Adapters = []pipeline.RecipeAdapter{{Plugin: "lora", File: "style", Digest: "sha256:" + strings.Repeat("ab", 32)}}
+		},
+		"newer": func(r *pipeline.Recipe) { r.Version = 9 },
+	} {
+		r := base
+		edit(&r)
+		b, err := r.Embed(plainPNG)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recipes[name] = filepath.Join(recipeDir, name+".png")
+		os.WriteFile(recipes[name], b, 0o644)
+	}
 
 	tiny, inpaint := tinyArgs(t, false), tinyArgs(t, true)
 	cnA := filepath.Join(tinySD, "controlnet_a.safetensors")
@@ -215,6 +259,14 @@ func TestGenerateErrors(t *testing.T) {
 		{"bad set", with(tiny, "--set", "vae.channels_1=4"), "--set wants MODEL.name=value"},
 		{"wrong sizes", with(tiny, "--set", "unet.channels_1=8"), "load"},
 		{"plugin missing", with(tiny, "--adapter", "nope:"+filepath.Join(tinySD, "lora.safetensors"), "--plugins-dir", t.TempDir()), `plugin "nope" is not installed`},
+		{"recipe and prompt", with(tiny, "--recipe", recipes["plain"]), "--recipe gives the whole request; leave out --height, --prompt, --seed, --steps, --width"},
+		{"recipe missing", append(withoutSize(tiny), "--recipe", filepath.Join(dir, "nope.png"), "--output", out), "--recipe " + filepath.Join(dir, "nope.png") + ": no such file"},
+		{"no recipe", append(withoutSize(tiny), "--recipe", small, "--output", out), "has no refiners-recipe text chunk"},
+		{"recipe without its image", append(withoutSize(tiny), "--recipe", recipes["img2img"], "--output", out), "the recipe was made with an init_image"},
+		{"recipe with another image", append(withoutSize(tiny), "--recipe", recipes["img2img"], "--init-image", filepath.Join(tinySD, "init_other_size.png"), "--output", out), "is not the recipe's"},
+		{"recipe adapter not stored", append(withoutSize(tiny), "--recipe", recipes["lora"], "--store", t.TempDir(), "--output", out), "is not in the store"},
+		{"recipe adapter differs", append(withoutSize(tiny), "--recipe", recipes["lora"], "--adapter", "lora:"+small, "--output", out), "the recipe's adapter 1 sha256:"},
+		{"recipe newer", append(withoutSize(tiny), "--recipe", recipes["newer"], "--output", out), "version 9 is newer"},
 		{"control syntax", with(tiny, "--control", "cn.safetensors"), "want a ControlNet file and a condition image"},
 		{"control file missing", with(tiny, "--control", filepath.Join(dir, "nope.safetensors")+":"+filepath.Join(tinySD, "control.png")), "--control " + filepath.Join(dir, "nope.safetensors") + ": no such file"},
 		{"control condition missing", with(tiny, "--control", cnA+":"+filepath.Join(dir, "nope.png")), "--control " + filepath.Join(dir, "nope.png") + ": no such file"},
@@ -331,6 +383,30 @@ func TestOutputPaths(t *testing.T) {
 	if got := outputPaths("out/x.png", 3); strings.Join(got, " ") != "out/x-1.png out/x-2.png out/x-3.png" {
 		t.Errorf("%v", got)
 	}
+}
+
+// pngPixels decodes a PNG to its RGB bytes (the recipe chunk aside).
+func pngPixels(t *testing.T, b []byte) []byte {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pipeline.ToRGB(img).Pix
+}
+
+// withoutSize drops tinyArgs' --width, --height and --steps (a recipe
+// gives them).
+func withoutSize(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--width" || args[i] == "--height" || args[i] == "--steps" {
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
 }
 
 // TestControlFlag: --control's syntax, options and refusals.

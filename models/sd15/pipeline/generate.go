@@ -59,6 +59,9 @@ type Progress struct {
 	Step, Steps int           // Step of Steps steps done (img2img runs fewer than Request.Steps)
 	Timestep    float64       // the training timestep of the step done
 	Elapsed     time.Duration // since the first step began
+	// Latents are the batch's latents after the step [Batch, 4, h, w],
+	// valid during the call only (see Preview).
+	Latents *tensor.Tensor
 }
 
 // Result is what Generate made.
@@ -330,7 +333,7 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 		s.Release(x) // the previous latents: memory stays flat over the steps
 		x = next
 		if r.Progress != nil {
-			r.Progress(Progress{Step: i + 1, Steps: steps, Timestep: solver.Timestep(step), Elapsed: time.Since(start)})
+			r.Progress(Progress{Step: i + 1, Steps: steps, Timestep: solver.Timestep(step), Elapsed: time.Since(start), Latents: x})
 		}
 	}
 	res.Latents = x
