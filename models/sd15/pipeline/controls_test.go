@@ -366,7 +366,25 @@ func TestControls(t *testing.T) {
 			t.Errorf("reports %+v", two.Controls)
 		}
 
+		// A batch of two: one condition for every image; image 2 is seed
+		// Seed+1's alone (up to the kernels' summing order).
+		r = tinyRequest()
+		r.Batch, r.Controls = 2, []Control{ctl(fx.a, 0.5, 0, 0)}
+		batch, err := gen(r)
+		if err != nil {
+			return err
+		}
+		r.Batch, r.Seed = 1, r.Seed+1
+		second, err := gen(r)
+		if err != nil {
+			return err
+		}
+		if !s.AllClose(s.Narrow(batch.Latents, 0, 1, 1), second.Latents, 1e-4, 1e-4) {
+			t.Error("image 2 of a batch with a ControlNet is not seed+1's")
+		}
+
 		// Canny preprocessing of a photo gives another condition.
+		r = tinyRequest()
 		r.Controls = []Control{ctl(fx.a, 0, 0, 0)}
 		r.Controls[0].Preprocess = "canny"
 		edges, err := gen(r)
