@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam bench-vs-refiners gpu-check conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup serve-demo setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam bench-vs-refiners gpu-check conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
@@ -16,6 +16,19 @@ setup-browser:
 
 demo: setup
 	$(GO) run ./cmd/refinersd demo
+
+# A fresh clone serving images: a tiny random-weight SD 1.5 (and ControlNet)
+# in DEMO_DIR, the LoRA and ControlNet plugins installed, then the daemon
+# on http://127.0.0.1:8642 (docs/api.md, Images).
+DEMO_DIR ?= $(CURDIR)/.demo
+serve-demo: setup
+	@mkdir -p $(DEMO_DIR)/bin/plugins
+	$(GO) build -o $(DEMO_DIR)/bin/refinersd ./cmd/refinersd
+	$(GO) build -o $(DEMO_DIR)/bin/plugins/lora ./plugins/lora
+	$(GO) build -o $(DEMO_DIR)/bin/plugins/controlnet ./plugins/controlnet
+	$(DEMO_DIR)/bin/refinersd demo-weights --force $(DEMO_DIR)
+	$(DEMO_DIR)/bin/refinersd plugins install $(DEMO_DIR)/bin/plugins --dir $(DEMO_DIR)/plugins
+	$(DEMO_DIR)/bin/refinersd serve --config $(DEMO_DIR)/config.yaml
 
 vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi

@@ -105,16 +105,14 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		d.cfg.Replica, _ = os.Hostname()
 	}
 	d.metrics = newMetrics(d)
-	d.mu.Lock()
-	for _, name := range d.pipelineNames() {
-		if p := cfg.Pipelines[name]; p.Preload {
-			d.warmPipelineLocked(name, p)
-		}
-	}
-	d.mu.Unlock()
 	go d.reaper()
 	for _, name := range cfg.Preload {
-		go d.preload(name)
+		go d.preload(name, d.Load)
+	}
+	for _, name := range d.pipelineNames() {
+		if cfg.Pipelines[name].Preload {
+			go d.preload(name, d.LoadPipeline)
+		}
 	}
 	return d, nil
 }
@@ -123,11 +121,11 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 // (the model may not be in the store yet, or the store not reachable).
 var preloadRetry = 5 * time.Second
 
-// preload loads a model named in Preload, trying again until it loads or
-// the daemon stops.
-func (d *Daemon) preload(name string) {
+// preload loads a model named in Preload (or a pipeline with preload),
+// trying again until it loads or the daemon stops.
+func (d *Daemon) preload(name string, load func(context.Context, string) error) {
 	for {
-		err := d.Load(context.Background(), name)
+		err := load(context.Background(), name)
 		if err == nil {
 			return
 		}
@@ -151,7 +149,13 @@ func (d *Daemon) Ready() (bool, string) {
 	if d.draining {
 		return false, "draining: finishing the jobs it has, taking no new ones"
 	}
-	for _, name := range d.cfg.Preload {
+	preloaded := slices.Clone(d.cfg.Preload)
+	for name, p := range d.cfg.Pipelines {
+		if p.Preload {
+			preloaded = append(preloaded, pipelineKey(name))
+		}
+	}
+	for _, name := range preloaded {
 		w, ok := d.models[name]
 		if !ok {
 			return false, fmt.Sprintf("model %s is not loaded", name)
@@ -208,36 +212,18 @@ func (d *Daemon) resolve(j *Job) error {
 	}
 	var keyParts []string
 	for i, a := range j.Adapters {
-		if err := names.Check("plugin", a.Plugin); err != nil {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin: %v", i, err)
-		}
-		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
+		field := fmt.Sprintf("adapters[%d]", i)
+		if err := checkPlugin(field, a.Plugin, installed); err != nil {
+			return err
 		}
 		if a.Operation != "" {
 			if err := names.Check("operation", a.Operation); err != nil {
 				return errorf(http.StatusBadRequest, "adapters[%d].operation: %v", i, err)
 			}
 		}
-		var digest string
-		if strings.HasPrefix(a.File, "sha256:") {
-			if err := store.CheckDigest(a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file: %w", i, err)
-			}
-			digest = a.File
-		} else {
-			if err := names.Check("adapter", a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
-			}
-			ad, err := d.store.Adapter(a.File)
-			if err != nil {
-				return fmt.Errorf("adapters[%d].file: %w", i, err)
-			}
-			digest = ad.File.Digest
-		}
-		path, err := d.store.BlobPath(digest)
+		digest, path, err := d.storeFile(field+".file", a.File)
 		if err != nil {
-			return fmt.Errorf("adapters[%d].file: %w", i, err)
+			return err
 		}
 		params := map[string]any{}
 		for k, v := range a.Params {
@@ -257,7 +243,47 @@ func (d *Daemon) resolve(j *Job) error {
 	if j.Fuse {
 		j.key = "fuse\n" + j.key
 	}
+	if j.image != nil {
+		return d.resolveControls(j, installed)
+	}
 	return nil
+}
+
+// checkPlugin checks a request's plugin name (field.plugin): valid and
+// installed.
+func checkPlugin(field, name string, installed []hosts.Entry) error {
+	if err := names.Check("plugin", name); err != nil {
+		return errorf(http.StatusBadRequest, "%s.plugin: %v", field, err)
+	}
+	if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == name }) {
+		return errorf(http.StatusBadRequest, "%s.plugin %q is not installed", field, name)
+	}
+	return nil
+}
+
+// storeFile resolves a request's file (an adapter name or a blob digest,
+// which never leave the store) to its digest and path.
+func (d *Daemon) storeFile(field, file string) (digest, path string, err error) {
+	if strings.HasPrefix(file, "sha256:") {
+		if err := store.CheckDigest(file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s: %w", field, err)
+		}
+		digest = file
+	} else {
+		if err := names.Check("adapter", file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s (an adapter name or a sha256: digest): %w", field, err)
+		}
+		ad, err := d.store.Adapter(file)
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", field, err)
+		}
+		digest = ad.File.Digest
+	}
+	path, err = d.store.BlobPath(digest)
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", field, err)
+	}
+	return digest, path, nil
 }
 
 // Submit queues a job. It fails at once (429) when the queue is full and
@@ -803,7 +829,8 @@ func (d *Daemon) reaper() {
 		}
 		d.mu.Lock()
 		for _, w := range d.models {
-			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) {
+			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) &&
+				(w.pipe == nil || !w.pipe.cfg.Preload) {
 				d.log.Info("unloading idle model", "model", w.name, "idle", time.Since(w.lastUsed).Round(time.Second))
 				d.retireLocked(w, nil)
 			}
