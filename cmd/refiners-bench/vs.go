@@ -145,7 +145,7 @@ func runVs(o vsOptions) error {
 		if o.latent != 64 {
 			title = fmt.Sprintf("%s, latents %d² instead", title, o.latent)
 		}
-		fmt.Printf("| %s | %s / %s (%.2f) | %s / %s (%.2f) | %s / %s (%.2f) | %.2f GB file |\n", title,
+		fmt.Printf("| %s | %s / %s (%.2f) | %s / %s (%.3f) | %s / %s (%.2f) | %.2f GB file |\n", title,
 			spread(fwd(r.go_), "s"), spread(fwd(r.py), "s"), median(fwd(r.go_))/median(fwd(r.py)),
 			spread(rdy(r.go_), "s"), spread(rdy(r.py), "s"), median(rdy(r.go_))/median(rdy(r.py)),
 			spread(rss(r.go_), ""), spread(rss(r.py), ""), median(rss(r.go_))/median(rss(r.py)), size)
