@@ -576,7 +576,7 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	if err != nil {
 		return rep, nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	defer f.Close() // applied tensors are copies
+	defer f.Close() // applied tensors view the mapping, which outlives Close while they live
 	op := a.req.Operation
 	if op == "" {
 		desc, err := d.host.Describe(ctx, a.req.Plugin)
