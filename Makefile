@@ -74,6 +74,7 @@ golden: setup
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet controlnet sam lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
+	conformance/.venv/bin/python conformance/generate_init.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py
 	conformance/.venv/bin/python conformance/generate_canny.py
