@@ -16,6 +16,7 @@ demo: setup
 vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	cd examples/third-party-plugin && $(GO) vet ./...
 
 # libtorch picks its CPU kernels (and so the order of its float sums) by the
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
