@@ -224,6 +224,7 @@ func TestBadInsertPlansChangeNothing(t *testing.T) {
 			{"missing binding", []sdk.Patch{patch("", branch(same), ba[1:])}, "has no binding"},
 			{"wrong shape", []sdk.Patch{patch("", branch(same), wrongShape)}, "the branch wants"},
 			{"missing key", []sdk.Patch{patch("", branch(same), append([]sdk.Binding{{File: "a", Key: "nope", Param: ba[0].Param}}, ba[1:]...))}, `no tensor "nope"`},
+			{"concatenation too long", []sdk.Patch{patch("", branch(same), append([]sdk.Binding{ba[0]}, ba...))}, "2 keys concatenated along dimension 0"},
 			{"twice in one plan", []sdk.Patch{patch("", branch(same), ba), patch("", branch(same), ba)}, "two insertions of Controlnet(name=a)"},
 			// The second patch is bad: the first must not stay inserted.
 			{"good then bad", []sdk.Patch{patch("", branch(same), ba), patch("Nope", branch(same), ba)}, `the model has no layer "Nope"`},

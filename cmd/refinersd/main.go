@@ -40,6 +40,8 @@ func run(args []string, out io.Writer) error {
 		return runSpec(args, out)
 	case "generate":
 		return generate(args, out)
+	case "segment":
+		return segment(args, out)
 	case "plugins":
 		return pluginsVerb(args, out)
 	case "serve":
@@ -110,6 +112,9 @@ const usage = `usage: refinersd VERB [flags]
   generate --prompt TEXT --output OUT.png --unet W --text-encoder W --autoencoder W [flags]
                                 Stable Diffusion 1.5: text to image, image to image, inpainting
                                 (refinersd generate -h; docs/generate.md)
+  segment --weights SAM --image IN --point X,Y[,fg|bg]... [--box X0,Y0,X1,Y1] --output MASK.png
+                                Segment Anything: masks from points and boxes (refinersd segment -h;
+                                docs/sam.md)
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
 --prefix P reads weights under keys P<key>; --device cpu|cuda[:N];

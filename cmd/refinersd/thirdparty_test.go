@@ -26,7 +26,8 @@ func TestThirdPartyPlugin(t *testing.T) {
 	build.Dir = filepath.Join("..", "..", "examples", "third-party-plugin")
 	build.Env = append(os.Environ(), "GOFLAGS=-mod=readonly")
 	if msg, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build in %s: %v\n%s", build.Dir, err, msg)
+		t.Fatalf("go build in %s: %v\n%s\n(after a dependency change in the main module, bring the example's go.mod and go.sum along: "+
+			"cd examples/third-party-plugin && cp ../../go.sum . && GOFLAGS=-mod=mod go build -o /dev/null .)", build.Dir, err, msg)
 	}
 	var out bytes.Buffer
 	refinersd := func(args ...string) string {

@@ -45,6 +45,9 @@ type Model struct {
 	DType      tensor.DType
 	// Plugins plans the adapters of a request; needed only for those.
 	Plugins *hosts.Host
+	// unetSet are the U-Net's spec parameters as built (in_channels and
+	// the overrides): ControlNets take its num_heads and num_groups.
+	unetSet map[string]string
 }
 
 // inChannelsKey holds the U-Net's first convolution: [channels_1, in_channels, 3, 3].
@@ -100,6 +103,7 @@ func Load(s *tensor.Scope, c Config) (*Model, error) {
 		return nil, fmt.Errorf("sd15: U-Net: in_channels %q: want 4 (text to image) or 9 (inpainting)", unetParams["in_channels"])
 	}
 
+	m.unetSet = unetParams
 	for _, part := range []struct {
 		name, spec, weights, prefix string
 		params                      map[string]string
@@ -139,7 +143,9 @@ func load(s *tensor.Scope, m *core.Chain, path, prefix string, dev tensor.Device
 	if err != nil {
 		return err
 	}
-	defer f.Close() // LoadState copies the tensors
+	// The loaded weights view the file's mapping, which lives on after
+	// Close for as long as they do.
+	defer f.Close()
 	if dt != tensor.Float32 {
 		if err := core.ToDType(s, m, dt); err != nil {
 			return err
