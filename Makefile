@@ -5,7 +5,7 @@ GO ?= go
 # libtorch's intra-op pool: both cores, fixed so timings are comparable.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
+.PHONY: setup serve-demo setup-browser test-browser demo test vet bench bench-convert bench-sd15 bench-sam bench-vs-refiners gpu-check conformance-sam-full loadtest scaleout golden conformance conformance-full conformance-pipeline-full
 
 setup:
 	@scripts/setup.sh
@@ -17,10 +17,24 @@ setup-browser:
 demo: setup
 	$(GO) run ./cmd/refinersd demo
 
+# A fresh clone serving images: a tiny random-weight SD 1.5 (and ControlNet)
+# in DEMO_DIR, the LoRA and ControlNet plugins installed, then the daemon
+# on http://127.0.0.1:8642 (docs/api.md, Images).
+DEMO_DIR ?= $(CURDIR)/.demo
+serve-demo: setup
+	@mkdir -p $(DEMO_DIR)/bin/plugins
+	$(GO) build -o $(DEMO_DIR)/bin/refinersd ./cmd/refinersd
+	$(GO) build -o $(DEMO_DIR)/bin/plugins/lora ./plugins/lora
+	$(GO) build -o $(DEMO_DIR)/bin/plugins/controlnet ./plugins/controlnet
+	$(DEMO_DIR)/bin/refinersd demo-weights --force $(DEMO_DIR)
+	$(DEMO_DIR)/bin/refinersd plugins install $(DEMO_DIR)/bin/plugins --dir $(DEMO_DIR)/plugins
+	$(DEMO_DIR)/bin/refinersd serve --config $(DEMO_DIR)/config.yaml
+
 vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	cd deploy && $(GO) vet ./...
+	cd examples/third-party-plugin && $(GO) vet ./...
 
 # libtorch picks its CPU kernels (and so the order of its float sums) by the
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
@@ -89,6 +103,22 @@ conformance-sam-full: setup
 	conformance/.venv/bin/python conformance/generate_sam_official.py --full
 	CONFORMANCE_TIER=full $(GO) test -count=1 -timeout 30m -run 'TestSAMOfficial' ./conformance
 
+# Go against Refiners 0.4.0 model by model (SD 1.5 UNet, VAE decoder,
+# CLIP-L) on full-size random weights written once to $(BENCH_DIR) (4.3 GB,
+# gitignored): forward, time to a ready model and peak RSS, each side in
+# fresh processes, interleaved and repeated; prints medians, spread, ratios.
+BENCH_DIR ?= conformance/testdata/full/bench
+BENCH_REPEATS ?= 3
+BENCH_MODELS ?= unet,vae,clip
+bench-vs-refiners: setup
+	conformance/setup-python.sh
+	$(GO) run ./cmd/refiners-bench -mode vs-refiners -sd15-dir $(BENCH_DIR) -repeats $(BENCH_REPEATS) -vs-models $(BENCH_MODELS)
+
+# On a machine with an NVIDIA GPU: CUDA builds, conformance on the GPU in
+# float32 and float16, the benchmark on the GPU (scripts/gpu-check.sh).
+gpu-check:
+	scripts/gpu-check.sh
+
 # A bounded load test of `refinersd serve` on loopback: prints throughput,
 # latency percentiles, 429s and adapter grouping.
 loadtest: setup
@@ -110,6 +140,7 @@ golden: setup
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet controlnet sam sam_predict sam_official lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
+	conformance/.venv/bin/python conformance/generate_init.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py
 	conformance/.venv/bin/python conformance/generate_canny.py

@@ -25,6 +25,9 @@ func TestSpecs(t *testing.T) {
 	if os.Getenv("CONFORMANCE_TIER") == "full" {
 		dir = "testdata/full"
 	}
+	if d := os.Getenv("CONFORMANCE_SPECS_DIR"); d != "" {
+		dir = d // vectors written elsewhere (scripts/gpu-check.sh writes CUDA ones)
+	}
 	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	if len(files) == 0 {
 		t.Skipf("no spec vectors in %s yet", dir)
@@ -89,8 +92,19 @@ func runSpecCaseWith(path string, plant planter) ([]Diff, error) {
 		return nil, err
 	}
 	defer params.Close()
+	dev, err := caseDevice()
+	if err != nil {
+		return nil, err
+	}
 	var diffs []Diff
 	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		load := func(key string) *tensor.Tensor {
+			t := f.Load(s, key)
+			if dev != tensor.CPU && t.Valid() {
+				t = s.To(t, dev)
+			}
+			return t
+		}
 		if c.DType != tensor.Float32 {
 			if err := core.ToDType(s, m, c.DType); err != nil {
 				return err
@@ -101,7 +115,7 @@ func runSpecCaseWith(path string, plant planter) ([]Diff, error) {
 				return fmt.Errorf("tree print differs from Refiners'\n got:\n%s\nwant:\n%s", got, c.Tree)
 			}
 		}
-		if _, err := core.LoadState(s, m, params, core.LoadOptions{Strict: true, Prefix: "param."}); err != nil {
+		if _, err := core.LoadState(s, m, params, core.LoadOptions{Strict: true, Prefix: "param.", Device: dev}); err != nil {
 			return err
 		}
 		defer core.ReleaseParams(m)
@@ -118,7 +132,7 @@ func runSpecCaseWith(path string, plant planter) ([]Diff, error) {
 				if call.Contexts[name] == nil {
 					call.Contexts[name] = map[string]any{}
 				}
-				call.Contexts[name][key] = f.Load(s, k)
+				call.Contexts[name][key] = load(k)
 			case strings.HasPrefix(k, "output."):
 				outputs = append(outputs, k)
 			}
@@ -127,7 +141,7 @@ func runSpecCaseWith(path string, plant planter) ([]Diff, error) {
 			if _, ok := f.Info(fmt.Sprintf("input.%d", i)); !ok {
 				break
 			}
-			inputs = append(inputs, f.Load(s, fmt.Sprintf("input.%d", i)))
+			inputs = append(inputs, load(fmt.Sprintf("input.%d", i)))
 		}
 		outs, err := call.Forward(s, m, inputs...)
 		if err != nil {
@@ -142,6 +156,20 @@ func runSpecCaseWith(path string, plant planter) ([]Diff, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return diffs, nil
+}
+
+// caseDevice is where the spec cases run: CONFORMANCE_DEVICE (cpu, cuda,
+// cuda:N), the CPU by default. Outputs are compared on the CPU.
+func caseDevice() (tensor.Device, error) {
+	d := os.Getenv("CONFORMANCE_DEVICE")
+	if d == "" {
+		return tensor.CPU, nil
+	}
+	dev, err := tensor.ParseDevice(d)
+	if err != nil {
+		return dev, fmt.Errorf("CONFORMANCE_DEVICE: %w", err)
+	}
+	return dev, nil
 }
 
 // TestSpecsViaCLI runs every tiny spec case through the refinersd binary

@@ -41,7 +41,6 @@ type Daemon struct {
 	models   map[string]*warm
 	queued   int // jobs waiting, across models
 	draining bool
-	warmed   map[string]bool // keys of d.models that loaded once since the start
 	workers  sync.WaitGroup
 	stop     chan struct{}
 }
@@ -101,21 +100,19 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
-		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes), segs: newSegmenters(cfg), warmed: map[string]bool{}}
+		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes), segs: newSegmenters(cfg)}
 	if d.cfg.Replica == "" {
 		d.cfg.Replica, _ = os.Hostname()
 	}
 	d.metrics = newMetrics(d)
-	d.mu.Lock()
-	for _, name := range d.pipelineNames() {
-		if p := cfg.Pipelines[name]; p.Preload {
-			d.warmPipelineLocked(name, p)
-		}
-	}
-	d.mu.Unlock()
 	go d.reaper()
 	for _, name := range cfg.Preload {
-		go d.preload(name)
+		go d.preload(name, d.Load)
+	}
+	for _, name := range d.pipelineNames() {
+		if cfg.Pipelines[name].Preload {
+			go d.preload(name, d.LoadPipeline)
+		}
 	}
 	return d, nil
 }
@@ -124,11 +121,11 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 // (the model may not be in the store yet, or the store not reachable).
 var preloadRetry = 5 * time.Second
 
-// preload loads a model named in Preload, trying again until it loads or
-// the daemon stops.
-func (d *Daemon) preload(name string) {
+// preload loads a model named in Preload (or a pipeline with preload),
+// trying again until it loads or the daemon stops.
+func (d *Daemon) preload(name string, load func(context.Context, string) error) {
 	for {
-		err := d.Load(context.Background(), name)
+		err := load(context.Background(), name)
 		if err == nil {
 			return
 		}
@@ -144,25 +141,23 @@ func (d *Daemon) preload(name string) {
 	}
 }
 
-// Ready reports whether the daemon takes work: not draining, every model
-// of Preload warm, and every pipeline with preload set loaded once (it may
-// be unloaded for idleness later and reloaded by the next request). It
-// says why not.
+// Ready reports whether the daemon takes work: not draining, and every
+// model of Preload and every pipeline with preload set warm (both are kept
+// regardless of keep_alive, and a failed load is retried). It says why
+// not.
 func (d *Daemon) Ready() (bool, string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.draining {
 		return false, "draining: finishing the jobs it has, taking no new ones"
 	}
-	for _, name := range d.pipelineNames() {
-		if key := pipelineKey(name); d.cfg.Pipelines[name].Preload && !d.warmed[key] {
-			if _, loading := d.models[key]; loading {
-				return false, fmt.Sprintf("pipeline %s is loading", name)
-			}
-			return false, fmt.Sprintf("pipeline %s did not load (see the log)", name)
+	preloaded := slices.Clone(d.cfg.Preload)
+	for name, p := range d.cfg.Pipelines {
+		if p.Preload {
+			preloaded = append(preloaded, pipelineKey(name))
 		}
 	}
-	for _, name := range d.cfg.Preload {
+	for _, name := range preloaded {
 		w, ok := d.models[name]
 		if !ok {
 			return false, fmt.Sprintf("model %s is not loaded", name)
@@ -219,36 +214,18 @@ func (d *Daemon) resolve(j *Job) error {
 	}
 	var keyParts []string
 	for i, a := range j.Adapters {
-		if err := names.Check("plugin", a.Plugin); err != nil {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin: %v", i, err)
-		}
-		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
+		field := fmt.Sprintf("adapters[%d]", i)
+		if err := checkPlugin(field, a.Plugin, installed); err != nil {
+			return err
 		}
 		if a.Operation != "" {
 			if err := names.Check("operation", a.Operation); err != nil {
 				return errorf(http.StatusBadRequest, "adapters[%d].operation: %v", i, err)
 			}
 		}
-		var digest string
-		if strings.HasPrefix(a.File, "sha256:") {
-			if err := store.CheckDigest(a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file: %w", i, err)
-			}
-			digest = a.File
-		} else {
-			if err := names.Check("adapter", a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
-			}
-			ad, err := d.store.Adapter(a.File)
-			if err != nil {
-				return fmt.Errorf("adapters[%d].file: %w", i, err)
-			}
-			digest = ad.File.Digest
-		}
-		path, err := d.store.BlobPath(digest)
+		digest, path, err := d.storeFile(field+".file", a.File)
 		if err != nil {
-			return fmt.Errorf("adapters[%d].file: %w", i, err)
+			return err
 		}
 		params := map[string]any{}
 		for k, v := range a.Params {
@@ -268,7 +245,47 @@ func (d *Daemon) resolve(j *Job) error {
 	if j.Fuse {
 		j.key = "fuse\n" + j.key
 	}
+	if j.image != nil {
+		return d.resolveControls(j, installed)
+	}
 	return nil
+}
+
+// checkPlugin checks a request's plugin name (field.plugin): valid and
+// installed.
+func checkPlugin(field, name string, installed []hosts.Entry) error {
+	if err := names.Check("plugin", name); err != nil {
+		return errorf(http.StatusBadRequest, "%s.plugin: %v", field, err)
+	}
+	if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == name }) {
+		return errorf(http.StatusBadRequest, "%s.plugin %q is not installed", field, name)
+	}
+	return nil
+}
+
+// storeFile resolves a request's file (an adapter name or a blob digest,
+// which never leave the store) to its digest and path.
+func (d *Daemon) storeFile(field, file string) (digest, path string, err error) {
+	if strings.HasPrefix(file, "sha256:") {
+		if err := store.CheckDigest(file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s: %w", field, err)
+		}
+		digest = file
+	} else {
+		if err := names.Check("adapter", file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s (an adapter name or a sha256: digest): %w", field, err)
+		}
+		ad, err := d.store.Adapter(file)
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", field, err)
+		}
+		digest = ad.File.Digest
+	}
+	path, err = d.store.BlobPath(digest)
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", field, err)
+	}
+	return digest, path, nil
 }
 
 // Submit queues a job. It fails at once (429) when the queue is full and
@@ -481,9 +498,6 @@ func (d *Daemon) load(w *warm) {
 		return
 	}
 	d.metrics.modelLoads.Inc()
-	d.mu.Lock()
-	d.warmed[w.name] = true
-	d.mu.Unlock()
 	d.log.Info("model loaded", "model", w.name, "seconds", time.Since(start).Seconds())
 }
 
@@ -564,7 +578,7 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	if err != nil {
 		return rep, nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	defer f.Close() // applied tensors are copies
+	defer f.Close() // applied tensors view the mapping, which outlives Close while they live
 	op := a.req.Operation
 	if op == "" {
 		desc, err := d.host.Describe(ctx, a.req.Plugin)
@@ -817,7 +831,8 @@ func (d *Daemon) reaper() {
 		}
 		d.mu.Lock()
 		for _, w := range d.models {
-			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) {
+			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) &&
+				(w.pipe == nil || !w.pipe.cfg.Preload) {
 				d.log.Info("unloading idle model", "model", w.name, "idle", time.Since(w.lastUsed).Round(time.Second))
 				d.retireLocked(w, nil)
 			}

@@ -15,6 +15,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -29,33 +30,71 @@ const mediaPNG = "image/png"
 // ImageRequest is the body of POST /v1/images and POST /v1/images/jobs
 // (docs/api.md). Zero values take the pipeline's defaults.
 type ImageRequest struct {
-	Model          string           `json:"model"`
-	Prompt         string           `json:"prompt"`
-	NegativePrompt string           `json:"negative_prompt"`
-	Seed           *int64           `json:"seed"` // absent or -1: a random one
-	Steps          int              `json:"steps"`
-	Guidance       float64          `json:"guidance"`
-	Solver         string           `json:"solver"`
-	Width          int              `json:"width"`
-	Height         int              `json:"height"`
-	Batch          int              `json:"batch"`
-	InitImage      string           `json:"init_image"` // base64 PNG or JPEG (a data: URL is accepted)
-	Strength       float64          `json:"strength"`
-	Mask           string           `json:"mask"`
-	Adapters       []AdapterRequest `json:"adapters"`
-	Recipe         string           `json:"recipe"` // base64 PNG whose recipe to re-run
-	Preview        bool             `json:"preview"`
+	Model          string              `json:"model"`
+	Prompt         string              `json:"prompt"`
+	NegativePrompt string              `json:"negative_prompt"`
+	Seed           *int64              `json:"seed"` // absent or -1: a random one
+	Steps          int                 `json:"steps"`
+	Guidance       float64             `json:"guidance"`
+	Solver         string              `json:"solver"`
+	Width          int                 `json:"width"`
+	Height         int                 `json:"height"`
+	Batch          int                 `json:"batch"`
+	InitImage      string              `json:"init_image"` // base64 PNG or JPEG (a data: URL is accepted)
+	Strength       float64             `json:"strength"`
+	Mask           string              `json:"mask"`
+	Adapters       []AdapterRequest    `json:"adapters"`
+	Controlnets    []ControlnetRequest `json:"controlnets"`
+	Recipe         string              `json:"recipe"` // base64 PNG whose recipe to re-run
+	Preview        bool                `json:"preview"`
+}
+
+// ControlnetRequest is one ControlNet of an image request: a plugin
+// (default controlnet), a ControlNet file from the store (adapter name or
+// blob digest) and its condition image, optionally Canny-preprocessed.
+// Zero values take the defaults: scale 1, start 0, end 1, Canny
+// thresholds 100 and 200.
+type ControlnetRequest struct {
+	Plugin     string         `json:"plugin"`
+	Adapter    string         `json:"adapter"`
+	Image      string         `json:"image"` // base64 PNG or JPEG, or multipart part controlnets.N.image
+	Preprocess string         `json:"preprocess"`
+	Low        float64        `json:"low"`
+	High       float64        `json:"high"`
+	Scale      float64        `json:"scale"`
+	Start      float64        `json:"start"`
+	End        float64        `json:"end"`
+	Params     map[string]any `json:"params"` // more parameters for the plugin (e.g. name)
+}
+
+// ControlnetReport is what a ControlNet did in a generation.
+type ControlnetReport struct {
+	Plugin      string   `json:"plugin"`
+	Adapter     string   `json:"adapter"`
+	Digest      string   `json:"digest"`
+	Name        string   `json:"name"`
+	Format      string   `json:"format,omitempty"`
+	Scale       float64  `json:"scale"`
+	Start       float64  `json:"start"`
+	End         float64  `json:"end"`
+	Preprocess  string   `json:"preprocess,omitempty"`
+	ActiveSteps int      `json:"active_steps"`
+	Steps       int      `json:"steps"`
+	Matched     int      `json:"matched"`
+	Unmatched   []string `json:"unmatched,omitempty"`
+	Warnings    []string `json:"warnings,omitempty"`
 }
 
 // ImageResponse is a finished image job, as JSON.
 type ImageResponse struct {
-	ID       string           `json:"id"`
-	Model    string           `json:"model"`
-	Images   []ImageOut       `json:"images"`
-	Recipe   *pipeline.Recipe `json:"recipe"` // of the first image; image i's PNG holds its own (index i)
-	Warnings []string         `json:"warnings"`
-	Adapters []AdapterReport  `json:"adapters,omitempty"`
-	Seconds  float64          `json:"seconds"`
+	ID          string             `json:"id"`
+	Model       string             `json:"model"`
+	Images      []ImageOut         `json:"images"`
+	Recipe      *pipeline.Recipe   `json:"recipe"` // of the first image; image i's PNG holds its own (index i)
+	Warnings    []string           `json:"warnings"`
+	Adapters    []AdapterReport    `json:"adapters,omitempty"`
+	Controlnets []ControlnetReport `json:"controlnets,omitempty"`
+	Seconds     float64            `json:"seconds"`
 }
 
 // ImageOut is one generated image.
@@ -71,12 +110,15 @@ type imageJob struct {
 	index    int // -1: every image; else only this one (a recipe's)
 	recipe   *pipeline.Recipe
 	warnings []string // from parsing (e.g. a recipe made on other weights)
+	// the ControlNets' files as requested, and their digests once resolved
+	controlNames, controlDigests []string
 
 	// results, under Job.mu
 	pngs    [][]byte
 	seeds   []uint64
 	outWarn []string
 	first   *pipeline.Recipe
+	creps   []ControlnetReport
 }
 
 // parseImage reads an image request (JSON, or multipart/form-data with a
@@ -131,7 +173,14 @@ func (d *Daemon) parseImage(w http.ResponseWriter, r *http.Request) (*Job, error
 				}
 				parts[name] = b
 			default:
-				return nil, errorf(http.StatusBadRequest, "multipart part %q: want request, init_image, mask or recipe", name)
+				if !controlPartRE.MatchString(name) {
+					return nil, errorf(http.StatusBadRequest, "multipart part %q: want request, init_image, mask, recipe or controlnets.N.image", name)
+				}
+				b, err := io.ReadAll(part)
+				if err != nil {
+					return nil, badBody(err)
+				}
+				parts[name] = b
 			}
 		}
 		if !seen["request"] {
@@ -142,6 +191,9 @@ func (d *Daemon) parseImage(w http.ResponseWriter, r *http.Request) (*Job, error
 	}
 	return d.imageJob(&req, parts)
 }
+
+// controlPartRE matches the multipart parts of ControlNet condition images.
+var controlPartRE = regexp.MustCompile(`^controlnets\.(0|[1-9][0-9]{0,2})\.image$`)
 
 // decodeStrict reads one JSON object into v: unknown fields, a key given
 // twice and anything after the object are errors.
@@ -249,6 +301,72 @@ func (d *Daemon) imageJob(req *ImageRequest, parts map[string][]byte) (*Job, err
 			f.set(img)
 		}
 	}
+	for name := range parts {
+		if m := controlPartRE.FindStringSubmatch(name); m != nil {
+			var i int
+			fmt.Sscan(m[1], &i)
+			if i >= len(req.Controlnets) {
+				return nil, errorf(http.StatusBadRequest, "multipart part %s: the request has %d controlnets", name, len(req.Controlnets))
+			}
+		}
+	}
+	for i, c := range req.Controlnets {
+		field := fmt.Sprintf("controlnets[%d]", i)
+		if c.Plugin == "" {
+			c.Plugin = "controlnet"
+		}
+		if c.Adapter == "" {
+			return nil, errorf(http.StatusBadRequest, "%s.adapter: missing (a ControlNet file in the store: adapter name or sha256: digest)", field)
+		}
+		b, err := imageBytes(fmt.Sprintf("controlnets.%d.image", i), c.Image, parts)
+		if err != nil {
+			return nil, err
+		}
+		if b == nil {
+			return nil, errorf(http.StatusBadRequest, "%s.image: missing (the condition image, base64 PNG or JPEG)", field)
+		}
+		img, err := decodeImage(field+".image", b, p)
+		if err != nil {
+			return nil, err
+		}
+		if c.Preprocess != "" && c.Preprocess != pipeline.ControlPreprocessCanny {
+			return nil, errorf(http.StatusBadRequest, "%s.preprocess %q: want \"\" (the image is the condition) or \"canny\"", field, c.Preprocess)
+		}
+		end := c.End
+		if end == 0 {
+			end = 1
+		}
+		if c.Preprocess == pipeline.ControlPreprocessCanny { // one threshold given: the other's default
+			switch {
+			case c.Low != 0 && c.High == 0:
+				c.High = pipeline.DefaultCannyHigh
+			case c.High != 0 && c.Low == 0:
+				c.Low = pipeline.DefaultCannyLow
+			}
+		}
+		switch {
+		case c.Scale < 0:
+			return nil, errorf(http.StatusBadRequest, "%s.scale %g: want a value ≥ 0 (0: the default, 1)", field, c.Scale)
+		case c.Start < 0 || end > 1 || c.Start >= end:
+			return nil, errorf(http.StatusBadRequest, "%s.start %g, end %g: want 0 ≤ start < end ≤ 1 (fractions of the steps)", field, c.Start, c.End)
+		case c.Preprocess == "" && (c.Low != 0 || c.High != 0):
+			return nil, errorf(http.StatusBadRequest, "%s.low/high: Canny thresholds need \"preprocess\": \"canny\"", field)
+		case c.Low < 0 || c.High < 0 || c.Low > c.High:
+			return nil, errorf(http.StatusBadRequest, "%s.low %g, high %g: want 0 ≤ low ≤ high", field, c.Low, c.High)
+		}
+		if _, ok := c.Params["scale"]; ok {
+			return nil, errorf(http.StatusBadRequest, "%s.params: give the scale as %s.scale", field, field)
+		}
+		var params []byte
+		if len(c.Params) > 0 {
+			if params, err = json.Marshal(c.Params); err != nil {
+				return nil, errorf(http.StatusBadRequest, "%s.params: %v", field, err)
+			}
+		}
+		pr.Controls = append(pr.Controls, pipeline.Control{Plugin: c.Plugin, File: c.Adapter, Params: string(params), Condition: pipeline.ToRGB(img),
+			Preprocess: c.Preprocess, CannyLow: c.Low, CannyHigh: c.High, Scale: c.Scale, Start: c.Start, End: c.End})
+		ij.controlNames = append(ij.controlNames, c.Adapter)
+	}
 	switch {
 	case req.Seed == nil || *req.Seed == -1:
 		pr.Seed = rand.Uint64N(1 << 32)
@@ -291,6 +409,11 @@ func (d *Daemon) imageJob(req *ImageRequest, parts map[string][]byte) (*Job, err
 		if err := rec.CheckImages(pr.InitImage, pr.Mask); err != nil {
 			return nil, errorf(http.StatusBadRequest, "%v", err)
 		}
+		for i, c := range rec.Controlnets {
+			if got := pipeline.PixelDigest(pr.Controls[i].Condition.Pix); got != c.Image {
+				return nil, errorf(http.StatusBadRequest, "recipe: controlnets[%d].image is not the recipe's (pixels %s, want %s)", i, got, c.Image)
+			}
+		}
 	}
 	full, err := pr.WithDefaults()
 	if err != nil {
@@ -323,6 +446,30 @@ func fromRecipe(req *ImageRequest, rec *pipeline.Recipe) error {
 	}
 	if len(set) > 0 {
 		return errorf(http.StatusBadRequest, "recipe: a recipe gives the whole request; leave out %s (give only model, preview and the images the recipe names)", strings.Join(set, ", "))
+	}
+	// ControlNets: the request gives their condition images alone (as
+	// controlnets[i].image or parts controlnets.N.image), the recipe the rest.
+	given := req.Controlnets
+	if len(given) > 0 && len(given) != len(rec.Controlnets) {
+		return errorf(http.StatusBadRequest, "recipe: it has %d controlnets, the request %d (give each one's image, in the recipe's order)", len(rec.Controlnets), len(given))
+	}
+	for i, g := range given {
+		if g.Plugin != "" || g.Adapter != "" || g.Preprocess != "" || g.Low != 0 || g.High != 0 || g.Scale != 0 || g.Start != 0 || g.End != 0 || len(g.Params) > 0 {
+			return errorf(http.StatusBadRequest, "recipe: controlnets[%d]: give only its image (the recipe gives the rest)", i)
+		}
+	}
+	req.Controlnets = nil
+	for i, c := range rec.Controlnets {
+		cr := ControlnetRequest{Plugin: c.Plugin, Adapter: c.Digest, Preprocess: c.Preprocess, Low: c.Low, High: c.High, Scale: c.Scale, Start: c.Start, End: c.End}
+		if i < len(given) {
+			cr.Image = given[i].Image
+		}
+		if len(c.Params) > 0 {
+			if err := json.Unmarshal(c.Params, &cr.Params); err != nil {
+				return errorf(http.StatusBadRequest, "recipe: controlnets[%d].params: %v", i, err)
+			}
+		}
+		req.Controlnets = append(req.Controlnets, cr)
 	}
 	if req.Model == "" {
 		req.Model = rec.Model
@@ -437,6 +584,13 @@ func (d *Daemon) generate(w *warm, j *Job) error {
 				}
 				rec.Adapters = append(rec.Adapters, ra)
 			}
+			for k, c := range ij.req.Controls {
+				rc := pipeline.NewRecipeControl(c, ij.controlNames[k], ij.controlDigests[k])
+				if ij.recipe != nil { // the recipe's own name and parameter text
+					rc.Adapter, rc.Params = ij.recipe.Controlnets[k].Adapter, ij.recipe.Controlnets[k].Params
+				}
+				rec.Controlnets = append(rec.Controlnets, rc)
+			}
 			if b, err = rec.Embed(b); err != nil {
 				return err
 			}
@@ -453,12 +607,18 @@ func (d *Daemon) generate(w *warm, j *Job) error {
 		}
 		return errorf(http.StatusUnprocessableEntity, "%v", err)
 	}
+	var creps []ControlnetReport
+	for k, c := range res.Controls {
+		creps = append(creps, ControlnetReport{Plugin: c.Plugin, Adapter: ij.controlNames[k], Digest: ij.controlDigests[k], Name: c.Name,
+			Format: c.Format, Scale: c.Scale, Start: c.Start, End: c.End, Preprocess: c.Preprocess, ActiveSteps: c.ActiveSteps,
+			Steps: c.Steps, Matched: c.Matched, Unmatched: c.Unmatched, Warnings: c.Warnings})
+	}
 	var seeds []uint64
 	for _, rec := range recipes {
 		seeds = append(seeds, rec.Seed+uint64(rec.Index))
 	}
 	j.mu.Lock()
-	ij.pngs, ij.seeds, ij.outWarn, ij.first = pngs, seeds, append(warnings, res.Warnings...), recipes[0]
+	ij.pngs, ij.seeds, ij.outWarn, ij.first, ij.creps = pngs, seeds, append(warnings, res.Warnings...), recipes[0], creps
 	j.mu.Unlock()
 	return nil
 }
@@ -477,7 +637,7 @@ func short(digest string) string {
 func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
-		w.Header().Set(AdapterSetHeader, AdapterSetDigest(j.Model, j.Adapters, j.Fuse))
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(pipelineKey(j.Model), j.Adapters, false))
 		err = d.Submit(j)
 	}
 	if err != nil {
@@ -500,7 +660,7 @@ func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) submitImageJob(w http.ResponseWriter, r *http.Request) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
-		w.Header().Set(AdapterSetHeader, AdapterSetDigest(j.Model, j.Adapters, j.Fuse))
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(pipelineKey(j.Model), j.Adapters, false))
 		err = d.Submit(j)
 	}
 	if err != nil {
@@ -519,7 +679,7 @@ func (j *Job) imageResponse() *ImageResponse {
 	if j.state != Done || ij == nil {
 		return nil
 	}
-	resp := &ImageResponse{ID: j.ID, Model: j.Model, Recipe: ij.first, Warnings: ij.outWarn, Adapters: j.reports,
+	resp := &ImageResponse{ID: j.ID, Model: j.Model, Recipe: ij.first, Warnings: ij.outWarn, Adapters: j.reports, Controlnets: ij.creps,
 		Seconds: j.finished.Sub(j.started).Seconds()}
 	if resp.Warnings == nil {
 		resp.Warnings = []string{}
@@ -556,4 +716,25 @@ func (d *Daemon) writeImageResult(w http.ResponseWriter, r *http.Request, j *Job
 		return
 	}
 	writeJSON(w, 200, j.imageResponse())
+}
+
+// resolveControls checks an image job's ControlNets against the plugins
+// and the store, and points them at their files.
+func (d *Daemon) resolveControls(j *Job, installed []hosts.Entry) error {
+	ij := j.image
+	ij.controlDigests = nil
+	for i := range ij.req.Controls {
+		c := &ij.req.Controls[i]
+		field := fmt.Sprintf("controlnets[%d]", i)
+		if err := checkPlugin(field, c.Plugin, installed); err != nil {
+			return err
+		}
+		digest, path, err := d.storeFile(field+".adapter", ij.controlNames[i])
+		if err != nil {
+			return err
+		}
+		c.File = path
+		ij.controlDigests = append(ij.controlDigests, digest)
+	}
+	return nil
 }

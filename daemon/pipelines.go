@@ -38,8 +38,9 @@ type PipelineConfig struct {
 	Set    map[string]map[string]string `yaml:"set"`
 	Device string                       `yaml:"device"` // cpu (default), cuda, cuda:N
 	DType  string                       `yaml:"dtype"`  // float32 (default), float16, bfloat16
-	// Preload loads the pipeline when the daemon starts rather than on its
-	// first request (keep_alive still unloads it when idle).
+	// Preload loads the pipeline when the daemon starts and keeps it
+	// (keep_alive does not apply), as the top-level preload does for
+	// models: /readyz fails until it is loaded.
 	Preload bool `yaml:"preload"`
 	// Defaults of a request that does not say (0: the pipeline's own,
 	// 512×512 and 30 steps).

@@ -13,6 +13,12 @@
 #     layer releases memory deterministically and does not lean on finalizers.
 #   - scaled_dot_product_attention passes an absent mask as nullopt: the stock
 #     glue passes an undefined tensor, which ATen 2.1 rejects.
+#
+# Addition (not a patch: gotch's own packages are untouched, so adding it
+# does not invalidate any build of them): package rgext, from
+# scripts/gotch-ext, for tensors viewing a reference-counted read-only
+# mapping of a weights file, and memory-format control. It is (re)installed
+# whenever its source differs from the installed copy.
 set -euo pipefail
 
 GOTCH_VERSION=v0.9.1
@@ -22,7 +28,38 @@ TORCH_PREFIX=${REFINERS_TORCH_PREFIX:-/opt/refiners-go/torch-2.1.2}
 DEST=/opt/refiners-go/gotch-${GOTCH_VERSION}-${PATCH_LEVEL}
 MARKER="$DEST/.ok"
 
+here=$(cd "$(dirname "$0")" && pwd)
+
+# install_ext puts scripts/gotch-ext into $DEST/rgext with its flags, when
+# the installed copy differs (or is missing); a no-op otherwise.
+install_ext() {
+  local want="$DEST/rgext.want"
+  rm -rf "$want"
+  mkdir -p "$want"
+  cp "$here"/gotch-ext/rgext.go "$here"/gotch-ext/rgext.h "$here"/gotch-ext/rgext.cpp "$want"/
+  cat > "$want/flags.go" <<GO
+package rgext
+
+// Flags written by refiners-go scripts/setup-gotch.sh.
+
+// #cgo CXXFLAGS: -std=c++17 -O2 -D_GLIBCXX_USE_CXX11_ABI=0 -Wno-deprecated-declarations
+// #cgo CXXFLAGS: -I${TORCH_PREFIX}/torch/include -I${TORCH_PREFIX}/torch/include/torch/csrc/api/include
+// #cgo LDFLAGS: -L${TORCH_PREFIX}/torch/lib -Wl,-rpath,${TORCH_PREFIX}/torch/lib -ltorch_cpu -lc10 -lstdc++
+import "C"
+GO
+  if diff -r "$want" "$DEST/rgext" >/dev/null 2>&1; then
+    rm -rf "$want"
+    return 0
+  fi
+  rm -rf "$DEST/rgext.old"
+  [[ -d "$DEST/rgext" ]] && mv "$DEST/rgext" "$DEST/rgext.old"
+  mv "$want" "$DEST/rgext"
+  rm -rf "$DEST/rgext.old"
+  echo "setup-gotch: installed package rgext" >&2
+}
+
 if [[ -f "$MARKER" ]]; then
+  install_ext
   exit 0
 fi
 echo "setup-gotch: preparing gotch ${GOTCH_VERSION}-${PATCH_LEVEL} in ${DEST}" >&2
@@ -130,4 +167,5 @@ gofmt -l "$tmp" >/dev/null
 rm -rf "$DEST"
 mv "$tmp" "$DEST"
 touch "$MARKER"
+install_ext
 echo "setup-gotch: done" >&2

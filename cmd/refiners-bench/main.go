@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,9 +68,39 @@ func main() {
 	samBlocks := flag.Int("sam-blocks", 3, "sam mode: alternating blocks (1 embedding + -sam-prompts prompts per side each)")
 	samPrompts := flag.Int("sam-prompts", 5, "sam mode: prompts per block and side")
 	samDaemon := flag.Int("sam-daemon-prompts", 20, "sam mode: prompts on one image through the daemon")
+	vsModelsFlag := flag.String("vs-models", "unet,vae,clip", "vs-refiners mode: models to compare, comma-separated (unet, vae, clip)")
+	vsModel := flag.String("vs-model", "", "vs-go mode: the one model to run")
+	vsRepeats := flag.Int("repeats", 3, "vs-refiners mode: interleaved repeats per model and side")
+	forwards := flag.Int("forwards", 0, "vs modes: forwards per child (0: 1 for unet and vae, 3 for clip)")
+	dtype := flag.String("dtype", "float32", "vs modes: weights and inputs dtype (float32, bfloat16, float16)")
+	latent := flag.Int("latent", 64, "vs modes: latent side for the UNet and VAE decoder inputs (64: 512² images)")
+	device := flag.String("device", "cpu", "vs modes: cpu, cuda or cuda:N")
+	channelsLast := flag.Bool("channels-last", false, "vs modes: Go side runs convolutions channels-last (NHWC)")
+	nhwcWeights := flag.Bool("nhwc-weights", true, "vs-go mode with -channels-last: convert the convolution weights too (else only the input is channels-last)")
+	cpuProfile := flag.String("cpuprofile", "", "vs-go mode: write a CPU profile of the forwards to this file (go tool pprof)")
+	vsScript := flag.String("vs-script", "conformance/bench_models.py", "vs-refiners mode: the reference side's script")
 	flag.Parse()
 	if *mode == "sam" {
 		if err := runSAM(*samDir, *samSize, *python, *samScript, *samImage, *samBlocks, *samPrompts, *samDaemon); err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	switch *mode {
+	case "vs-refiners", "vs-go":
+		var err error
+		if *mode == "vs-go" {
+			err = withProfile(*cpuProfile, func() error {
+				return runVsGo(*sd15Dir, *vsModel, *dtype, *device, max(*forwards, 1), *latent, *channelsLast, *nhwcWeights)
+			})
+		} else if *vsRepeats < 1 {
+			err = fmt.Errorf("-repeats must be at least 1")
+		} else {
+			err = runVs(vsOptions{dir: *sd15Dir, python: *python, script: *vsScript, dtype: *dtype, models: strings.Split(*vsModelsFlag, ","),
+				repeats: *vsRepeats, forwards: *forwards, latent: *latent, channelsLast: *channelsLast, device: *device})
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
 			os.Exit(1)
 		}
@@ -450,3 +481,26 @@ func numel(shape []int64) int64 {
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// withProfile runs f under a CPU profile written to path (none if empty).
+// Time spent inside libtorch is attributed to the Go op that called it
+// (through runtime.cgocall), so the profile splits a forward by op.
+func withProfile(path string, f func() error) error {
+	if path == "" {
+		return f()
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return err
+	}
+	err = f()
+	pprof.StopCPUProfile()
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

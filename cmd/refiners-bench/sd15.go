@@ -210,6 +210,9 @@ func runSD15Go(dir string, steps, size int) error {
 // writeSD15Weights writes random full-size weights in Refiners' layout,
 // one model at a time (InitRandom: uniform in ±1/√fan-in).
 func writeSD15Weights(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	return tensor.Run(context.Background(), func(s *tensor.Scope) error {
 		build := func(name string) (*core.Chain, error) {
 			sp, err := spec.LoadFS(specs.FS, name)

@@ -233,17 +233,29 @@ func (b *browser) signIn(url, token string) {
 	}
 }
 
+// newWebFixture is the refinersd binary with the LoRA plugin installed and
+// the tiny pipeline's LoRA in the store as tiny-lora.
+func newWebFixture(t *testing.T) *daemonFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &daemonFixture{dir: dir, bin: filepath.Join(dir, "refinersd"), store: filepath.Join(dir, "store"), plugins: filepath.Join(dir, "plugins")}
+	buildBinaries(t, dir, map[string]string{"refinersd": ".", "bin/lora": "../../plugins/lora"})
+	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
+	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinySD, "lora.safetensors"), "--store", f.store)
+	return f
+}
+
 // TestBrowserSignIn: with a token set, the page loads without it, asks for
 // it, refuses a wrong one, and once signed in lists the store's adapters
 // (an authenticated call); a reload keeps the session.
 func TestBrowserSignIn(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
+	f := newWebFixture(t)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0")
 	b.signIn(s.url+"/", token)
 	b.do("open the LoRA list", 10*time.Second, chromedp.Click(chromedp.CSS("#loras-box summary")))
-	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="ff-lora"]') !== null`, 10*time.Second)
+	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="tiny-lora"]') !== null`, 10*time.Second)
 	b.shot("signed-in")
 	b.checkLabels()
 	b.checkNarrow()
@@ -401,11 +413,6 @@ func (b *browser) checkSegment(what, cached string, points int) {
 	}
 }
 
-// The tiny SD 1.5 of the pipeline conformance cases: SD 1.5's topology at
-// small widths, random weights, 64x48 images in a fraction of a second a
-// step, and a LoRA made for it.
-const tinyPipelineDir = "../../conformance/testdata/pipeline"
-
 func absPath(t *testing.T, p string) string {
 	t.Helper()
 	a, err := filepath.Abs(p)
@@ -415,11 +422,13 @@ func absPath(t *testing.T, p string) string {
 	return a
 }
 
-// tinyPipelineConfig writes a daemon config serving the tiny pipeline as
-// "tiny" and the tiny SAM (tinySAM, segment_test.go) as "tiny-sam".
+// tinyPipelineConfig writes a daemon config serving the tiny SD 1.5 of the
+// pipeline conformance cases (tinySD: random weights, 64x48 images, and a
+// LoRA made for it) as "tiny", and the tiny SAM (tinySAM, segment_test.go)
+// as "tiny-sam".
 func tinyPipelineConfig(t *testing.T, dir string) string {
 	t.Helper()
-	f, err := weights.Open(filepath.Join(tinyPipelineDir, "txt2img_dpm.case.safetensors"))
+	f, err := weights.Open(filepath.Join(tinySD, "txt2img_dpm.case.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +441,7 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 	if err := json.Unmarshal([]byte(f.Metadata()["overrides"]), &sets); err != nil {
 		t.Fatal(err)
 	}
-	abs := func(name string) string { return absPath(t, filepath.Join(tinyPipelineDir, name)) }
+	abs := func(name string) string { return absPath(t, filepath.Join(tinySD, name)) }
 	cfg := map[string]any{
 		"pipelines": map[string]any{"tiny": map[string]any{
 			"unet": abs(files["unet"]), "text_encoder": abs(files["text_encoder"]), "autoencoder": abs(files["autoencoder"]),
@@ -456,8 +465,7 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 // gallery and get the same PNG bytes; then cancel a long run.
 func TestBrowserGenerate(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
-	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinyPipelineDir, "lora.safetensors"), "--store", f.store)
+	f := newWebFixture(t)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.signIn(s.url+"/", token)
@@ -491,6 +499,9 @@ func TestBrowserGenerate(t *testing.T) {
 	withLora := p
 	withLora.lora = "tiny-lora"
 	lora := b.generate(withLora)
+	if caption := eval[string](b, `document.getElementById("result-caption").textContent`); !strings.Contains(caption, "tiny-lora: ") || !strings.Contains(caption, " layers") {
+		t.Errorf("the caption does not report the LoRA: %q", caption)
+	}
 	if samePixels(t, lora, first) {
 		t.Error("the LoRA changed nothing: same pixels as without it")
 	}
@@ -554,7 +565,7 @@ func samePixels(t *testing.T, a, b string) bool {
 // the cached embedding.
 func TestBrowserSegment(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
+	f := newWebFixture(t)
 	s := f.serve(t, nil, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
 	if eval[bool](b, `!document.getElementById("login").hidden`) {
@@ -593,4 +604,63 @@ func (b *browser) checkNarrow() {
 		b.shot("narrow-" + tab)
 	}
 	b.do("widen the window", 5*time.Second, chromedp.EmulateViewport(1280, 900), chromedp.Click(chromedp.CSS("#tab-generate")))
+}
+
+// TestBrowserDemo: what a fresh clone does: `refinersd demo-weights`, serve
+// its config, open the page, generate; then with the demo's ControlNet on
+// the Canny edges of a photo (other pixels than without it), and run that
+// again from the gallery (the page sends the condition image again): the
+// same PNG bytes; then segment that image with the demo's SAM.
+func TestBrowserDemo(t *testing.T) {
+	b := newBrowser(t)
+	dir := t.TempDir()
+	demo := filepath.Join(dir, "demo")
+	f := &daemonFixture{dir: dir, bin: filepath.Join(dir, "refinersd"), store: filepath.Join(demo, "store"), plugins: filepath.Join(demo, "plugins")}
+	buildBinaries(t, dir, map[string]string{"refinersd": ".", "bin/controlnet": "../../plugins/controlnet"})
+	f.cli(t, "demo-weights", demo)
+	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
+	s := f.serve(t, nil, "--config", filepath.Join(demo, "config.yaml"), "--addr", "127.0.0.1:0")
+	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
+	b.wait("the demo pipeline", `document.getElementById("gen-model").value === "demo" && document.querySelector('#cn-adapter option[value="demo-controlnet"]') !== null`, 10*time.Second)
+
+	p := genParams{prompt: "a lighthouse at dusk", width: 64, height: 64, steps: 6, seed: 42, solver: "dpm"}
+	plain := b.generate(p)
+	b.do("choose the ControlNet", 10*time.Second,
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""`),
+		chromedp.Click(chromedp.CSS("#cn-box summary")),
+		chromedp.SetValue(chromedp.CSS("#cn-adapter"), "demo-controlnet"),
+		chromedp.SetUploadFiles(chromedp.CSS("#cn-image"), []string{absPath(t, filepath.Join(tinySD, "init.png"))}),
+		chromedp.WaitVisible(chromedp.CSS("#cn-preview")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("cn-low").value = "50"; document.getElementById("cn-high").value = "150"; document.getElementById("cn-scale").value = "2"`))
+	control := b.generate(p)
+	if caption := eval[string](b, `document.getElementById("result-caption").textContent`); !strings.Contains(caption, "demo-controlnet: steps 6 of 6") {
+		t.Errorf("the caption does not report the ControlNet on every step: %q", caption)
+	}
+	if samePixels(t, control, plain) {
+		t.Error("the ControlNet changed nothing: same pixels as without it")
+	}
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.Click(chromedp.CSS("#item-2 details summary")))
+	recipe := eval[string](b, `document.querySelector("#item-2 .recipe").textContent`)
+	for _, want := range []string{`"preprocess":"canny"`, `"adapter":"demo-controlnet"`, `"low":50`, `"high":150`, `"scale":2`} {
+		if !strings.Contains(recipe, want) {
+			t.Errorf("the ControlNet item's recipe lacks %s: %q", want, recipe)
+		}
+	}
+	if again := b.runAgain(2, p, control); again != control {
+		t.Error("run again of the ControlNet image gave other PNG bytes")
+	}
+
+	// And segment the image just made with the demo's SAM.
+	if got := eval[string](b, `document.getElementById("seg-model").value`); got != "demo-sam" {
+		t.Errorf("the segmenter field holds %q, want the demo's only one, demo-sam", got)
+	}
+	png, err := base64.StdEncoding.DecodeString(control)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "generated.png")
+	if err := os.WriteFile(img, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.segmentFlow(img, "")
 }

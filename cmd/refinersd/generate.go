@@ -118,6 +118,9 @@ func generate(args []string, out io.Writer) error {
 		if adapters, err = recipeAdapters(rec, adapters, *storeDir); err != nil {
 			return err
 		}
+		if controls, err = recipeControls(rec, controls); err != nil {
+			return err
+		}
 	}
 
 	// Everything that can be checked before loading the models is.
@@ -190,6 +193,13 @@ func generate(args []string, out io.Writer) error {
 			return err
 		}
 		conditions = append(conditions, pipeline.ToRGB(img))
+	}
+	if rec != nil {
+		for i, c := range rec.Controlnets {
+			if got := pipeline.PixelDigest(conditions[i].Pix); got != c.Image {
+				return fmt.Errorf("generate: --control %d: %s is not the recipe's condition image (pixels %s, want %s)", i+1, controls[i].condition, got, c.Image)
+			}
+		}
 	}
 
 	// The library reads zero as "the default": a zero given here is a mistake.
@@ -269,6 +279,19 @@ func generate(args []string, out io.Writer) error {
 			ra.Params = buf.Bytes()
 		}
 		recAdapters = append(recAdapters, ra)
+	}
+	var recControls []pipeline.RecipeControl
+	for _, c := range req.Controls {
+		sum, err := hosts.FileSHA256(c.File)
+		if err != nil {
+			return fmt.Errorf("generate: --control %s: %w", c.File, err)
+		}
+		recControls = append(recControls, pipeline.NewRecipeControl(c, c.File, "sha256:"+sum))
+	}
+	if rec != nil { // the recipe's own names and parameter text (the same values)
+		for i := range recControls {
+			recControls[i].Adapter, recControls[i].Params = rec.Controlnets[i].Adapter, rec.Controlnets[i].Params
+		}
 	}
 	if rec != nil {
 		recAdapters = rec.Adapters // digests checked by recipeAdapters; keep the recipe's names
@@ -361,7 +384,7 @@ func generate(args []string, out io.Writer) error {
 				return err
 			}
 			r := pipeline.NewRecipe(req, m, digests, i)
-			r.Model, r.Adapters = *model, recAdapters
+			r.Model, r.Adapters, r.Controlnets = *model, recAdapters, recControls
 			if rec != nil {
 				r.Model = rec.Model
 			}
@@ -553,4 +576,37 @@ func recipeWarnings(rec *pipeline.Recipe, d pipeline.Digests, dev tensor.Device,
 		out = append(out, fmt.Sprintf("the recipe was made by %s, this is %s: the image may differ", rec.Software, pipeline.Software()))
 	}
 	return out
+}
+
+// recipeControls makes the --control flags of a recipe's ControlNets: the
+// flags give each one's FILE:CONDITION (in the recipe's order; the file's
+// digest is checked here, the condition's pixels once read), the recipe
+// the rest.
+func recipeControls(rec *pipeline.Recipe, given controlFlags) (controlFlags, error) {
+	if len(given) != len(rec.Controlnets) {
+		return nil, fmt.Errorf("generate: --recipe has %d ControlNets, %d --control flags given: give each as --control FILE:CONDITION.png, in the recipe's order", len(rec.Controlnets), len(given))
+	}
+	var out controlFlags
+	for i, rc := range rec.Controlnets {
+		g := given[i]
+		if g.preprocess != "" || g.scale != 0 || g.start != 0 || g.end != 0 || g.low != 0 || g.high != 0 || len(g.params) > 0 || g.plugin != "controlnet" {
+			return nil, fmt.Errorf("generate: --control %d: with --recipe give only FILE:CONDITION.png (the recipe gives the plugin, preprocessing and options)", i+1)
+		}
+		sum, err := hosts.FileSHA256(g.file)
+		if err != nil {
+			return nil, fmt.Errorf("generate: --control %s: %w", g.file, err)
+		}
+		if "sha256:"+sum != rc.Digest {
+			return nil, fmt.Errorf("generate: --control %s has digest sha256:%s, the recipe's ControlNet %d %s", g.file, sum, i+1, rc.Digest)
+		}
+		var params map[string]any
+		if len(rc.Params) > 0 {
+			if err := json.Unmarshal(rc.Params, &params); err != nil {
+				return nil, fmt.Errorf("generate: --recipe's ControlNet %d: params: %w", i+1, err)
+			}
+		}
+		out = append(out, control{plugin: rc.Plugin, file: g.file, condition: g.condition, preprocess: rc.Preprocess,
+			low: rc.Low, high: rc.High, scale: rc.Scale, start: rc.Start, end: rc.End, params: params})
+	}
+	return out, nil
 }

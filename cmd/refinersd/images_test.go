@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/daemon"
 	"github.com/refiners-go/refiners/models/sd15/pipeline"
 )
 
@@ -192,6 +193,9 @@ func TestServeImages(t *testing.T) {
 	code, h, direct := f.post(t, "/v1/images", map[string]any{"model": "tiny", "prompt": "a lighthouse at dusk", "seed": 42}, "Accept", "image/png")
 	if code != 200 || h.Get("Content-Type") != "image/png" {
 		t.Fatalf("POST /v1/images (image/png): %d %s %.300s", code, h.Get("Content-Type"), direct)
+	}
+	if got, want := h.Get(daemon.AdapterSetHeader), daemon.AdapterSetDigest("pipeline/tiny", nil, false); got != want {
+		t.Errorf("routing header %q, want %q", got, want)
 	}
 	rec := recipeOf(t, direct)
 	if rec.Prompt != "a lighthouse at dusk" || rec.Seed != 42 || rec.Steps != 3 || rec.Width != 64 || rec.Height != 48 || rec.Model != "tiny" ||

@@ -40,6 +40,8 @@ func run(args []string, out io.Writer) error {
 		return runSpec(args, out)
 	case "generate":
 		return generate(args, out)
+	case "demo-weights":
+		return demoWeights(args, out)
 	case "segment":
 		return segment(args, out)
 	case "plugins":
@@ -52,6 +54,8 @@ func run(args []string, out io.Writer) error {
 		return convertVerb(args, out)
 	case "adapters":
 		return adaptersVerb(args, out)
+	case "init":
+		return initVerb(args, out)
 	case "lint":
 		return lint(args, out)
 	case "fmt":
@@ -78,6 +82,8 @@ const usage = `usage: refinersd VERB [flags]
 
   demo                          build a small transformer block, print its tree, run it (default)
   inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
+  init SPEC --output W [--seed N]
+                                write weights initialised as PyTorch initialises the layers
   plan SPEC --weights W         dry run: check every parameter's shape against W's header
   lint SPEC [--set k=v]...      unused params and blocks, shadowed names, arguments equal to
                                 their defaults, layers whose weights cannot reach the output
@@ -108,6 +114,8 @@ const usage = `usage: refinersd VERB [flags]
   generate --prompt TEXT --output OUT.png --unet W --text-encoder W --autoencoder W [flags]
                                 Stable Diffusion 1.5: text to image, image to image, inpainting
                                 (refinersd generate -h; docs/generate.md)
+  demo-weights DIR [--force]    write a tiny random-weight SD 1.5, a ControlNet and a serve config
+                                (refinersd serve --config DIR/config.yaml; make serve-demo)
   segment --weights SAM --image IN --point X,Y[,fg|bg]... [--box X0,Y0,X1,Y1] --output MASK.png
                                 Segment Anything: masks from points and boxes (refinersd segment -h;
                                 docs/sam.md)

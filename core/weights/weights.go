@@ -1,9 +1,12 @@
 // Package weights reads and writes safetensors files.
 //
-// Open maps a file read-only and parses only its header; a tensor's bytes are
-// copied into libtorch when it is loaded, so opening a multi-gigabyte
-// checkpoint costs one header parse. ReadHeader parses the header without
-// mapping the data at all, for dry runs.
+// Open maps a file read-only (and private) and parses only its header, so
+// opening a multi-gigabyte checkpoint costs one header parse. Loading a
+// tensor of a mapped file makes a tensor that views the file's pages, with
+// no copy: the mapping is reference-counted by libtorch's storages, so it
+// outlives Close for as long as any tensor views it, and its pages are
+// never writable (see tensor.Mapping). ReadHeader parses the header
+// without mapping the data at all, for dry runs.
 //
 // Every error names the file and, when one tensor is at fault, its key. No
 // input, however malformed, makes this package panic.
@@ -55,10 +58,12 @@ type File struct {
 
 	// mu is held shared while Load reads mapped memory, so that Close
 	// cannot unmap it underneath.
-	mu     sync.RWMutex
-	data   []byte // the mapping (or the bytes given to Parse); nil once closed
-	st     safetensors.SafeTensors
-	mapped bool // data is an mmap to undo on Close
+	mu        sync.RWMutex
+	data      []byte // the mapping (or the bytes given to Parse); nil once closed
+	st        safetensors.SafeTensors
+	mapping   *tensor.Mapping // the file's mapping (Open only), which Load views
+	dataStart int64           // offset of the data section in data
+	noViews   bool            // Load copies even from a mapping (OpenOptions.Copy)
 }
 
 // header is what parseHeader learns from a file's JSON header.
@@ -95,8 +100,18 @@ func fromST(d safetensors.DType) (tensor.DType, bool) {
 	return 0, false
 }
 
+// OpenOptions tune OpenWith.
+type OpenOptions struct {
+	// Copy makes Load copy every tensor out of the mapping, as for a file
+	// that will be rewritten in place (Load views it by default).
+	Copy bool
+}
+
 // Open maps the safetensors file at path and validates its header.
-func Open(path string) (*File, error) {
+func Open(path string) (*File, error) { return OpenWith(path, OpenOptions{}) }
+
+// OpenWith is Open with options.
+func OpenWith(path string, o OpenOptions) (*File, error) {
 	fd, err := os.Open(path)
 	if err != nil {
 		return nil, ioError(path, err)
@@ -111,10 +126,11 @@ func Open(path string) (*File, error) {
 	if int64(int(size)) != size {
 		return nil, errorf(path, "file of %d bytes is too large to map", size)
 	}
-	data, err := syscall.Mmap(int(fd.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_PRIVATE)
+	mapping, err := tensor.MapFile(fd, size)
 	if err != nil {
-		return nil, errorf(path, "mmap: %w", err)
+		return nil, errorf(path, "%w", err)
 	}
+	data := mapping.Bytes()
 	h, err := parseHeader(path, size-8-n, data[8:8+n])
 	var st safetensors.SafeTensors
 	if err == nil {
@@ -126,10 +142,10 @@ func Open(path string) (*File, error) {
 		}
 	}
 	if err != nil {
-		_ = syscall.Munmap(data) // the parse error is the one worth reporting
+		mapping.Close() // nothing views it yet: this unmaps
 		return nil, err
 	}
-	return &File{path: path, header: h, data: data, st: st, mapped: true}, nil
+	return &File{path: path, header: h, data: data, st: st, mapping: mapping, dataStart: 8 + n, noViews: o.Copy}, nil
 }
 
 // Parse reads a safetensors file held in memory (an uploaded request body,
@@ -175,9 +191,14 @@ func (f *File) Unsupported() map[string]string { return maps.Clone(f.unsupported
 // Metadata returns the header's __metadata__ strings; it is never nil.
 func (f *File) Metadata() map[string]string { return maps.Clone(f.metadata) }
 
-// Load copies the tensor under key into a new CPU tensor owned by s. Failures
-// (a missing key, an unsupported dtype, a closed file) are recorded in s and
-// Load returns nil; like every op, it does nothing once s has failed.
+// Load makes the tensor under key a CPU tensor owned by s. For a file from
+// Open it views the mapped file without a copy when the tensor's bytes are
+// aligned for its dtype (as files written by safetensors are), and copies
+// them otherwise; for a file from Parse it copies. A viewed tensor is
+// read-only in effect: anything that changes weights must make new tensors
+// (ToDType, To and every op do). Failures (a missing key, an unsupported
+// dtype, a closed file) are recorded in s and Load returns nil; like every
+// op, it does nothing once s has failed.
 func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
 	if s.Err() != nil {
 		return nil
@@ -200,8 +221,38 @@ func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
 	// Both parseHeader and the library accepted the header, so the view
 	// exists and holds exactly the tensor's bytes; FromBytes checks the
 	// length once more anyway.
+	if off := f.dataStart + info.Offset[0]; f.mapping != nil && !f.noViews && tensor.CanView(off, info.DType) {
+		return s.FromMapping(f.mapping, off, info.DType, info.Shape...)
+	}
 	view, _ := f.st.Tensor(key)
 	return s.FromBytes(view.Data(), info.DType, info.Shape...)
+}
+
+// Evict advises the kernel that the mapped pages holding key's bytes may
+// leave this process's resident memory (they stay in the page cache, and
+// come back if read again). Loaders call it once a tensor was cast or
+// moved to a device, so that its file bytes, no longer needed, do not
+// count twice in the process's memory. It never affects values: the
+// mapping is private and read-only, so any view of those pages reads the
+// same bytes from the file again. It does nothing for a file from Parse.
+func (f *File) Evict(key string) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	info, ok := f.infos[key]
+	if !ok || f.data == nil || f.mapping == nil {
+		return
+	}
+	begin := f.dataStart + info.Offset[0]
+	evict(f.data, f.data[begin:f.dataStart+info.Offset[1]])
+}
+
+// Views reports whether Load of key would view the mapped file rather
+// than copy it.
+func (f *File) Views(key string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	info, ok := f.infos[key]
+	return ok && f.data != nil && f.mapping != nil && !f.noViews && tensor.CanView(f.dataStart+info.Offset[0], info.DType)
 }
 
 // Bytes returns a copy of the tensor's raw little-endian bytes.
@@ -242,7 +293,7 @@ func (f *File) Borrow(key string) (b []byte, release func(), err error) {
 			return
 		}
 		done = true
-		if f.mapped {
+		if f.mapping != nil {
 			evict(f.data, b)
 		}
 		f.mu.RUnlock()
@@ -342,21 +393,19 @@ func (f *File) Float64s(key string) ([]float64, []int64, error) {
 	return out, shape, nil
 }
 
-// Close unmaps the file. Closing again does nothing; Load after Close fails.
+// Close releases the file: Load, Bytes and Borrow fail afterwards. The
+// mapping itself goes when the last tensor viewing it is dropped (at once
+// if none does). Closing again does nothing.
 func (f *File) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.data == nil {
 		return nil
 	}
-	var err error
-	if f.mapped {
-		err = syscall.Munmap(f.data)
+	if f.mapping != nil {
+		f.mapping.Close()
 	}
 	f.data, f.st = nil, safetensors.SafeTensors{}
-	if err != nil {
-		return errorf(f.path, "munmap: %w", err)
-	}
 	return nil
 }
 

@@ -387,7 +387,21 @@
     r.dataset.job = res.id;
     r.hidden = false;
     const w = (res.warnings || []).length ? ` · warnings: ${res.warnings.join("; ")}` : "";
-    $("result-caption").textContent = `seed ${img.seed}${res.seconds != null ? ` · ${res.seconds.toFixed(2)} s` : ""}${w}`;
+    $("result-caption").textContent = `seed ${img.seed}${res.seconds != null ? ` · ${res.seconds.toFixed(2)} s` : ""}${reports(res)}${w}`;
+  }
+
+  // reports says what each adapter did, so that a LoRA that matched
+  // nothing does not go unnoticed.
+  function reports(res) {
+    const parts = [];
+    for (const a of res.adapters || []) {
+      const miss = (a.unmatched || []).length;
+      parts.push(`${a.file}: ${a.layers_adapted} layers${miss ? `, ${miss} keys unmatched` : ""}`);
+    }
+    for (const c of res.controlnets || []) {
+      parts.push(`${c.adapter || c.name}: steps ${c.active_steps} of ${c.steps}`);
+    }
+    return parts.length ? " · " + parts.join(" · ") : "";
   }
 
   $("gen-form").addEventListener("submit", async (ev) => {

@@ -143,7 +143,9 @@ func load(s *tensor.Scope, m *core.Chain, path, prefix string, dev tensor.Device
 	if err != nil {
 		return err
 	}
-	defer f.Close() // LoadState copies the tensors
+	// The loaded weights view the file's mapping, which lives on after
+	// Close for as long as they do.
+	defer f.Close()
 	if dt != tensor.Float32 {
 		if err := core.ToDType(s, m, dt); err != nil {
 			return err

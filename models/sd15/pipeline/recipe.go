@@ -71,16 +71,32 @@ type RecipeAdapter struct {
 
 // RecipeControl is one ControlNet of a recipe.
 type RecipeControl struct {
-	Plugin     string  `json:"plugin"`
-	Adapter    string  `json:"adapter,omitempty"` // as the request named it
-	Digest     string  `json:"digest"`
-	Image      string  `json:"image"` // sha256 of the condition's RGB pixels, before preprocessing
-	Preprocess string  `json:"preprocess,omitempty"`
-	Low        float64 `json:"low,omitempty"`
-	High       float64 `json:"high,omitempty"`
-	Scale      float64 `json:"scale"`
-	Start      float64 `json:"start"`
-	End        float64 `json:"end"`
+	Plugin     string          `json:"plugin"`
+	Adapter    string          `json:"adapter,omitempty"` // as the request named it
+	Digest     string          `json:"digest"`
+	Image      string          `json:"image"` // sha256 of the condition's RGB pixels, before preprocessing
+	Preprocess string          `json:"preprocess,omitempty"`
+	Low        float64         `json:"low,omitempty"`
+	High       float64         `json:"high,omitempty"`
+	Scale      float64         `json:"scale"`
+	Start      float64         `json:"start"`
+	End        float64         `json:"end"`
+	Params     json.RawMessage `json:"params,omitempty"`
+}
+
+// NewRecipeControl describes a Control of a request with its defaults
+// (Request.WithDefaults), its file as the request named it and the file's
+// digest.
+func NewRecipeControl(c Control, adapter, digest string) RecipeControl {
+	rc := RecipeControl{Plugin: c.Plugin, Adapter: adapter, Digest: digest, Preprocess: c.Preprocess,
+		Low: c.CannyLow, High: c.CannyHigh, Scale: c.Scale, Start: c.Start, End: c.End}
+	if c.Condition != nil {
+		rc.Image = PixelDigest(c.Condition.Pix)
+	}
+	if c.Params != "" {
+		rc.Params = json.RawMessage(c.Params)
+	}
+	return rc
 }
 
 // Software names this program: the module and its VCS revision as the Go
