@@ -22,10 +22,14 @@ import (
 
 // Summarize describes a model for a plugin: every weighted layer's path,
 // type and parameter shapes, with the base model's paths (adapters already
-// in place are seen through). No tensor data is involved.
+// in place are seen through; sub-models put in by insert patches, such as
+// ControlNets, are left out: see inserted). No tensor data is involved.
 func Summarize(m *core.Chain) []sdk.Layer {
 	var out []sdk.Layer
 	m.WalkBase(func(x core.Module, path string) bool {
+		if _, in := inserted.Load(x); in {
+			return false // an insert patch's sub-model: not the base model's
+		}
 		w, ok := x.(core.Weighted)
 		if !ok {
 			return true
@@ -116,6 +120,7 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*wei
 			return nil, fmt.Errorf("insert into %s: %w", core.Describe(w.insert.parent), err)
 		}
 		a.inserted = append(a.inserted, w)
+		inserted.Store(w.branch, struct{}{})
 	}
 	return a, nil
 }
@@ -170,16 +175,25 @@ func prepare(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*w
 	c := s.Child()
 	defer c.Close()
 	for _, w := range work {
-		for _, b := range w.patch.Bindings {
-			t := files[b.File].Load(c, b.Key)
-			if len(b.Reshape) > 0 {
-				t = c.Reshape(t, b.Reshape...)
+		for _, group := range bindingGroups(w) {
+			b := group[0]
+			var parts []*tensor.Tensor
+			for _, b := range group {
+				t := files[b.File].Load(c, b.Key)
+				if len(b.Reshape) > 0 {
+					t = c.Reshape(t, b.Reshape...)
+				}
+				if b.Transpose {
+					t = c.Transpose(t, -2, -1)
+				}
+				if b.Scale != 0 && b.Scale != 1 {
+					t = c.Scale(t, b.Scale)
+				}
+				parts = append(parts, t)
 			}
-			if b.Transpose {
-				t = c.Transpose(t, -2, -1)
-			}
-			if b.Scale != 0 && b.Scale != 1 {
-				t = c.Scale(t, b.Scale)
+			t := parts[0]
+			if len(parts) > 1 { // an insert patch's parameter made of several keys
+				t = c.Cat(parts, 0)
 			}
 			slot := w.params[b.Param]
 			if t.Valid() && t.DType() != slot.DType {
@@ -247,6 +261,10 @@ func validate(m *core.Chain, p *sdk.Patch, files map[string]*weights.File) (*pat
 		w.params[e.Key] = e
 	}
 	bound := map[string]bool{}
+	// An insert patch may bind one parameter to several keys: their
+	// tensors are concatenated along dimension 0, in order (an official
+	// checkpoint's separate embeddings making one of Refiners').
+	concat := map[string][][]int64{}
 	for _, b := range p.Bindings {
 		f, ok := files[b.File]
 		if !ok {
@@ -270,10 +288,26 @@ func validate(m *core.Chain, p *sdk.Patch, files map[string]*weights.File) (*pat
 		if b.Transpose && len(shape) >= 2 {
 			shape = append(append([]int64(nil), shape[:len(shape)-2]...), shape[len(shape)-1], shape[len(shape)-2])
 		}
-		if !slices.Equal(shape, slot.Shape) {
+		if w.insert != nil && countBindings(p.Bindings, b.Param) > 1 {
+			concat[b.Param] = append(concat[b.Param], shape)
+		} else if !slices.Equal(shape, slot.Shape) {
 			errs = append(errs, fmt.Sprintf("binding %s: %s[%s] gives shape %v, the branch wants %v", b.Param, b.File, b.Key, shape, slot.Shape))
 		}
 		bound[b.Param] = true
+	}
+	for param, shapes := range concat {
+		want := w.params[param].Shape
+		rows := int64(0)
+		ok := len(want) > 0
+		for _, sh := range shapes {
+			ok = ok && len(sh) == len(want) && slices.Equal(sh[1:], want[1:])
+			if len(sh) > 0 {
+				rows += sh[0]
+			}
+		}
+		if !ok || rows != want[0] {
+			errs = append(errs, fmt.Sprintf("binding %s: %d keys concatenated along dimension 0 give shapes %v, the branch wants %v", param, len(shapes), shapes, want))
+		}
 	}
 	for k := range w.params {
 		if !bound[k] {
@@ -356,7 +390,9 @@ func (a *Applied) Eject() error {
 		w := a.inserted[i]
 		if err := w.insert.parent.Remove(w.branch); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		inserted.Delete(w.branch)
 	}
 	a.inserted = nil
 	for adapter, names := range a.extended {
@@ -382,4 +418,40 @@ func (a *Applied) release() {
 		core.ReleaseParams(b)
 	}
 	a.branches = nil
+}
+
+// countBindings counts the bindings of one parameter.
+func countBindings(bs []sdk.Binding, param string) int {
+	n := 0
+	for _, b := range bs {
+		if b.Param == param {
+			n++
+		}
+	}
+	return n
+}
+
+// bindingGroups lists a patch's bindings by parameter, in order of first
+// appearance: one binding each, or, for an insert patch, every binding of
+// a parameter made of several keys (concatenated along dimension 0).
+func bindingGroups(w *patchWork) [][]sdk.Binding {
+	if w.insert == nil {
+		groups := make([][]sdk.Binding, len(w.patch.Bindings))
+		for i, b := range w.patch.Bindings {
+			groups[i] = []sdk.Binding{b}
+		}
+		return groups
+	}
+	index := map[string]int{}
+	var groups [][]sdk.Binding
+	for _, b := range w.patch.Bindings {
+		i, ok := index[b.Param]
+		if !ok {
+			i = len(groups)
+			index[b.Param] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], b)
+	}
+	return groups
 }

@@ -10,9 +10,11 @@ import (
 	"testing"
 
 	"github.com/refiners-go/refiners/adapt"
+	"github.com/refiners-go/refiners/convert"
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/models/sd15"
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
 )
@@ -203,4 +205,183 @@ func stateBytes(s *tensor.Scope, m core.Module) map[string][]byte {
 		out[e.Key] = s.Bytes(*e.Value)
 	}
 	return out
+}
+
+// controlnetUse is one ControlNet of a diffusers case's output: its
+// condition (and name) and scale.
+type controlnetUse struct {
+	Cond  string
+	Scale float64
+}
+
+// readControlnetUses reads the "uses" metadata: output -> [[cond, scale], ...].
+func readControlnetUses(s string) (map[string][]controlnetUse, error) {
+	var raw map[string][][2]any
+	if err := json.Unmarshal([]byte(s), &raw); err != nil {
+		return nil, fmt.Errorf("metadata uses: %w", err)
+	}
+	out := map[string][]controlnetUse{}
+	for k, list := range raw {
+		out[k] = []controlnetUse{}
+		for _, u := range list {
+			c, ok1 := u[0].(string)
+			sc, ok2 := u[1].(float64)
+			if !ok1 || !ok2 {
+				return nil, fmt.Errorf("metadata uses: %s: %v is not [condition, scale]", k, u)
+			}
+			out[k] = append(out[k], controlnetUse{c, sc})
+		}
+	}
+	return out, nil
+}
+
+// TestControlnetDiffusers checks a diffusers ControlNetModel added into a
+// diffusers UNet2DConditionModel (generate_controlnet.py --diffusers, on
+// testdata/convert's tiny models) against the same weights in Go: the
+// U-Net converted by the Go converter from the diffusers folder, the
+// ControlNet's diffusers file planned by the real ControlNet plugin (its
+// name table) and inserted by the host, conditions and scales as call
+// contexts (sd15.SetControlnet). Outputs: the U-Net alone, with the
+// ControlNet at 0.7, and with it twice (names c1 and c2, at 0.7 and 1.2 on
+// two conditions: diffusers' MultiControlNetModel sum), each within the
+// error model; ejecting gives the base output back bit for bit.
+func TestControlnetDiffusers(t *testing.T) {
+	const path = "testdata/controlnet/diffusers/tiny.safetensors"
+	f, err := weights.Open(path)
+	if err != nil {
+		t.Skipf("no diffusers ControlNet case: %v", err)
+	}
+	defer f.Close()
+	meta := f.Metadata()
+	uses, err := readControlnetUses(meta["uses"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(uses["two"]) != 2 || len(uses["one"]) != 1 {
+		t.Fatalf("uses %v", meta["uses"])
+	}
+
+	tmp := t.TempDir()
+	unetFile := filepath.Join(tmp, "unet.safetensors")
+	if err := convertFile(filepath.Join("testdata", meta["unet"]), unetFile, convert.Options{Component: "unet", Params: map[string]string{}}); err != nil {
+		t.Fatal(err)
+	}
+	ucase, err := weights.Open("testdata/convert/unet.case.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ucase.Close()
+	var set map[string]string
+	if err := json.Unmarshal([]byte(ucase.Metadata()["params"]), &set); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.Load("../specs/sd15_unet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unet, err := sp.Build(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnPath := filepath.Join("testdata", meta["controlnet"])
+	host := installPlugins(t, "controlnet")
+	var rows []string
+	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		uf, err := weights.Open(unetFile)
+		if err != nil {
+			return err
+		}
+		defer uf.Close()
+		if _, err := core.LoadState(s, unet, uf, core.LoadOptions{Strict: true}); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(unet)
+		cf, err := weights.Open(cnPath)
+		if err != nil {
+			return err
+		}
+		defer cf.Close()
+		x := f.Load(s, "input.0")
+		run := func(use []controlnetUse) (*tensor.Tensor, error) {
+			c := core.Contexts{
+				"diffusion":             {"timestep": f.Load(s, "context.diffusion.timestep")},
+				"cross_attention_block": {"clip_text_embedding": f.Load(s, "context.cross_attention_block.clip_text_embedding")},
+			}
+			for _, u := range use {
+				sd15.SetControlnet(c, u.Cond, f.Load(s, "condition."+u.Cond), u.Scale)
+			}
+			out, err := core.Call{Contexts: c}.Forward(s, unet, x)
+			if err != nil {
+				return nil, err
+			}
+			return out[0], nil
+		}
+		check := func(key string, got *tensor.Tensor) error {
+			ref, err := ReadReference(f, "output."+key)
+			if err != nil {
+				return err
+			}
+			d := ref.Check(s, got)
+			if !d.Pass {
+				t.Errorf("%s: %s", key, d)
+			}
+			rows = append(rows, reportRow("diffusers_tiny", key, d))
+			return nil
+		}
+		tree0 := unet.String()
+		base, err := run(nil)
+		if err != nil {
+			return err
+		}
+		if err := check("base", base); err != nil {
+			return err
+		}
+		var applied []*adapt.Applied
+		for i, u := range uses["two"] {
+			plan, err := host.Plan(context.Background(), "controlnet", &sdk.PlanRequest{Operation: "apply",
+				Params: fmt.Sprintf(`{"name": %q, "num_heads": %s, "num_groups": %s}`, u.Cond, set["num_heads"], set["num_groups"]),
+				Model:  adapt.Summarize(unet), Files: []sdk.File{adapt.Header("cn", "", cf)}})
+			if err != nil {
+				return err
+			}
+			if plan.Report.Format != "diffusers" || len(plan.Report.Unmatched) != 0 {
+				t.Errorf("plan: format %q, %d keys unmatched", plan.Report.Format, len(plan.Report.Unmatched))
+			}
+			a, err := adapt.Apply(s, unet, plan, map[string]*weights.File{"cn": cf})
+			if err != nil {
+				return err
+			}
+			applied = append(applied, a)
+			key := []string{"one", "two"}[i]
+			got, err := run(uses[key])
+			if err != nil {
+				return err
+			}
+			if err := check(key, got); err != nil {
+				return err
+			}
+		}
+		for i := len(applied) - 1; i >= 0; i-- {
+			if err := applied[i].Eject(); err != nil {
+				return err
+			}
+		}
+		if unet.String() != tree0 {
+			t.Error("the tree after eject differs")
+		}
+		again, err := run(nil)
+		if err != nil {
+			return err
+		}
+		d := ExactDiff(s, again, base)
+		if !d.Pass {
+			t.Errorf("base after eject: %s", d)
+		}
+		rows = append(rows, reportRow("diffusers_tiny", "base (ejected)", d))
+		return s.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishReport(t, reportHeader("controlnet case (diffusers)")+strings.Join(rows, "\n")+"\n")
 }

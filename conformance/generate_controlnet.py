@@ -38,7 +38,7 @@ from refiners.foundationals.latent_diffusion.unet import ResidualBlock
 from safetensors.torch import save_file
 
 from generate_sd15_unet import FULL, TINY, randomise, sized_unet
-from golden import reference_error_note, reference_tensors, tree_print, upcast
+from golden import float64_twin, reference_error_note, reference_tensors, tree_print, upcast
 
 FULL_COND = dict(condition_channels_1=16, condition_channels_2=32, condition_channels_3=96, condition_channels_4=256)
 TINY_COND = dict(condition_channels_1=4, condition_channels_2=6, condition_channels_3=8, condition_channels_4=8)
@@ -220,7 +220,77 @@ def generate(out_dir, params, cond_params, latents_shape, tokens, timestep):
     print(f"{path}: {path.stat().st_size / 1e3:.0f} KB")
 
 
+
+
+def generate_diffusers(out_dir):
+    """A diffusers ControlNetModel added into a diffusers UNet2DConditionModel
+    (testdata/convert's tiny pipeline U-Net and ControlNet, written by
+    generate_convert.py): down_block_res_samples and mid_block_res_sample
+    of controlnet(x, t, emb, controlnet_cond, conditioning_scale) passed to
+    unet(..., down_block_additional_residuals, mid_block_additional_residual).
+    Outputs: base (the U-Net alone), one (the ControlNet at scale 0.7 on
+    condition c1), two (diffusers' MultiControlNetModel sum: the same
+    ControlNet twice, at 0.7 on c1 and at 1.2 on c2). Conditions are a batch
+    of 2 (a different image per row). The Go side converts the U-Net with
+    the Go converter and plans the ControlNet file through the plugin.
+    testdata/controlnet/diffusers/tiny.safetensors holds the inputs
+    (input.0, context.*, condition.c1/c2) and outputs, no weights."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    src = Path(__file__).parent / "testdata" / "convert"
+    unet = UNet2DConditionModel.from_pretrained(src / "pipeline" / "unet").eval()
+    net = ControlNetModel.from_pretrained(src / "controlnet").eval()
+    gen = torch.Generator().manual_seed(29)
+    h, w = 6, 8
+    x = torch.randn(2, 4, h, w, generator=gen)
+    emb = torch.randn(2, 5, unet.config.cross_attention_dim, generator=gen)
+    t = torch.tensor([250], dtype=torch.int64)
+    conds = {"c1": torch.rand(2, 3, 8 * h, 8 * w, generator=gen), "c2": torch.rand(2, 3, 8 * h, 8 * w, generator=gen)}
+    uses = {"base": [], "one": [("c1", 0.7)], "two": [("c1", 0.7), ("c2", 1.2)]}
+
+    def outputs(unet, net, dtype):
+        out = {}
+        with torch.no_grad():
+            for key, use in uses.items():
+                down, mid = None, None
+                for c, scale in use:
+                    d, m = net(x.to(dtype), t, encoder_hidden_states=emb.to(dtype), controlnet_cond=conds[c].to(dtype),
+                               conditioning_scale=scale, return_dict=False)
+                    if down is None:
+                        down, mid = list(d), m
+                    else:  # MultiControlNetModel: the residuals add up
+                        down = [a + b for a, b in zip(down, d)]
+                        mid = mid + m
+                out[key] = unet(x.to(dtype), t, encoder_hidden_states=emb.to(dtype), down_block_additional_residuals=down,
+                                mid_block_additional_residual=mid, return_dict=False)[0]
+        return out
+
+    y = outputs(unet, net, torch.float32)
+    y64 = outputs(float64_twin(unet), float64_twin(net), torch.float64)
+    tensors = {"input.0": x, "context.diffusion.timestep": t, "context.cross_attention_block.clip_text_embedding": emb}
+    tensors.update({f"condition.{k}": v for k, v in conds.items()})
+    tensors.update(reference_tensors(y, y64))
+    meta = {
+        "unet": "convert/pipeline/unet",
+        "controlnet": "convert/controlnet/diffusion_pytorch_model.safetensors",
+        "uses": json.dumps(uses),
+        "dtype": "float32",
+        "reference": f"torch {torch.__version__}, diffusers 0.27.2 ControlNetModel + UNet2DConditionModel",
+        **reference_error_note(y, y64),
+    }
+    out_dir = Path(out_dir) / "diffusers"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+    for k in y:
+        print(f"diffusers {k}: std {y[k].std():.3f}, own float32 error {(y[k].double() - y64[k]).abs().max():.3g}, "
+              f"change from base {(y[k] - y['base']).abs().max():.3g}")
+    print(f"{path}: {path.stat().st_size / 1e3:.0f} KB")
+
+
 if __name__ == "__main__":
     here = Path(__file__).parent
-    check_sized_controlnet()
-    generate(here / "testdata" / "controlnet", TINY, TINY_COND, (2, 4, 8, 12), tokens=5, timestep=250)
+    if "--diffusers" not in sys.argv:  # --diffusers: only the diffusers case
+        check_sized_controlnet()
+        generate(here / "testdata" / "controlnet", TINY, TINY_COND, (2, 4, 8, 12), tokens=5, timestep=250)
+    generate_diffusers(here / "testdata" / "controlnet")

@@ -43,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import refiners.fluxion.layers as fl
 import torch
@@ -55,8 +56,10 @@ from refiners.foundationals.latent_diffusion.stable_diffusion_1.model import (
     StableDiffusion_1,
     StableDiffusion_1_Inpainting,
 )
+from refiners.fluxion.utils import image_to_tensor
 from safetensors.torch import save_file
 
+import generate_controlnet as gc
 import generate_lora as gl
 import golden
 import generate_sd15_unet as gu
@@ -184,6 +187,28 @@ class Models:
         save_file(tensors, str(out / self.lora_file))
         print(f"lora: {len(tensors)} tensors, {(out / self.lora_file).stat().st_size / 1e3:.0f} KB")
 
+    def add_controlnets(self, out):
+        """Two ControlNets for the base U-Net (Refiners' Controlnet at its
+        sizes, generate_controlnet.sized_controlnet; a condition encoder of
+        4/6/8/8 channels in the tiny tier, Controlnet's own in the full
+        one), seeded apart from the base models, saved in Refiners' layout
+        (the Controlnet state dict) as controlnet_<name>.safetensors."""
+        gen = torch.Generator().manual_seed(17)
+        params = UNET_TINY if not self.full else gc.FULL
+        cond = gc.TINY_COND if not self.full else gc.FULL_COND
+        self.controlnet_params = (params, cond)
+        self.controlnets = {}
+        for name in ("a", "b"):
+            net = gc.sized_controlnet(self.unet, params, cond, name, 1.0).eval()
+            randomize(net, gen, half=not self.full)
+            self.controlnets[name] = net
+            path = out / f"controlnet_{name}.safetensors"
+            if self.full:
+                save_file(state(net), str(path))
+            else:
+                save_half(path, state(net))
+            print(f"controlnet {name}: {len(net.state_dict())} tensors, {path.stat().st_size / 1e3:.0f} KB")
+
     def remove_lora(self):
         for root in (self.unet, self.text):
             for adapter in list(root.layers(gl.LoraAdapter)):
@@ -200,6 +225,42 @@ def pipeline(models, inpainting, solver, dtype):
     return cls(unet=parts[0], lda=parts[1], clip_text_encoder=parts[2], solver=SOLVERS[solver](num_inference_steps=1), dtype=dtype)
 
 
+def condition_image(images, ctl, w, h):
+    """A control's condition as models/sd15/pipeline makes it: the image
+    resized as Refiners resizes init images, then, for preprocess canny,
+    cv2.Canny on the RGB array (ControlNet's Canny annotator) on three
+    channels."""
+    img = images[ctl["condition"]].convert("RGB").resize((w, h))
+    if ctl.get("preprocess") == "canny":
+        edges = cv2.Canny(np.asarray(img), ctl["low"], ctl["high"])
+        img = Image.fromarray(np.stack([edges] * 3, -1))
+    return img
+
+
+def controlnet_keep(i, n, start, end):
+    """diffusers 0.27.2's controlnet_keep for run step i of n (StableDiffusionControlNetPipeline)."""
+    return 1.0 - float(i / n < start or (i + 1) / n > end)
+
+
+def insert_controlnets(models, sd, req, dtype):
+    """SD1ControlnetAdapter for each control of the request, in order, on
+    the pipeline's U-Net (fresh Controlnets with the saved weights: the
+    store Lambdas close over their Controlnet, so the float64 run needs
+    its own), with their conditions set."""
+    adapters = []
+    params, cond = models.controlnet_params
+    w, h = req["width"], req["height"]
+    for ctl in req.get("controls", []):
+        src = models.controlnets[ctl["net"]]
+        net = gc.sized_controlnet(sd.unet, params, cond, ctl["net"], ctl.get("scale", 1.0)).eval()
+        net.load_state_dict(src.state_dict())
+        net.to(dtype=dtype)
+        a = gc.Adapter(sd.unet, net).inject()
+        a.set_controlnet_condition(image_to_tensor(condition_image(models.images, ctl, w, h), dtype=dtype))
+        adapters.append((a, ctl))
+    return adapters
+
+
 def run(models, req, images, dtype):
     """One generation as Refiners' tests run it; returns the final latents and the image."""
     h, w = req["height"], req["width"]
@@ -208,6 +269,7 @@ def run(models, req, images, dtype):
     steps, first = req["steps"], req.get("first_step", 0)
     sd.set_inference_steps(steps, first_step=first)
     init = images[req["init_image"]] if "init_image" in req else None
+    controls = insert_controlnets(models, sd, req, dtype)
     with torch.no_grad():
         emb = sd.compute_clip_text_embedding(req["prompt"], negative_text=req["negative_prompt"])
         torch.manual_seed(req["seed"])
@@ -219,9 +281,15 @@ def run(models, req, images, dtype):
             if req["strength"] == 1:
                 init = None  # pure noise, as Refiners' inpainting tests run
         x = sd.init_latents((h, w), init_image=init, noise=noise)
-        for step in sd.steps:
+        for i, step in enumerate(sd.steps):
+            # Refiners has no step range: its scale is set per step to
+            # scale·keep, as diffusers' cond_scale.
+            for a, ctl in controls:
+                a.set_scale(ctl.get("scale", 1.0) * controlnet_keep(i, len(sd.steps), ctl.get("start", 0.0), ctl.get("end", 1.0)))
             x = sd(x, step=step, clip_text_embedding=emb, condition_scale=req["guidance"])
         image = sd.lda.latents_to_image(x)
+    for a, _ in reversed(controls):
+        a.eject()
     return x, image
 
 
@@ -251,6 +319,27 @@ def make_images(out, w, h):
     return images
 
 
+def make_control_images(out, w, h):
+    """Condition images: an edge-like map at the output size, and a
+    photo-like picture of another size (shapes over a gradient, a little
+    noise) for the Canny preprocessor."""
+    rng = np.random.default_rng(23)
+    yy, xx = np.mgrid[0:h, 0:w]
+    edges = np.zeros((h, w, 3), np.uint8)
+    edges[(xx % 11 == 0) | (yy % 9 == 0)] = 255
+    edges[h // 3: 2 * h // 3, w // 4: w // 4 + 2] = 255
+    h2, w2 = h * 3 // 2 + 5, w * 5 // 4 + 3
+    yy, xx = np.mgrid[0:h2, 0:w2]
+    photo = np.stack([xx * 200 / w2 + 20, yy * 180 / h2 + 30, np.full_like(xx, 90.0)], -1)
+    photo[h2 // 4: h2 // 2, w2 // 5: w2 // 2] = (230, 40, 40)
+    photo[(yy - 2 * h2 // 3) ** 2 + (xx - 2 * w2 // 3) ** 2 < (h2 // 5) ** 2] = (30, 60, 220)
+    photo = np.clip(photo + rng.normal(0, 6, photo.shape), 0, 255).astype(np.uint8)
+    images = {"control.png": Image.fromarray(edges), "photo.png": Image.fromarray(photo)}
+    for name, im in images.items():
+        im.save(out / name)
+    return images
+
+
 def cases(w, h, steps):
     base = dict(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, guidance=7.5, seed=2, width=w, height=h)
     out = {}
@@ -263,6 +352,15 @@ def cases(w, h, steps):
     out["inpaint_dpm_strength"] = dict(base, solver="dpm", init_image="init.png", mask="mask.png", strength=0.5, seed=4)
     out["txt2img_dpm_long_prompt"] = dict(base, solver="dpm", prompt=LONG, negative_prompt="", guidance=5.0, seed=9)
     out["txt2img_dpm_lora"] = dict(base, solver="dpm", seed=5, adapters=[{"file": "lora.safetensors", "params": {"scale": 0.8}}])
+    # ControlNets (files controlnet_<net>.safetensors); scale, start, end
+    # as models/sd15/pipeline.Control, canny's thresholds as given.
+    out["txt2img_dpm_controlnet"] = dict(base, solver="dpm", seed=6, controls=[
+        {"net": "a", "file": "controlnet_a.safetensors", "condition": "control.png", "scale": 0.8}])
+    out["txt2img_ddim_controlnets"] = dict(base, solver="ddim", seed=8, controls=[
+        {"net": "a", "file": "controlnet_a.safetensors", "condition": "photo.png", "preprocess": "canny", "low": 50, "high": 150},
+        {"net": "b", "file": "controlnet_b.safetensors", "condition": "control.png", "scale": 1.3, "end": 0.5}])
+    out["img2img_dpm_controlnet"] = dict(base, solver="dpm", init_image="init.png", strength=0.6, seed=10, controls=[
+        {"net": "b", "file": "controlnet_b.safetensors", "condition": "control.png", "scale": 0.9, "start": 0.25}])
     for r in out.values():
         if "strength" in r:
             r["first_step"] = first_step(r["steps"], r["strength"])
@@ -281,9 +379,16 @@ def main():
     torch.manual_seed(0)
     models = Models(full, out)
     images = make_images(out, w, h)
+    images.update(make_control_images(out, w, h))
+    models.images = images
+    models.add_controlnets(out)
     todo = cases(w, h, steps)
+    only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
+    if only:  # regenerate some cases only (the shared files are rewritten identically)
+        todo = {k: v for k, v in todo.items() if k in only[0].split(",")}
     if full:  # the full tier keeps one case per kind
-        todo = {k: v for k, v in todo.items() if k in ("txt2img_dpm", "img2img_dpm", "inpaint_dpm", "txt2img_dpm_lora")}
+        todo = {k: v for k, v in todo.items() if k in ("txt2img_dpm", "img2img_dpm", "inpaint_dpm", "txt2img_dpm_lora",
+                                                        "txt2img_ddim_controlnets")}
     meta_common = {
         "weights": json.dumps(models.files),
         "overrides": json.dumps(models.overrides),

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -64,6 +65,16 @@ type pipelineCase struct {
 			File   string          `json:"file"`
 			Params json.RawMessage `json:"params"`
 		} `json:"adapters"`
+		Controls []struct {
+			File       string  `json:"file"`
+			Condition  string  `json:"condition"`
+			Preprocess string  `json:"preprocess"`
+			Low        float64 `json:"low"`
+			High       float64 `json:"high"`
+			Scale      float64 `json:"scale"`
+			Start      float64 `json:"start"`
+			End        float64 `json:"end"`
+		} `json:"controls"`
 	}
 	weights   map[string]string            // model -> file in the case's directory
 	overrides map[string]map[string]string // model -> spec parameters
@@ -90,7 +101,8 @@ func readPipelineCase(path string) (*pipelineCase, error) {
 // TestPipeline runs Refiners' StableDiffusion_1 / _Inpainting cases through
 // models/sd15 (the code `refinersd generate` runs): the same prompt, seed,
 // solver, images and weights, planning the LoRA case's file with the real
-// LoRA plugin. It checks the final latents against ref64 within the
+// LoRA plugin and the ControlNet cases' files with the real ControlNet
+// plugin. It checks the final latents against ref64 within the
 // reference's own float32 error, the decoded image byte by byte against
 // Refiners' PNG, and that adapters leave the models as they found them.
 func TestPipeline(t *testing.T) {
@@ -103,18 +115,23 @@ func TestPipeline(t *testing.T) {
 		t.Skipf("no pipeline cases in %s yet", dir)
 	}
 	var cases []*pipelineCase
-	lora := false
+	var plugins []string
 	for _, p := range paths {
 		c, err := readPipelineCase(p)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cases = append(cases, c)
-		lora = lora || len(c.request.Adapters) > 0
+		if len(c.request.Adapters) > 0 && !slices.Contains(plugins, "lora") {
+			plugins = append(plugins, "lora")
+		}
+		if len(c.request.Controls) > 0 && !slices.Contains(plugins, "controlnet") {
+			plugins = append(plugins, "controlnet")
+		}
 	}
 	var host *hosts.Host
-	if lora {
-		host = installLoraPlugin(t)
+	if len(plugins) > 0 {
+		host = installPlugins(t, plugins...)
 	}
 
 	// One model per U-Net kind, shared by its cases.
@@ -167,21 +184,23 @@ func TestPipeline(t *testing.T) {
 	publishReport(t, report)
 }
 
-// installLoraPlugin builds the LoRA plugin and installs it in a private
-// plugins directory.
-func installLoraPlugin(t *testing.T) *hosts.Host {
+// installPlugins builds the named plugins (plugins/<name>) and installs
+// them in a private plugins directory.
+func installPlugins(t *testing.T, names ...string) *hosts.Host {
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "lora")
-	if out, err := exec.Command("go", "build", "-o", bin, "../plugins/lora").CombinedOutput(); err != nil {
-		t.Fatalf("building the LoRA plugin: %v\n%s", err, out)
-	}
 	h, err := hosts.New(filepath.Join(tmp, "plugins"), hosts.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
-	if _, err := h.Install(context.Background(), bin); err != nil {
-		t.Fatal(err)
+	for _, name := range names {
+		bin := filepath.Join(tmp, name)
+		if out, err := exec.Command("go", "build", "-o", bin, "../plugins/"+name).CombinedOutput(); err != nil {
+			t.Fatalf("building the %s plugin: %v\n%s", name, err, out)
+		}
+		if _, err := h.Install(context.Background(), bin); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return h
 }
@@ -207,11 +226,20 @@ func runPipelineCase(e *caseErrors, s *tensor.Scope, m *pipeline.Model, c *pipel
 	for _, a := range q.Adapters {
 		req.Adapters = append(req.Adapters, pipeline.Adapter{Plugin: "lora", File: filepath.Join(dir, a.File), Params: string(a.Params)})
 	}
+	for _, c := range q.Controls {
+		img, err := pipeline.ReadImage(filepath.Join(dir, c.Condition))
+		if err != nil {
+			return "", err
+		}
+		req.Controls = append(req.Controls, pipeline.Control{Plugin: "controlnet", File: filepath.Join(dir, c.File),
+			Condition: pipeline.ToRGB(img), Preprocess: c.Preprocess, CannyLow: c.Low, CannyHigh: c.High,
+			Scale: c.Scale, Start: c.Start, End: c.End})
+	}
 	if q.FirstStep != 0 && pipeline.FirstStep(q.Steps, q.Strength) != q.FirstStep {
 		return "", fmt.Errorf("strength %g: first step %d, Refiners ran %d", q.Strength, pipeline.FirstStep(q.Steps, q.Strength), q.FirstStep)
 	}
 	var unetBefore, textBefore modelSnapshot
-	if len(req.Adapters) > 0 {
+	if len(req.Adapters) > 0 || len(req.Controls) > 0 {
 		unetBefore, textBefore = snapshot(s, m.UNet), snapshot(s, m.TextEncoder)
 	}
 	steps := 0
@@ -231,7 +259,12 @@ func runPipelineCase(e *caseErrors, s *tensor.Scope, m *pipeline.Model, c *pipel
 			e.Errorf("adapter %s: %d U-Net and %d text encoder layers, %d keys unmatched", a.File, a.UNetLayers, a.TextEncoderLayers, len(a.Unmatched))
 		}
 	}
-	if len(req.Adapters) > 0 {
+	for i, c := range res.Controls {
+		if c.Matched != c.Keys || len(c.Unmatched) > 0 || c.Format != "refiners" {
+			e.Errorf("control %d (%s): format %q, %d of %d keys matched", i+1, c.File, c.Format, c.Matched, c.Keys)
+		}
+	}
+	if len(req.Adapters) > 0 || len(req.Controls) > 0 {
 		for _, x := range []struct {
 			name string
 			snap modelSnapshot

@@ -198,9 +198,17 @@ func init() {
 	leaf("UseContext", "outputs a context value", ctxArgs,
 		func(a *Args) (Module, error) { return NewUseContext(a.String("context"), a.String("key")), nil })
 
+	kindDocs := map[Kind]string{
+		Sequence:    "children in sequence, each fed the previous one's outputs",
+		Residual:    "children in sequence, plus a skip connection: the input is added to their output",
+		Sum:         "children side by side on the same inputs, their outputs added",
+		Parallel:    "children side by side on the same inputs, their outputs gathered",
+		Distribute:  "child i on input i",
+		Passthrough: "children in sequence for their effect on contexts; outputs the inputs unchanged",
+	}
 	for _, k := range []Kind{Sequence, Residual, Sum, Parallel, Distribute, Passthrough} {
 		k := k
-		chainKind(k.String(), "structural chain", nil, func(a *Args, children []Module) (Module, error) {
+		chainKind(k.String(), kindDocs[k], nil, func(a *Args, children []Module) (Module, error) {
 			return newKind(k, children), nil
 		})
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/refiners-go/refiners/internal/names"
 )
 
 // Config is the daemon's configuration. Fields come from defaults, then a
@@ -23,7 +25,11 @@ import (
 type Config struct {
 	Addr            string        `yaml:"addr"`             // listen address; loopback by default
 	Token           string        `yaml:"token"`            // bearer token; required off loopback
-	Store           string        `yaml:"store"`            // model store directory
+	Store           string        `yaml:"store"`            // model store: a directory, or s3://bucket/prefix (credentials and endpoint from AWS_* variables, store.S3Env)
+	CacheDir        string        `yaml:"cache_dir"`        // local blob cache of an s3:// store (default <user cache dir>/refiners-go/blobs)
+	CacheMaxBytes   int64         `yaml:"cache_max_bytes"`  // bound of that cache, least recently used blobs evicted first (0: no bound)
+	Preload         []string      `yaml:"preload"`          // models loaded at start and kept (keep_alive does not apply); /readyz fails until they are warm
+	Replica         string        `yaml:"replica"`          // this replica's name, sent in X-Refiners-Replica (default: the host name)
 	PluginsDir      string        `yaml:"plugins_dir"`      // installed plugins
 	QueueSize       int           `yaml:"queue_size"`       // queued jobs beyond which requests get 429
 	MaxBody         int64         `yaml:"max_body"`         // bytes of a run request
@@ -40,6 +46,10 @@ type Config struct {
 	BodyTimeout     time.Duration `yaml:"body_timeout"`     // a request body that sends nothing for this long is cut (408)
 	LogLevel        string        `yaml:"log_level"`
 	LogJSON         bool          `yaml:"log_json"`
+	// Pipelines are the named SD 1.5 pipelines of the image endpoints.
+	Pipelines map[string]PipelineConfig `yaml:"pipelines"`
+	// Segmenters are the Segment Anything models of POST /v1/segment, by name (segment.go).
+	Segmenters map[string]SegmenterConfig `yaml:"segmenters"`
 }
 
 // Defaults are the settings of a daemon with no configuration.
@@ -79,7 +89,8 @@ func (c *Config) LoadFile(path string) error {
 
 // LoadEnv reads REFINERSD_* variables over c.
 func (c *Config) LoadEnv(getenv func(string) string) error {
-	str := map[string]*string{"ADDR": &c.Addr, "TOKEN": &c.Token, "STORE": &c.Store, "PLUGINS_DIR": &c.PluginsDir, "LOG_LEVEL": &c.LogLevel}
+	str := map[string]*string{"ADDR": &c.Addr, "TOKEN": &c.Token, "STORE": &c.Store, "PLUGINS_DIR": &c.PluginsDir, "LOG_LEVEL": &c.LogLevel,
+		"CACHE_DIR": &c.CacheDir, "REPLICA": &c.Replica}
 	for k, p := range str {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			*p = v
@@ -95,7 +106,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			*p = n
 		}
 	}
-	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload, "MAX_ACTIVATION": &c.MaxActivation}
+	sizes := map[string]*int64{"MAX_BODY": &c.MaxBody, "MAX_UPLOAD": &c.MaxUpload, "MAX_ACTIVATION": &c.MaxActivation, "CACHE_MAX_BYTES": &c.CacheMaxBytes}
 	for k, p := range sizes {
 		if v := getenv("REFINERSD_" + k); v != "" {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -115,6 +126,9 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 			}
 			*p = d
 		}
+	}
+	if v := getenv("REFINERSD_PRELOAD"); v != "" {
+		c.Preload = strings.Split(v, ",")
 	}
 	if v := getenv("REFINERSD_LOG_JSON"); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -158,6 +172,16 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("max_activation %d: want a number of bytes, or 0 for no check", c.MaxActivation)
 	case c.KeepAlive < 0:
 		return fmt.Errorf("keep_alive %v: want 0 (never) or more", c.KeepAlive)
+	case c.CacheMaxBytes < 0:
+		return fmt.Errorf("cache_max_bytes %d: want a number of bytes, or 0 for no bound", c.CacheMaxBytes)
+	}
+	for _, m := range c.Preload {
+		if err := names.Check("model", m); err != nil {
+			return fmt.Errorf("preload: %w", err)
+		}
+	}
+	if err := c.validateSegmenters(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		name string
@@ -167,6 +191,18 @@ func (c *Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s %v: want more than 0", d.name, d.v)
 		}
+	}
+	for name, p := range c.Pipelines {
+		p, err := p.withDefaults(name)
+		if err != nil {
+			return err
+		}
+		if p.Model == "" {
+			if _, err := p.files(name); err != nil {
+				return err
+			}
+		}
+		c.Pipelines[name] = p
 	}
 	return nil
 }

@@ -120,3 +120,76 @@ func TestConfigRefusesNegativeAndZeroDurations(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelinesConfig: the pipelines section is read from YAML, gets its
+// limits and defaults, and each mistake is refused with its key.
+func TestPipelinesConfig(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"unet", "text_encoder", "autoencoder"} {
+		os.WriteFile(filepath.Join(dir, f+".safetensors"), []byte("x"), 0o644)
+	}
+	file := filepath.Join(dir, "refinersd.yaml")
+	os.WriteFile(file, []byte(`store: /s
+plugins_dir: /p
+pipelines:
+  tiny:
+    weights: `+dir+`
+    set: {unet: {channels_1: "4"}}
+    width: 64
+    height: 48
+    steps: 4
+    max_batch: 2
+  fromstore:
+    model: sd15
+    dtype: float16
+`), 0o644)
+	c := Defaults()
+	if err := c.LoadFile(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("valid pipelines: %v", err)
+	}
+	tiny, st := c.Pipelines["tiny"], c.Pipelines["fromstore"]
+	if tiny.Width != 64 || tiny.Height != 48 || tiny.Steps != 4 || tiny.MaxBatch != 2 || tiny.MaxWidth != 1024 || tiny.MaxSteps != 150 || tiny.Set["unet"]["channels_1"] != "4" {
+		t.Errorf("tiny: %+v", tiny)
+	}
+	if st.Width != 512 || st.Height != 512 || st.Steps != 30 || st.MaxBatch != 4 {
+		t.Errorf("store pipeline defaults: %+v", st)
+	}
+	files, err := tiny.files("tiny")
+	if err != nil || files.UNet != filepath.Join(dir, "unet.safetensors") || files.Autoencoder != filepath.Join(dir, "autoencoder.safetensors") {
+		t.Errorf("files %+v, %v", files, err)
+	}
+
+	for _, c := range []struct {
+		name string
+		p    PipelineConfig
+		want string
+	}{
+		{"no weights", PipelineConfig{}, "pipelines.x: no weights"},
+		{"two sources", PipelineConfig{Model: "m", Weights: dir}, "model (the store) or weights"},
+		{"some files", PipelineConfig{UNet: "u"}, "no weights"},
+		{"missing folder", PipelineConfig{Weights: filepath.Join(dir, "nope")}, "pipelines.x: unet weights"},
+		{"bad set", PipelineConfig{Weights: dir, Set: map[string]map[string]string{"vae": {}}}, `pipelines.x.set: unknown model "vae"`},
+		{"bad device", PipelineConfig{Weights: dir, Device: "tpu"}, "pipelines.x.device"},
+		{"bad dtype", PipelineConfig{Weights: dir, DType: "int64"}, "pipelines.x.dtype int64"},
+		{"bad store name", PipelineConfig{Model: "../up"}, "pipelines.x.model"},
+		{"negative limit", PipelineConfig{Weights: dir, MaxSteps: -1}, "pipelines.x.max_steps -1"},
+		{"default over limit", PipelineConfig{Weights: dir, Width: 512, MaxWidth: 256}, "outside the limits"},
+		{"bad default size", PipelineConfig{Weights: dir, Width: 60}, "width 60 is not a positive multiple of 8"},
+	} {
+		cfg := Defaults()
+		cfg.Store, cfg.PluginsDir = "/s", "/p"
+		cfg.Pipelines = map[string]PipelineConfig{"x": c.p}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+	cfg := Defaults()
+	cfg.Store, cfg.PluginsDir = "/s", "/p"
+	cfg.Pipelines = map[string]PipelineConfig{"Bad Name": {Weights: dir}}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "pipelines:") {
+		t.Errorf("bad pipeline name: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -34,6 +35,7 @@ type Daemon struct {
 	metrics *metrics
 	jobs    *jobTable
 	decodes chan struct{} // a slot per request body being read
+	segs    *segmenters   // Segment Anything models (segment.go)
 
 	mu       sync.Mutex
 	models   map[string]*warm
@@ -52,6 +54,7 @@ type warm struct {
 	loadErr  error
 	chain    *core.Chain
 	file     *weights.File
+	pipe     *warmPipeline // an SD 1.5 pipeline instead of a store model (chain, file and manifest unset)
 
 	// guarded by Daemon.mu
 	pending  []*Job
@@ -88,7 +91,7 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	st, err := store.Open(cfg.Store)
+	st, err := store.OpenWith(cfg.Store, store.Options{CacheDir: cfg.CacheDir, CacheBytes: cfg.CacheMaxBytes})
 	if err != nil {
 		return nil, err
 	}
@@ -97,10 +100,76 @@ func New(cfg Config, log hclog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, store: st, host: h, log: log, jobs: newJobTable(cfg.JobTTL, cfg.MaxJobs),
-		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes)}
+		models: map[string]*warm{}, stop: make(chan struct{}), decodes: make(chan struct{}, cfg.MaxDecodes), segs: newSegmenters(cfg)}
+	if d.cfg.Replica == "" {
+		d.cfg.Replica, _ = os.Hostname()
+	}
 	d.metrics = newMetrics(d)
 	go d.reaper()
+	for _, name := range cfg.Preload {
+		go d.preload(name, d.Load)
+	}
+	for _, name := range d.pipelineNames() {
+		if cfg.Pipelines[name].Preload {
+			go d.preload(name, d.LoadPipeline)
+		}
+	}
 	return d, nil
+}
+
+// preloadRetry is how long a failed preload waits before trying again
+// (the model may not be in the store yet, or the store not reachable).
+var preloadRetry = 5 * time.Second
+
+// preload loads a model named in Preload (or a pipeline with preload),
+// trying again until it loads or the daemon stops.
+func (d *Daemon) preload(name string, load func(context.Context, string) error) {
+	for {
+		err := load(context.Background(), name)
+		if err == nil {
+			return
+		}
+		d.log.Error("preload failed; /readyz fails until it succeeds", "model", name, "error", err, "retry_in", preloadRetry)
+		select {
+		case <-d.stop:
+			return
+		case <-time.After(preloadRetry):
+		}
+		if d.Draining() {
+			return
+		}
+	}
+}
+
+// Ready reports whether the daemon takes work: not draining, and every
+// preloaded model warm. It says why not.
+func (d *Daemon) Ready() (bool, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.draining {
+		return false, "draining: finishing the jobs it has, taking no new ones"
+	}
+	preloaded := slices.Clone(d.cfg.Preload)
+	for name, p := range d.cfg.Pipelines {
+		if p.Preload {
+			preloaded = append(preloaded, pipelineKey(name))
+		}
+	}
+	for _, name := range preloaded {
+		w, ok := d.models[name]
+		if !ok {
+			return false, fmt.Sprintf("model %s is not loaded", name)
+		}
+		select {
+		case <-w.ready:
+			if w.loadErr != nil {
+				return false, w.loadErr.Error()
+			}
+		default:
+			return false, fmt.Sprintf("model %s is loading", name)
+		}
+	}
+	return true, ""
 }
 
 // apiError is an error with the HTTP status it maps to.
@@ -143,36 +212,18 @@ func (d *Daemon) resolve(j *Job) error {
 	}
 	var keyParts []string
 	for i, a := range j.Adapters {
-		if err := names.Check("plugin", a.Plugin); err != nil {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin: %v", i, err)
-		}
-		if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == a.Plugin }) {
-			return errorf(http.StatusBadRequest, "adapters[%d].plugin %q is not installed", i, a.Plugin)
+		field := fmt.Sprintf("adapters[%d]", i)
+		if err := checkPlugin(field, a.Plugin, installed); err != nil {
+			return err
 		}
 		if a.Operation != "" {
 			if err := names.Check("operation", a.Operation); err != nil {
 				return errorf(http.StatusBadRequest, "adapters[%d].operation: %v", i, err)
 			}
 		}
-		var digest string
-		if strings.HasPrefix(a.File, "sha256:") {
-			if err := store.CheckDigest(a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file: %w", i, err)
-			}
-			digest = a.File
-		} else {
-			if err := names.Check("adapter", a.File); err != nil {
-				return errorf(http.StatusBadRequest, "adapters[%d].file (an adapter name or a sha256: digest): %w", i, err)
-			}
-			ad, err := d.store.Adapter(a.File)
-			if err != nil {
-				return fmt.Errorf("adapters[%d].file: %w", i, err)
-			}
-			digest = ad.File.Digest
-		}
-		path, err := d.store.BlobPath(digest)
+		digest, path, err := d.storeFile(field+".file", a.File)
 		if err != nil {
-			return fmt.Errorf("adapters[%d].file: %w", i, err)
+			return err
 		}
 		params := map[string]any{}
 		for k, v := range a.Params {
@@ -192,13 +243,60 @@ func (d *Daemon) resolve(j *Job) error {
 	if j.Fuse {
 		j.key = "fuse\n" + j.key
 	}
+	if j.image != nil {
+		return d.resolveControls(j, installed)
+	}
 	return nil
+}
+
+// checkPlugin checks a request's plugin name (field.plugin): valid and
+// installed.
+func checkPlugin(field, name string, installed []hosts.Entry) error {
+	if err := names.Check("plugin", name); err != nil {
+		return errorf(http.StatusBadRequest, "%s.plugin: %v", field, err)
+	}
+	if !slices.ContainsFunc(installed, func(e hosts.Entry) bool { return e.Name == name }) {
+		return errorf(http.StatusBadRequest, "%s.plugin %q is not installed", field, name)
+	}
+	return nil
+}
+
+// storeFile resolves a request's file (an adapter name or a blob digest,
+// which never leave the store) to its digest and path.
+func (d *Daemon) storeFile(field, file string) (digest, path string, err error) {
+	if strings.HasPrefix(file, "sha256:") {
+		if err := store.CheckDigest(file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s: %w", field, err)
+		}
+		digest = file
+	} else {
+		if err := names.Check("adapter", file); err != nil {
+			return "", "", errorf(http.StatusBadRequest, "%s (an adapter name or a sha256: digest): %w", field, err)
+		}
+		ad, err := d.store.Adapter(file)
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", field, err)
+		}
+		digest = ad.File.Digest
+	}
+	path, err = d.store.BlobPath(digest)
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", field, err)
+	}
+	return digest, path, nil
 }
 
 // Submit queues a job. It fails at once (429) when the queue is full and
 // (503) when the daemon is shutting down.
 func (d *Daemon) Submit(j *Job) error {
-	m, err := d.store.Model(j.Model) // validates the name
+	var m *store.Model
+	var p PipelineConfig
+	var err error
+	if j.image != nil {
+		p, err = d.pipeline(j.Model)
+	} else {
+		m, err = d.store.Model(j.Model) // validates the name
+	}
 	if err != nil {
 		return err
 	}
@@ -208,13 +306,18 @@ func (d *Daemon) Submit(j *Job) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.draining {
-		return errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
+		return errorf(http.StatusServiceUnavailable, "the daemon is draining (shutting down or taken out of service): retry, another replica will take it")
 	}
 	if d.queued >= d.cfg.QueueSize {
 		d.metrics.rejected.Inc()
 		return errorf(http.StatusTooManyRequests, "the queue is full (%d jobs waiting); retry later", d.queued)
 	}
-	w := d.warmLocked(j.Model, m)
+	var w *warm
+	if j.image != nil {
+		w = d.warmPipelineLocked(j.Model, p)
+	} else {
+		w = d.warmLocked(j.Model, m)
+	}
 	w.pending = append(w.pending, j)
 	d.queued++
 	d.metrics.queueDepth.Set(float64(d.queued))
@@ -248,7 +351,7 @@ func (d *Daemon) Load(ctx context.Context, name string) error {
 	d.mu.Lock()
 	if d.draining {
 		d.mu.Unlock()
-		return errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
+		return errorf(http.StatusServiceUnavailable, "the daemon is draining (shutting down or taken out of service): retry, another replica will take it")
 	}
 	w := d.warmLocked(name, m)
 	w.lastUsed = time.Now()
@@ -352,6 +455,9 @@ func (d *Daemon) load(w *warm) {
 	defer close(w.ready)
 	start := time.Now()
 	err := func() error {
+		if w.pipe != nil {
+			return d.loadPipeline(w)
+		}
 		sp, err := d.store.LoadSpec(w.manifest)
 		if err != nil {
 			return err
@@ -395,6 +501,13 @@ func (d *Daemon) load(w *warm) {
 
 // release ejects the adapters and frees the weights of a retired model.
 func (d *Daemon) release(w *warm) {
+	if w.pipe != nil && w.pipe.model != nil {
+		d.swap(w, nil)
+		w.pipe.model.Release()
+		w.pipe.model = nil
+		d.log.Info("pipeline unloaded", "pipeline", w.pipe.name)
+		return
+	}
 	if w.chain == nil {
 		return
 	}
@@ -432,6 +545,9 @@ func (d *Daemon) swap(w *warm, j *Job) error {
 	}
 	set := &appliedSet{key: j.key}
 	err := tensor.Run(j.ctx, func(s *tensor.Scope) error {
+		if w.pipe != nil {
+			return d.applyPipelineAdapters(s, w.pipe.model, j, set)
+		}
 		model := adapt.Summarize(w.chain)
 		for i, a := range j.resolved {
 			rep, undo, err := d.applyOne(j.ctx, s, w.chain, model, i, a, j.Fuse)
@@ -521,6 +637,9 @@ func (d *Daemon) execute(w *warm, j *Job) {
 		return // canceled while queued
 	}
 	begin := time.Now()
+	j.mu.Lock()
+	d.metrics.queueWait.Observe(j.started.Sub(j.created).Seconds())
+	j.mu.Unlock()
 	defer func() {
 		d.metrics.jobs.WithLabelValues(j.status().State).Inc()
 		d.metrics.jobSeconds.Observe(time.Since(begin).Seconds())
@@ -549,6 +668,14 @@ func (d *Daemon) execute(w *warm, j *Job) {
 	j.mu.Unlock()
 	if len(reports) > 0 {
 		j.emit(Event{Type: "adapters", Adapters: reports})
+	}
+	if j.image != nil {
+		if err := d.generate(w, j); err != nil {
+			j.finish(nil, err, statusOf(err))
+			return
+		}
+		j.finish(nil, nil, 0)
+		return
 	}
 	outputs, err := d.forward(w, j)
 	if err != nil {
@@ -702,7 +829,8 @@ func (d *Daemon) reaper() {
 		}
 		d.mu.Lock()
 		for _, w := range d.models {
-			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive {
+			if !w.busy && len(w.pending) == 0 && time.Since(w.lastUsed) > d.cfg.KeepAlive && !slices.Contains(d.cfg.Preload, w.name) &&
+				(w.pipe == nil || !w.pipe.cfg.Preload) {
 				d.log.Info("unloading idle model", "model", w.name, "idle", time.Since(w.lastUsed).Round(time.Second))
 				d.retireLocked(w, nil)
 			}
@@ -751,8 +879,9 @@ func (d *Daemon) Draining() bool {
 	return d.draining
 }
 
-// Drain stops new work: Submit fails with 503 and queued jobs are failed.
-// Running jobs go on.
+// Drain stops new work: Submit fails with 503 (a load balancer retries it
+// on another replica) and readiness fails. The jobs the daemon already
+// took, queued or running, go on to the end.
 func (d *Daemon) Drain() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -760,15 +889,27 @@ func (d *Daemon) Drain() {
 		return
 	}
 	d.draining = true
-	err := errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
+	d.metrics.draining.Set(1)
+	d.log.Info("draining", "queued", d.queued)
+}
+
+// DrainStatus is what POST /v1/admin/drain answers.
+type DrainStatus struct {
+	Draining bool `json:"draining"`
+	Queued   int  `json:"queued"`  // jobs waiting, which will still run
+	Running  int  `json:"running"` // jobs running
+}
+
+func (d *Daemon) drainStatus() DrainStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := DrainStatus{Draining: d.draining, Queued: d.queued}
 	for _, w := range d.models {
-		for _, j := range w.pending {
-			j.finish(nil, err, http.StatusServiceUnavailable)
-			d.queued--
+		if w.busy {
+			st.Running++
 		}
-		w.pending = nil
 	}
-	d.metrics.queueDepth.Set(float64(d.queued))
+	return st
 }
 
 // CancelRunning cancels every running job (at its next layer boundary).
@@ -778,9 +919,9 @@ func (d *Daemon) CancelRunning() {
 	}
 }
 
-// Close drains, stops every worker (ejecting adapters and freeing weights)
-// and stops the plugins. Jobs still running are waited for: cancel them
-// first (CancelRunning) to bound the wait.
+// Close drains, fails the queued jobs (503), stops every worker (ejecting
+// adapters and freeing weights) and stops the plugins. Jobs still running
+// are waited for: cancel them first (CancelRunning) to bound the wait.
 func (d *Daemon) Close() {
 	d.Drain()
 	d.mu.Lock()
@@ -790,5 +931,6 @@ func (d *Daemon) Close() {
 	d.mu.Unlock()
 	close(d.stop)
 	d.workers.Wait()
+	d.segs.close()
 	d.host.Close()
 }

@@ -50,15 +50,21 @@ type AdapterReport struct {
 
 // Event is one step of a job's life, as streamed to clients.
 type Event struct {
-	Seq      int             `json:"seq"`
-	Time     time.Time       `json:"time"`
-	Type     string          `json:"type"` // queued, started, adapters, progress, done, failed, canceled
-	Position int             `json:"position,omitempty"`
-	Done     int             `json:"done,omitempty"`
-	Total    int             `json:"total,omitempty"`
-	Layer    string          `json:"layer,omitempty"`
-	Adapters []AdapterReport `json:"adapters,omitempty"`
-	Error    string          `json:"error,omitempty"`
+	Seq      int       `json:"seq"`
+	Time     time.Time `json:"time"`
+	Type     string    `json:"type"` // queued, started, adapters, progress, step, done, failed, canceled
+	Position int       `json:"position,omitempty"`
+	// An image job's denoising step: Step of Steps done, with a preview
+	// (PNG, latent size) when the request asked for one; only the latest
+	// step event keeps its preview.
+	Step       int             `json:"step,omitempty"`
+	Steps      int             `json:"steps,omitempty"`
+	PreviewPNG string          `json:"preview_png_base64,omitempty"`
+	Done       int             `json:"done,omitempty"`
+	Total      int             `json:"total,omitempty"`
+	Layer      string          `json:"layer,omitempty"`
+	Adapters   []AdapterReport `json:"adapters,omitempty"`
+	Error      string          `json:"error,omitempty"`
 }
 
 // Job is one run request on its way through the daemon.
@@ -68,7 +74,8 @@ type Job struct {
 	Adapters []AdapterRequest
 	Fuse     bool
 	inputs   map[string]weights.Raw
-	key      string // identifies the adapter set, for grouping
+	image    *imageJob // an image generation (POST /v1/images) instead of a run
+	key      string    // identifies the adapter set, for grouping
 	resolved []resolvedAdapter
 
 	ctx    context.Context
@@ -150,7 +157,24 @@ func (j *Job) finish(outputs map[string]weights.Raw, err error, code int) {
 		j.emitLocked(Event{Type: "failed", Error: err.Error()})
 	}
 	j.inputs = nil
+	for i := range j.events { // the result replaces the previews
+		j.events[i].PreviewPNG = ""
+	}
 	j.cancel()
+}
+
+// emitStep appends a step event, dropping the preview of the one before
+// so that a job holds one preview at most.
+func (j *Job) emitStep(e Event) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := len(j.events) - 1; i >= 0; i-- {
+		if j.events[i].Type == "step" {
+			j.events[i].PreviewPNG = ""
+			break
+		}
+	}
+	j.emitLocked(e)
 }
 
 // terminal reports whether the job has ended.
@@ -211,7 +235,7 @@ func (j *Job) status() JobStatus {
 		st.Error = j.err.Error()
 	}
 	for i := len(j.events) - 1; i >= 0; i-- {
-		if j.events[i].Type == "progress" {
+		if j.events[i].Type == "progress" || j.events[i].Type == "step" {
 			e := j.events[i]
 			st.Progress = &e
 			break

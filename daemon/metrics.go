@@ -18,6 +18,9 @@ type metrics struct {
 	modelLoads   prometheus.Counter
 	decoding     prometheus.Gauge
 	refused      prometheus.Counter
+	queueWait    prometheus.Histogram
+	stepSeconds  *prometheus.HistogramVec
+	draining     prometheus.Gauge
 }
 
 func newMetrics(d *Daemon) *metrics {
@@ -38,11 +41,16 @@ func newMetrics(d *Daemon) *metrics {
 		modelLoads: prometheus.NewCounter(prometheus.CounterOpts{Name: "refinersd_model_loads_total", Help: "Models loaded into memory."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "refinersd_admission_refused_total",
 			Help: "Runs refused because their estimated activation memory was over max_activation."}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refinersd_queue_wait_seconds",
+			Help: "Time jobs waited from submission to their start (queue and model loading).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),
+		stepSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "refinersd_image_step_seconds",
+			Help: "Time of one denoising step (U-Net with guidance and solver), by pipeline.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"pipeline"}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{Name: "refinersd_draining", Help: "1 while the daemon drains (new work refused with 503, taken jobs finishing), else 0."}),
 		decoding: prometheus.NewGauge(prometheus.GaugeOpts{Name: "refinersd_requests_decoding", Help: "Run requests whose body is being read (at most max_decodes)."}),
 	}
 	restarts := prometheus.NewDesc("refinersd_plugin_restarts_total", "Plugin processes restarted after a crash, a hang or a failed health check.", []string{"plugin"}, nil)
 	loaded := prometheus.NewDesc("refinersd_models_loaded", "Models in memory (loaded or loading).", nil, nil)
-	m.registry.MustRegister(m.requests, m.latency, m.queueDepth, m.rejected, m.jobs, m.jobSeconds, m.adapterSwaps, m.modelLoads, m.decoding, m.refused,
+	m.registry.MustRegister(m.requests, m.latency, m.queueDepth, m.rejected, m.jobs, m.jobSeconds, m.adapterSwaps, m.modelLoads, m.decoding, m.refused, m.queueWait, m.stepSeconds, m.draining,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectorFunc{descs: []*prometheus.Desc{restarts, loaded}, collect: func(ch chan<- prometheus.Metric) {
 			for name, n := range d.host.Restarts() {

@@ -3,7 +3,9 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +61,8 @@ func (d *Daemon) Handler() http.Handler {
 		name := pattern[strings.Index(pattern, " ")+1:]
 		mux.Handle(pattern, d.instrument(name, h))
 	}
+	route("GET /{$}", d.webIndex)
+	route("GET /web/{file}", d.webAsset)
 	route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	route("GET /readyz", d.readyz)
 	route("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP)
@@ -76,7 +80,63 @@ func (d *Daemon) Handler() http.Handler {
 	route("GET /v1/jobs/{id}/result", d.jobResult)
 	route("GET /v1/jobs/{id}/events", d.jobEvents)
 	route("DELETE /v1/jobs/{id}", d.cancelJob)
-	return d.bodyTimeout(d.authenticate(refuseDotSegments(mux)))
+	route("GET /v1/pipelines", d.listPipelines)
+	route("POST /v1/pipelines/{name}/load", d.loadPipelineRoute)
+	route("POST /v1/pipelines/{name}/unload", d.unloadPipelineRoute)
+	route("POST /v1/images", d.images)
+	route("POST /v1/images/jobs", d.submitImageJob)
+	route("POST /v1/segment", d.segment)
+	route("GET /v1/segmenters", d.listSegmenters)
+	route("POST /v1/admin/drain", d.drain)
+	return d.replicaHeader(d.bodyTimeout(d.authenticate(refuseDotSegments(mux))))
+}
+
+// Routing headers (docs/deploy.md). A client sends AdapterSetHeader with
+// the digest of its request's model and adapter set (AdapterSetDigest) so
+// that a load balancer hashing on it sends requests that share adapters to
+// the same replica, where they need no adapter swap; the daemon answers
+// with the digest it computed, so a client may also copy it from an
+// earlier answer. Every answer names the replica in ReplicaHeader.
+const (
+	AdapterSetHeader = "X-Refiners-Adapter-Set"
+	ReplicaHeader    = "X-Refiners-Replica"
+)
+
+// AdapterSetDigest is the routing key of a run request: sha256 of its
+// model, its fuse flag and its adapters (plugin, file as written in the
+// request, operation, parameters, scale), as "sha256:<hex>". Requests
+// with the same key are served by the same adapter set; the converse
+// need not hold (one adapter named by name and by digest gives two keys),
+// which costs locality, never correctness.
+func AdapterSetDigest(model string, adapters []AdapterRequest, fuse bool) string {
+	type canon struct {
+		Model    string           `json:"model"`
+		Fuse     bool             `json:"fuse"`
+		Adapters []AdapterRequest `json:"adapters"`
+	}
+	if adapters == nil {
+		adapters = []AdapterRequest{}
+	}
+	b, err := json.Marshal(canon{model, fuse, adapters}) // map keys sorted: stable
+	if err != nil {
+		b = []byte(fmt.Sprintf("%s|%v|%v", model, fuse, adapters)) // params that JSON cannot encode are refused later
+	}
+	h := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+func (d *Daemon) replicaHeader(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(ReplicaHeader, d.cfg.Replica)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// drain starts draining (see Drain): for a rolling restart or a scale-down
+// without SIGTERM. It answers what is left to run.
+func (d *Daemon) drain(w http.ResponseWriter, r *http.Request) {
+	d.Drain()
+	writeJSON(w, http.StatusAccepted, d.drainStatus())
 }
 
 // bodyTimeout cuts a request body that sends nothing for BodyTimeout: the
@@ -128,14 +188,14 @@ func refuseDotSegments(next http.Handler) http.Handler {
 }
 
 // authenticate requires the bearer token, when one is configured, on
-// everything but the health probes.
+// everything but the health probes and the web page's files.
 func (d *Daemon) authenticate(next http.Handler) http.Handler {
 	if d.cfg.Token == "" {
 		return next
 	}
 	want := []byte("Bearer " + d.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !(r.Method == http.MethodGet && webPath(r.URL.Path)) {
 			got := []byte(r.Header.Get("Authorization"))
 			if subtle.ConstantTimeCompare(got, want) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="refinersd"`)
@@ -238,8 +298,8 @@ func (d *Daemon) fail(w http.ResponseWriter, err error) {
 }
 
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
-	if d.Draining() {
-		writeError(w, http.StatusServiceUnavailable, errors.New("shutting down"))
+	if ok, why := d.Ready(); !ok {
+		writeError(w, http.StatusServiceUnavailable, errors.New(why))
 		return
 	}
 	writeJSON(w, 200, map[string]string{"status": "ready"})
@@ -536,6 +596,7 @@ func (d *Daemon) run(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) accept(w http.ResponseWriter, r *http.Request) (*Job, string, bool) {
 	j, out, err := d.parseRun(w, r)
 	if err == nil {
+		w.Header().Set(AdapterSetHeader, AdapterSetDigest(j.Model, j.Adapters, j.Fuse))
 		err = d.Submit(j)
 	}
 	if err != nil {
@@ -597,6 +658,10 @@ func (d *Daemon) jobResult(w http.ResponseWriter, r *http.Request) {
 		if accepts(r, mediaSafetensors) {
 			out = "safetensors"
 		}
+	}
+	if j.image != nil {
+		d.writeImageResult(w, r, j)
+		return
 	}
 	d.writeResult(w, j, out)
 }
@@ -709,6 +774,12 @@ func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, j *Job, withResu
 			}
 			return
 		}
+	}
+	if withResult && j.image != nil {
+		if resp := j.imageResponse(); resp != nil {
+			write("result", map[string]any{"type": "result", "result": resp})
+		}
+		return
 	}
 	if withResult {
 		j.mu.Lock()

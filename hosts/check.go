@@ -246,6 +246,9 @@ func checkPlan(resp *sdk.Plan, req *sdk.PlanRequest) error {
 // isChain says whether path is a chain of the summarised model: its root
 // ("") or a proper prefix of a weighted layer's path.
 func isChain(path string, model []sdk.Layer) bool {
+	if path == "" { // the root, even of an empty model (a plugin that builds models into it)
+		return true
+	}
 	for _, l := range model {
 		if path == "" || strings.HasPrefix(l.Path, path+".") {
 			return true

@@ -104,7 +104,10 @@ type Plan struct {
 // the model's root) instead: Branch is {"spec": FILE, "set": {PARAM:
 // VALUE}, "index": I} (a spec of the host's spec set) or {"layer":
 // {DESCRIPTION}, "index": I}, and the bindings fill the sub-model's
-// parameters by state-dict key (package adapt, insert.go).
+// parameters by state-dict key (package adapt, insert.go); a parameter
+// bound to several keys is their concatenation along dimension 0, in the
+// bindings' order (an official checkpoint's separate embeddings making one
+// weight).
 type Patch struct {
 	Target   string
 	Kind     string // "lora" (default), "diff", "loha", "lokr", "dora", "insert" (see below)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -56,6 +57,12 @@ type builder struct {
 	// a recursion that never ends.
 	active map[string]bool
 	depth  map[string]int
+	// uses are the blocks being instantiated, outermost first, as
+	// "Block at file:line:col (params)": an error inside a block names the
+	// use it happened in.
+	uses []string
+	// lint, when set, records what Lint checks on the built model.
+	lint *lintRecord
 }
 
 func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...any) {
@@ -63,13 +70,22 @@ func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...a
 	if n != nil {
 		e.Line, e.Col = n.Line, n.Column
 	}
+	if len(b.uses) > 0 {
+		chain := slices.Clone(b.uses)
+		slices.Reverse(chain)
+		e.Uses = []string{strings.Join(chain, ", in ")}
+	}
 	b.errs = append(b.errs, e)
 }
 
 // Build makes the model the spec declares. overrides set parameters by name
 // (values in YAML syntax, e.g. "768" or "true"), like `--set dim=768`.
 func (s *Spec) Build(overrides map[string]string) (*core.Chain, error) {
-	b := &builder{spec: s, active: map[string]bool{}, depth: map[string]int{}}
+	return s.build(overrides, nil)
+}
+
+func (s *Spec) build(overrides map[string]string, lint *lintRecord) (*core.Chain, error) {
+	b := &builder{spec: s, active: map[string]bool{}, depth: map[string]int{}, lint: lint}
 	top := &env{vars: map[string]value{}}
 	known := map[string]bool{}
 	for _, p := range s.Params {
@@ -391,6 +407,9 @@ func (b *builder) instance(file string, typeNode *yaml.Node, name string, args m
 			continue
 		}
 		values[k.Value] = v
+		if b.lint != nil && !spec.Required && spec.Kind != core.ModuleArg {
+			b.lint.arg(file, k, args[k.Value], name, spec.Default, v)
+		}
 	}
 	for _, a := range t.Args {
 		if _, given := args[a.Name]; a.Required && !given && !meant[a.Name] {
@@ -413,6 +432,9 @@ func (b *builder) instance(file string, typeNode *yaml.Node, name string, args m
 	if err != nil {
 		b.errf(file, typeNode, CodeBadLayer, "%v", err)
 		return nil
+	}
+	if b.lint != nil {
+		b.lint.layer(m, name, file, typeNode)
 	}
 	if provider != nil {
 		c, isChain := m.(*core.Chain)
@@ -604,6 +626,9 @@ func (b *builder) block(file string, typeNode *yaml.Node, blk *Block, args map[s
 			continue
 		}
 		given[k.Value] = v
+		if b.lint != nil {
+			b.lint.blockArg(file, k, args[k.Value], blk, v)
+		}
 	}
 	if !ok {
 		return nil
@@ -628,9 +653,11 @@ func (b *builder) block(file string, typeNode *yaml.Node, blk *Block, args map[s
 	}
 	b.active[key] = true
 	b.depth[blk.Name]++
+	b.uses = append(b.uses, fmt.Sprintf("%s at %s:%d:%d%s", blk.Name, file, typeNode.Line, typeNode.Column, strings.TrimPrefix(describeParams(be.vars), " (it has none)")))
 	defer func() {
 		delete(b.active, key)
 		b.depth[blk.Name]--
+		b.uses = b.uses[:len(b.uses)-1]
 	}()
 	kids := b.items(blk.File, blk.layers, be)
 	if len(b.errs) > before {
@@ -638,6 +665,9 @@ func (b *builder) block(file string, typeNode *yaml.Node, blk *Block, args map[s
 	}
 	c := core.NewNamed(blk.Name, blk.Kind, kids...)
 	c.Args = b.interpolate(blk.File, blk.node, blk.Args, be)
+	if b.lint != nil {
+		b.lint.layer(c, blk.Name, file, typeNode)
+	}
 	c.Provider = blk.Provider
 	if provider != nil {
 		c.Provider = b.boolean(file, provider, e)

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -38,6 +39,11 @@ type Error struct {
 	Code      string
 	Msg       string
 	Plugin    string // with CodePluginMissing: the plugin that provides the type
+	// Uses are, for a problem inside a block, the block uses it happened
+	// in, one line each: "Block at file:line:col (params)", nested uses
+	// joined innermost first. A problem met in several uses of a block is
+	// one Error listing each of them.
+	Uses []string
 }
 
 // MissingPlugins lists the plugins whose layer types a build could not
@@ -59,10 +65,16 @@ func MissingPlugins(err error) []string {
 }
 
 func (e *Error) Error() string {
+	var s string
 	if e.Line == 0 {
-		return fmt.Sprintf("%s: %s %s", e.File, e.Code, e.Msg)
+		s = fmt.Sprintf("%s: %s %s", e.File, e.Code, e.Msg)
+	} else {
+		s = fmt.Sprintf("%s:%d:%d: %s %s", e.File, e.Line, e.Col, e.Code, e.Msg)
 	}
-	return fmt.Sprintf("%s:%d:%d: %s %s", e.File, e.Line, e.Col, e.Code, e.Msg)
+	for _, u := range e.Uses {
+		s += "\n    in " + u
+	}
+	return s
 }
 
 // Errors are all the problems found in one pass, in file order.
@@ -76,7 +88,31 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
+// sorted orders the errors by position and merges those that are the same
+// problem at the same place (a block used several times), keeping each
+// use.
 func (es Errors) sorted() Errors {
+	type at struct {
+		file      string
+		line, col int
+		code, msg string
+	}
+	first := map[at]*Error{}
+	merged := es[:0]
+	for _, e := range es {
+		k := at{e.File, e.Line, e.Col, e.Code, e.Msg}
+		if prev, dup := first[k]; dup {
+			for _, u := range e.Uses {
+				if !slices.Contains(prev.Uses, u) {
+					prev.Uses = append(prev.Uses, u)
+				}
+			}
+			continue
+		}
+		first[k] = e
+		merged = append(merged, e)
+	}
+	es = merged
 	sort.SliceStable(es, func(i, j int) bool {
 		a, b := es[i], es[j]
 		if a.File != b.File {
@@ -89,6 +125,10 @@ func (es Errors) sorted() Errors {
 	})
 	return es
 }
+
+// Suggest returns " (did you mean X?)" for the candidate closest to word,
+// if one is close, else "": the hint spec errors end with.
+func Suggest(word string, candidates []string) string { return suggest(word, candidates) }
 
 // suggest returns " (did you mean X?)" for the closest candidate, if close.
 func suggest(word string, candidates []string) string {

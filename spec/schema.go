@@ -19,13 +19,13 @@ func Schema() ([]byte, error) {
 		t, _ := core.LookupLayer(name)
 		props := map[string]any{"repeat": valueSchema(core.IntArg)}
 		var required []string
-		for _, a := range t.Args {
+		for i, a := range t.Args {
 			s := valueSchema(a.Kind)
 			if a.Bounded {
 				bound(s, a.Min)
 			}
-			if a.Doc != "" {
-				s["description"] = a.Doc
+			if doc := t.ArgDoc(i); doc != "" {
+				s["description"] = doc
 			}
 			if a.Default != nil && a.Kind != core.ModuleArg {
 				s["default"] = a.Default

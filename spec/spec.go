@@ -83,6 +83,7 @@ type Param struct {
 	Default  *yaml.Node // nil: required
 	Doc      string
 	Position string
+	key      *yaml.Node // the name, where lint points
 }
 
 // Block is a named, parameterised chain.
@@ -433,7 +434,7 @@ func (l *loader) params(file string, n *yaml.Node) []*Param {
 			continue
 		}
 		seen[k.Value] = true
-		p := &Param{Name: k.Value, Position: fmt.Sprintf("%s:%d:%d", file, k.Line, k.Column)}
+		p := &Param{Name: k.Value, Position: fmt.Sprintf("%s:%d:%d", file, k.Line, k.Column), key: k}
 		switch {
 		case v.Kind == yaml.MappingNode:
 			p.Default = nil

@@ -1,16 +1,21 @@
-// Package store keeps models and adapter files on disk for the daemon.
+// Package store keeps models and adapter files for the daemon, in a local
+// folder or in an S3 bucket shared by several daemons.
 //
 // Files are content-addressed blobs (blobs/sha256/<hex>); a model is a
 // manifest (models/<name>.json) naming its spec files and its weights by
 // digest; an adapter is a manifest naming one file. Names and digests are
-// validated before they touch a path, so nothing a request says can reach
+// validated before they touch a key, so nothing a request says can reach
 // outside the store. Every write is atomic (a temporary file, fsync,
-// rename), so a crash leaves the old state or the new one, never half of
-// either; temporary files left by a crash are removed when the store opens.
+// rename; on S3 a PUT, which shows an object whole or not at all), and a
+// manifest is written only after the blobs it names, so a crash leaves the
+// old state or the new one, never half of either; temporary files left by
+// a crash are removed when the store opens. On S3, blobs are read through a
+// local Cache.
 package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -60,12 +65,30 @@ type Blob struct {
 	Source string `json:"source,omitempty"` // base name of the file it was added from
 }
 
-// Store is a store directory. Its methods are safe for concurrent use
-// within one process.
+// Store is a model store on a Backend. Its methods are safe for
+// concurrent use within one process; several processes may share an S3
+// store (writes are whole objects, and blobs never change).
 type Store struct {
-	root string
-	mu   sync.Mutex
+	be    Backend
+	disk  *diskBackend // the backend when it is a local folder: blobs are read in place
+	cache *Cache       // else blobs are read through this
+	mu    sync.Mutex
 }
+
+// Options are the settings of a store on S3 (a local folder needs none).
+type Options struct {
+	// CacheDir is the local blob cache (one per process); default
+	// <user cache dir>/refiners-go/blobs.
+	CacheDir string
+	// CacheBytes bounds the cache; 0: no bound.
+	CacheBytes int64
+	// Getenv reads the S3 settings (S3Env); default os.Getenv.
+	Getenv func(string) string
+}
+
+// IsRemote reports whether a store reference names an S3 store
+// (s3://bucket/prefix) rather than a local folder.
+func IsRemote(ref string) bool { return strings.HasPrefix(ref, "s3://") }
 
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
@@ -84,43 +107,71 @@ func CheckDigest(d string) error {
 	return nil
 }
 
-// Open opens (creating if needed) the store at root and removes temporary
-// files an interrupted write left behind.
-func Open(root string) (*Store, error) {
-	for _, d := range []string{"blobs/sha256", "models", "adapters"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return nil, fmt.Errorf("store %s: %w", root, err)
-		}
-	}
-	s := &Store{root: root}
-	for _, d := range []string{"blobs/sha256", "models", "adapters"} {
-		entries, err := os.ReadDir(filepath.Join(root, d))
+// Open opens the store ref with default Options: a local folder (created
+// if needed) or s3://bucket/prefix.
+func Open(ref string) (*Store, error) { return OpenWith(ref, Options{}) }
+
+// OpenWith opens (creating a local folder if needed) the store ref and
+// removes temporary files an interrupted write left behind. ref is a
+// folder or s3://bucket/prefix (the bucket must exist; S3Env says where
+// the endpoint and the credentials come from).
+func OpenWith(ref string, o Options) (*Store, error) {
+	if !IsRemote(ref) {
+		d, err := openDisk(ref)
 		if err != nil {
-			return nil, fmt.Errorf("store %s: %w", root, err)
+			return nil, err
 		}
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) {
-				os.Remove(filepath.Join(root, d, e.Name()))
-			}
-		}
+		return &Store{be: d, disk: d}, nil
 	}
-	return s, nil
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.CacheDir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("store %s: no cache folder given and %w", ref, err)
+		}
+		o.CacheDir = filepath.Join(base, "refiners-go", "blobs")
+	}
+	c, err := OpenCache(o.CacheDir, o.CacheBytes)
+	if err != nil {
+		return nil, err
+	}
+	b, err := openS3(ref, c.Dir(), o.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{be: b, cache: c}, nil
 }
 
-// Root is the store's directory.
-func (s *Store) Root() string { return s.root }
+// Root is the store's folder, or its s3:// URL.
+func (s *Store) Root() string { return s.be.String() }
 
-// BlobPath is the path of a blob already in the store.
+// Cache is the local blob cache of a remote store (nil for a folder).
+func (s *Store) Cache() *Cache { return s.cache }
+
+func blobKey(digest string) string { return "blobs/sha256/" + strings.TrimPrefix(digest, "sha256:") }
+
+// BlobPath is the local path of a blob already in the store: its file in a
+// local store, or its copy in the cache of a remote one (downloaded and
+// checked the first time).
 func (s *Store) BlobPath(digest string) (string, error) {
 	if err := CheckDigest(digest); err != nil {
 		return "", err
 	}
-	p := filepath.Join(s.root, "blobs", "sha256", strings.TrimPrefix(digest, "sha256:"))
-	if _, err := os.Stat(p); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+	ctx := context.Background()
+	if s.disk != nil {
+		if _, err := s.be.Stat(ctx, blobKey(digest)); err != nil {
+			return "", fmt.Errorf("blob %s: %w", digest, err)
+		}
+		return s.disk.path(blobKey(digest)), nil
+	}
+	p, err := s.cache.Path(digest, 0, func() (io.ReadCloser, error) { return s.be.Get(ctx, blobKey(digest)) })
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
 			return "", fmt.Errorf("blob %s: %w", digest, ErrNotFound)
 		}
-		return "", fmt.Errorf("blob %s: %w", digest, err)
+		return "", err
 	}
 	return p, nil
 }
@@ -134,8 +185,7 @@ func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
 			return Blob{}, err
 		}
 	}
-	dir := filepath.Join(s.root, "blobs", "sha256")
-	tmp, err := atomicfile.Create(dir)
+	tmp, err := atomicfile.Create(s.be.StageDir("blobs/sha256/x"))
 	if err != nil {
 		return Blob{}, fmt.Errorf("store blob: %w", err)
 	}
@@ -156,8 +206,28 @@ func (s *Store) PutBlob(r io.Reader, want string, limit int64) (Blob, error) {
 	if want != "" && got != want {
 		return Blob{}, fmt.Errorf("%w content: its digest is %s, not %s", ErrInvalid, got, want)
 	}
-	if err := tmp.Commit(filepath.Join(dir, strings.TrimPrefix(got, "sha256:")), 0o600); err != nil {
+	if err := tmp.Seal(0o600); err != nil {
 		return Blob{}, fmt.Errorf("store blob: %w", err)
+	}
+	ctx := context.Background()
+	key := blobKey(got)
+	// Blobs never change: one written recently (another replica's upload,
+	// say) is not sent again. An older one is written anew, which makes it
+	// recent: else collect could take it, unreferenced for over
+	// uploadGrace, before the manifest that names it again is written.
+	info, err := s.be.Stat(ctx, key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return Blob{}, fmt.Errorf("store blob: %w", err)
+	}
+	if err != nil || time.Since(info.Modified) > uploadGrace/2 {
+		if err := s.be.Put(ctx, key, tmp.Name()); err != nil {
+			return Blob{}, fmt.Errorf("store blob: %w", err)
+		}
+	}
+	if s.cache != nil {
+		if err := s.cache.Adopt(tmp.Name(), got, n); err != nil {
+			return Blob{}, err
+		}
 	}
 	return Blob{Digest: got, Size: n}, nil
 }
@@ -381,14 +451,8 @@ func (s *Store) remove(dir, what, name string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := os.Remove(filepath.Join(s.root, dir, name+".json")); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%s %q: %w", what, name, ErrNotFound)
-		}
+	if err := s.be.Delete(context.Background(), dir+"/"+name+".json"); err != nil {
 		return fmt.Errorf("remove %s %q: %w", what, name, err)
-	}
-	if err := atomicfile.SyncDir(filepath.Join(s.root, dir)); err != nil {
-		return err
 	}
 	return s.collect(digests)
 }
@@ -418,20 +482,25 @@ func (s *Store) collect(removed []string) error {
 	for _, a := range adapters {
 		used[a.File.Digest] = true
 	}
-	dir := filepath.Join(s.root, "blobs", "sha256")
-	entries, err := os.ReadDir(dir)
+	ctx := context.Background()
+	blobs, err := s.be.List(ctx, "blobs/sha256/")
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		d := "sha256:" + e.Name()
-		if strings.HasPrefix(e.Name(), atomicfile.TempPrefix) || used[d] {
+	for _, o := range blobs {
+		d := "sha256:" + path.Base(o.Key)
+		if CheckDigest(d) != nil || used[d] {
 			continue
 		}
-		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) < uploadGrace && !slices.Contains(removed, d) {
+		if time.Since(o.Modified) < uploadGrace && !slices.Contains(removed, d) {
 			continue
 		}
-		os.Remove(filepath.Join(dir, e.Name()))
+		if err := s.be.Delete(ctx, o.Key); err != nil {
+			return fmt.Errorf("remove unused blob %s: %w", d, err)
+		}
+		if s.cache != nil {
+			s.cache.Forget(d)
+		}
 	}
 	return nil
 }
@@ -470,13 +539,13 @@ func (f specFS) Open(name string) (fs.File, error) {
 }
 
 func (s *Store) names(dir string) ([]string, error) {
-	entries, err := os.ReadDir(filepath.Join(s.root, dir))
+	objs, err := s.be.List(context.Background(), dir+"/")
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	for _, e := range entries {
-		n, ok := strings.CutSuffix(e.Name(), ".json")
+	for _, o := range objs {
+		n, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, dir+"/"), ".json")
 		if ok && names.Valid(n) {
 			out = append(out, n)
 		}
@@ -489,11 +558,19 @@ func (s *Store) readManifest(dir, what, name string, v any) error {
 	if err := names.Check(what, name); err != nil {
 		return err
 	}
-	b, err := os.ReadFile(filepath.Join(s.root, dir, name+".json"))
+	r, err := s.be.Get(context.Background(), dir+"/"+name+".json")
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("%s %q: %w", what, name, ErrNotFound)
 		}
+		return fmt.Errorf("%s %q: %w", what, name, err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(io.LimitReader(r, maxManifest+1))
+	if err == nil && len(b) > maxManifest {
+		err = fmt.Errorf("larger than %d bytes", maxManifest)
+	}
+	if err != nil {
 		return fmt.Errorf("%s %q: %w", what, name, err)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
@@ -507,7 +584,22 @@ func (s *Store) writeManifest(dir, name string, v any) error {
 	if err != nil {
 		return err
 	}
+	key := dir + "/" + name + ".json"
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return atomicfile.WriteFile(filepath.Join(s.root, dir, name+".json"), append(b, '\n'), 0o600)
+	tmp, err := atomicfile.Create(s.be.StageDir(key))
+	if err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	defer tmp.Abort()
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if err := tmp.Seal(0o600); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return s.be.Put(context.Background(), key, tmp.Name())
 }
+
+// maxManifest bounds a manifest read from the store.
+const maxManifest = 16 << 20

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/refiners-go/refiners/internal/atomicfile"
 )
@@ -234,5 +235,39 @@ func TestAddModelFS(t *testing.T) {
 	}
 	if _, err := s.Model("bad"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Model(bad): %v", err)
+	}
+}
+
+// TestReaddingAnOldUnusedBlobKeepsIt: a blob that no manifest names and
+// that is older than the upload grace is collected at the next removal;
+// adding it again must make it recent, or that removal (another
+// replica's, say) could take it before the new manifest names it.
+func TestReaddingAnOldUnusedBlobKeepsIt(t *testing.T) {
+	s := open(t)
+	old, _ := s.AddAdapter("old", clipWeights)
+	if _, err := s.AddAdapter("other", unetWeights); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.be.Delete(t.Context(), "adapters/old.json"); err != nil { // unreferenced, as after a crash
+		t.Fatal(err)
+	}
+	p := filepath.Join(s.Root(), filepath.FromSlash(blobKey(old.File.Digest)))
+	long := time.Now().Add(-2 * uploadGrace)
+	if err := os.Chtimes(p, long, long); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(clipWeights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := s.PutBlob(f, old.File.Digest, 0); err != nil { // the upload before a new manifest
+		t.Fatal(err)
+	}
+	if err := s.RemoveAdapter("other"); err != nil { // collects
+		t.Fatal(err)
+	}
+	if _, err := s.BlobPath(old.File.Digest); err != nil {
+		t.Errorf("the blob just uploaded again was collected: %v", err)
 	}
 }

@@ -10,7 +10,11 @@
 //   - -mode sd15: seconds per denoising step and peak RSS of the SD 1.5
 //     pipeline (models/sd15) against Refiners' StableDiffusion_1 on the
 //     same full-size random weights, each side in a child process
-//     (sd15.go); -mode sd15-weights only writes those weights.
+//     (sd15.go); -mode sd15-weights only writes those weights;
+//   - -mode sam: the SAM predictor's image embedding and per-prompt
+//     decoding against Refiners' SegmentAnything on the same random
+//     weights, interleaved, and the daemon's throughput for prompts on
+//     one image (sam.go).
 //
 // It exits with status 1 when an RSS check fails. Timings are figures to
 // read, never pass/fail: compare the ratios, not absolute numbers.
@@ -44,7 +48,7 @@ func main() {
 	iters := flag.Int("module-iters", 1000, "iterations of the linear -> gelu -> add sequence")
 	limit := flag.Float64("limit", 2, "largest RSS growth accepted, in percent")
 	mode := flag.String("mode", "ops", "ops: the tensor layer; lora: LoRA apply/remove on the full SD 1.5 UNet; convert: refinersd convert on a full SD 1.5 checkpoint; "+
-		"sd15: the SD 1.5 pipeline against Refiners' (sd15-weights, sd15-go: its parts)")
+		"sd15: the SD 1.5 pipeline against Refiners' (sd15-weights, sd15-go: its parts); sam: the SAM predictor against Refiners' and the daemon's throughput")
 	convertSrc := flag.String("convert-src", "conformance/testdata/full/convert/sd15_bench.safetensors", "convert mode: the checkpoint (make bench-convert writes one)")
 	convertDTypes := flag.String("convert-dtypes", ",float16", "convert mode: output dtypes to run, comma-separated (empty: the source's)")
 	convertLimit := flag.Float64("convert-limit", 1.2, "convert mode: largest peak RSS accepted, as a multiple of the largest component")
@@ -57,6 +61,13 @@ func main() {
 	unetWeights := flag.String("unet-weights", "", "lora mode: UNet weights (param.<key>, e.g. conformance/testdata/full/sd15_unet_full.safetensors); random if empty")
 	rank := flag.Int64("rank", 32, "lora mode: LoRA rank")
 	cycles := flag.Int("cycles", 1000, "lora mode: apply/remove cycles for the RSS check")
+	samSize := flag.String("sam-size", "vit_b", "sam mode: vit_h, vit_l, vit_b or tiny")
+	samDir := flag.String("sam-dir", filepath.Join(os.TempDir(), "refiners-sam-random"), "sam mode: weights directory (random weights are written there if missing)")
+	samScript := flag.String("sam-script", "conformance/bench_sam.py", "sam mode: the reference side's script")
+	samImage := flag.String("sam-image", "conformance/testdata/sam/predict_wide.png", "sam mode: the image")
+	samBlocks := flag.Int("sam-blocks", 3, "sam mode: alternating blocks (1 embedding + -sam-prompts prompts per side each)")
+	samPrompts := flag.Int("sam-prompts", 5, "sam mode: prompts per block and side")
+	samDaemon := flag.Int("sam-daemon-prompts", 20, "sam mode: prompts on one image through the daemon")
 	vsModelsFlag := flag.String("vs-models", "unet,vae,clip", "vs-refiners mode: models to compare, comma-separated (unet, vae, clip)")
 	vsModel := flag.String("vs-model", "", "vs-go mode: the one model to run")
 	vsRepeats := flag.Int("repeats", 3, "vs-refiners mode: interleaved repeats per model and side")
@@ -69,6 +80,13 @@ func main() {
 	cpuProfile := flag.String("cpuprofile", "", "vs-go mode: write a CPU profile of the forwards to this file (go tool pprof)")
 	vsScript := flag.String("vs-script", "conformance/bench_models.py", "vs-refiners mode: the reference side's script")
 	flag.Parse()
+	if *mode == "sam" {
+		if err := runSAM(*samDir, *samSize, *python, *samScript, *samImage, *samBlocks, *samPrompts, *samDaemon); err != nil {
+			fmt.Fprintln(os.Stderr, "refiners-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	switch *mode {
 	case "vs-refiners", "vs-go":
 		var err error

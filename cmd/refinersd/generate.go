@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -53,7 +55,9 @@ const generateUsage = `usage: refinersd generate --prompt TEXT --output OUT.png
 
 Stable Diffusion 1.5, as Refiners' StableDiffusion_1: text to image, image to
 image (--init-image), inpainting (--init-image and --mask with an inpainting
-U-Net). See docs/generate.md.
+U-Net), with adapters (--adapter) and ControlNets (--control, e.g.
+--control canny:controlnet.safetensors:photo.png:scale=0.8,end=0.6). See
+docs/generate.md.
 
 `
 
@@ -84,13 +88,16 @@ func generate(args []string, out io.Writer) error {
 	maskPath := fs.String("mask", "", "inpainting mask (PNG), white where to repaint, the output's size")
 	var adapters adapterFlags
 	fs.Var(&adapters, "adapter", "PLUGIN:FILE[:PARAMS_JSON], e.g. lora:style.safetensors:{\"scale\": 0.8} (repeatable)")
-	pluginsDir := fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for --adapter)")
+	var controls controlFlags
+	fs.Var(&controls, "control", "a ControlNet: "+controlSyntax+", e.g. canny:cn.safetensors:photo.png:scale=0.8,end=0.5 (repeatable; plugin controlnet by default)")
+	pluginsDir := fs.String("plugins-dir", defaultPluginsDir(), "plugins directory (for --adapter and --control)")
 	device := fs.String("device", "cpu", "cpu, cuda or cuda:N")
 	dtype := fs.String("dtype", "float32", "float32, float16 or bfloat16")
 	output := fs.String("output", "", "PNG file to write (with --batch N: OUT-1.png ... OUT-N.png)")
 	sets := componentSets{"unet": {}, "text_encoder": {}, "autoencoder": {}}
 	fs.Var(sets, "set", "override a spec parameter of one model: MODEL.name=value, MODEL unet, text_encoder or autoencoder (repeatable)")
 	quiet := fs.Bool("quiet", false, "no progress output")
+	recipePath := fs.String("recipe", "", "a PNG made by refiners-go: generate its recipe again (the same PNG bytes on the same weights, software and CPU kernels); give the weights, and --init-image/--mask if the recipe names them")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil // the usage was printed
@@ -99,6 +106,21 @@ func generate(args []string, out io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("generate: unexpected argument %q (flags only; quote the prompt: --prompt \"...\")", fs.Arg(0))
+	}
+	var rec *pipeline.Recipe
+	if *recipePath != "" {
+		var err error
+		if rec, err = readRecipeFlag(fs, *recipePath); err != nil {
+			return err
+		}
+		*prompt, *negative, *steps, *guidance, *seed = rec.Prompt, rec.NegativePrompt, rec.Steps, rec.Guidance, int64(rec.Seed)
+		*width, *height, *solver, *batch, *strength = rec.Width, rec.Height, rec.Solver, rec.Batch, rec.Strength
+		if adapters, err = recipeAdapters(rec, adapters, *storeDir); err != nil {
+			return err
+		}
+		if controls, err = recipeControls(rec, controls); err != nil {
+			return err
+		}
 	}
 
 	// Everything that can be checked before loading the models is.
@@ -161,6 +183,24 @@ func generate(args []string, out io.Writer) error {
 			return err
 		}
 	}
+	var conditions []*pipeline.RGB
+	for _, c := range controls {
+		if err := fileExists("--control", c.file); err != nil {
+			return err
+		}
+		img, err := readImageFlag("--control", c.condition)
+		if err != nil {
+			return err
+		}
+		conditions = append(conditions, pipeline.ToRGB(img))
+	}
+	if rec != nil {
+		for i, c := range rec.Controlnets {
+			if got := pipeline.PixelDigest(conditions[i].Pix); got != c.Image {
+				return fmt.Errorf("generate: --control %d: %s is not the recipe's condition image (pixels %s, want %s)", i+1, controls[i].condition, got, c.Image)
+			}
+		}
+	}
 
 	// The library reads zero as "the default": a zero given here is a mistake.
 	switch {
@@ -205,8 +245,59 @@ func generate(args []string, out io.Writer) error {
 	if *seed == -1 {
 		req.Seed = rand.Uint64N(1 << 32)
 	}
+	if rec != nil {
+		if err := rec.CheckImages(req.InitImage, req.Mask); err != nil {
+			return fmt.Errorf("generate: --recipe %s: %w (--init-image and --mask)", *recipePath, err)
+		}
+	}
+	for i, c := range controls {
+		pc, err := c.request(conditions[i])
+		if err != nil {
+			return fmt.Errorf("generate: --control: %w", err)
+		}
+		req.Controls = append(req.Controls, pc)
+	}
 	if req, err = req.WithDefaults(); err != nil {
 		return fmt.Errorf("generate: %w", err)
+	}
+	digests, err := pipeline.FileDigests(cfg) // for the recipes
+	if err != nil {
+		return fmt.Errorf("generate: %w", err)
+	}
+	var recAdapters []pipeline.RecipeAdapter
+	for _, a := range adapters {
+		sum, err := hosts.FileSHA256(a.file)
+		if err != nil {
+			return fmt.Errorf("generate: --adapter %s: %w", a.file, err)
+		}
+		ra := pipeline.RecipeAdapter{Plugin: a.plugin, File: a.file, Digest: "sha256:" + sum}
+		if a.params != "" {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, []byte(a.params)); err != nil {
+				return fmt.Errorf("generate: --adapter %s: parameters are not JSON: %w", a.file, err)
+			}
+			ra.Params = buf.Bytes()
+		}
+		recAdapters = append(recAdapters, ra)
+	}
+	var recControls []pipeline.RecipeControl
+	for _, c := range req.Controls {
+		sum, err := hosts.FileSHA256(c.File)
+		if err != nil {
+			return fmt.Errorf("generate: --control %s: %w", c.File, err)
+		}
+		recControls = append(recControls, pipeline.NewRecipeControl(c, c.File, "sha256:"+sum))
+	}
+	if rec != nil { // the recipe's own names and parameter text (the same values)
+		for i := range recControls {
+			recControls[i].Adapter, recControls[i].Params = rec.Controlnets[i].Adapter, rec.Controlnets[i].Params
+		}
+	}
+	if rec != nil {
+		recAdapters = rec.Adapters // digests checked by recipeAdapters; keep the recipe's names
+		for _, w := range recipeWarnings(rec, digests, dev, dt) {
+			fmt.Fprintln(os.Stderr, "warning:", w)
+		}
 	}
 	for _, a := range adapters {
 		req.Adapters = append(req.Adapters, pipeline.Adapter{Plugin: a.plugin, File: a.file, Params: a.params})
@@ -219,11 +310,15 @@ func generate(args []string, out io.Writer) error {
 		fmt.Fprintln(os.Stderr, "warning:", w)
 	}
 	outputs := outputPaths(*output, req.Batch)
+	if rec != nil {
+		outputs = make([]string, req.Batch)
+		outputs[rec.Index] = *output // the recipe's image alone
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	var host *hosts.Host
-	if len(req.Adapters) > 0 {
+	if len(req.Adapters) > 0 || len(req.Controls) > 0 {
 		if host, err = hosts.New(*pluginsDir, hosts.Options{}); err != nil {
 			return err
 		}
@@ -231,6 +326,11 @@ func generate(args []string, out io.Writer) error {
 		for _, a := range req.Adapters { // before the slow part
 			if _, err := host.Describe(ctx, a.Plugin); err != nil {
 				return fmt.Errorf("generate: --adapter %s: %w", a.Plugin, err)
+			}
+		}
+		for _, c := range req.Controls {
+			if _, err := host.Describe(ctx, c.Plugin); err != nil {
+				return fmt.Errorf("generate: --control %s: plugin %s: %w (install it: refinersd plugins install PATH)", c.File, c.Plugin, err)
 			}
 		}
 	}
@@ -261,16 +361,42 @@ func generate(args []string, out io.Writer) error {
 				fmt.Fprintf(stderr, "warning: adapter %s: %d keys matched no layer, e.g. %s\n", a.File, len(a.Unmatched), a.Unmatched[0])
 			}
 		}
+		for _, c := range res.Controls {
+			steps := "no step"
+			if c.ActiveSteps > 0 {
+				steps = fmt.Sprintf("steps %d-%d", c.FirstStep+1, c.LastStep+1)
+			}
+			fmt.Fprintf(out, "control %s (%s, name %s, format %s): scale %g on %s of %d; %d of %d keys matched\n",
+				c.File, c.Plugin, c.Name, c.Format, c.Scale, steps, c.Steps, c.Matched, c.Keys)
+			for _, w := range c.Warnings {
+				fmt.Fprintf(stderr, "warning: control %s: %s\n", c.File, w)
+			}
+		}
 		// Encode everything first, then write: a failure writes nothing.
 		var pngs [][]byte
-		for _, img := range res.Images {
+		for i, img := range res.Images {
+			if outputs[i] == "" {
+				pngs = append(pngs, nil)
+				continue
+			}
 			b, err := img.EncodePNG()
 			if err != nil {
+				return err
+			}
+			r := pipeline.NewRecipe(req, m, digests, i)
+			r.Model, r.Adapters, r.Controlnets = *model, recAdapters, recControls
+			if rec != nil {
+				r.Model = rec.Model
+			}
+			if b, err = r.Embed(b); err != nil {
 				return err
 			}
 			pngs = append(pngs, b)
 		}
 		for i, b := range pngs {
+			if b == nil {
+				continue
+			}
 			if err := atomicfile.WriteFile(outputs[i], b, 0o644); err != nil {
 				return err
 			}
@@ -364,4 +490,123 @@ func fromStore(cfg *pipeline.Config, dir, name string) error {
 	}
 	merge(&cfg.AutoencoderParams, dec.Overrides)
 	return nil
+}
+
+// readRecipeFlag reads --recipe's PNG; the flags the recipe replaces must
+// not be given too.
+func readRecipeFlag(fs *flag.FlagSet, path string) (*pipeline.Recipe, error) {
+	var clash []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "prompt", "negative-prompt", "steps", "guidance", "seed", "width", "height", "solver", "batch", "strength":
+			clash = append(clash, "--"+f.Name)
+		}
+	})
+	if len(clash) > 0 {
+		return nil, fmt.Errorf("generate: --recipe gives the whole request; leave out %s", strings.Join(clash, ", "))
+	}
+	if err := fileExists("--recipe", path); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("generate: --recipe: %w", err)
+	}
+	rec, err := pipeline.ReadRecipe(b)
+	if err != nil {
+		return nil, fmt.Errorf("generate: --recipe %s: %w", path, err)
+	}
+	return rec, nil
+}
+
+// recipeAdapters finds the recipe's adapter files: the --adapter flags in
+// the recipe's order, or else the store's blobs of their digests; each
+// file's digest must be the recipe's.
+func recipeAdapters(rec *pipeline.Recipe, given adapterFlags, storeDir string) (adapterFlags, error) {
+	if len(given) > 0 && len(given) != len(rec.Adapters) {
+		return nil, fmt.Errorf("generate: --recipe has %d adapters, %d --adapter flags given (give all of them, in the recipe's order, or none to take them from the store)", len(rec.Adapters), len(given))
+	}
+	var st *store.Store
+	var out adapterFlags
+	for i, a := range rec.Adapters {
+		var path string
+		if len(given) > 0 {
+			if given[i].plugin != a.Plugin {
+				return nil, fmt.Errorf("generate: --adapter %d is for plugin %s, the recipe's adapter %d for %s", i+1, given[i].plugin, i+1, a.Plugin)
+			}
+			path = given[i].file
+		} else {
+			if st == nil {
+				var err error
+				if st, err = store.Open(storeDir); err != nil {
+					return nil, fmt.Errorf("generate: --recipe's adapters: %w", err)
+				}
+			}
+			p, err := st.BlobPath(a.Digest)
+			if err == nil {
+				_, err = os.Stat(p)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("generate: --recipe's adapter %d (%s, %s) is not in the store %s: give it with --adapter %s:FILE", i+1, a.File, a.Digest, storeDir, a.Plugin)
+			}
+			path = p
+		}
+		sum, err := hosts.FileSHA256(path)
+		if err != nil {
+			return nil, fmt.Errorf("generate: adapter %s: %w", path, err)
+		}
+		if "sha256:"+sum != a.Digest {
+			return nil, fmt.Errorf("generate: adapter %s has digest sha256:%s, the recipe's adapter %d %s", path, sum, i+1, a.Digest)
+		}
+		out = append(out, adapter{plugin: a.Plugin, file: path, params: string(a.Params)})
+	}
+	return out, nil
+}
+
+// recipeWarnings says how a re-run differs from the recipe's run.
+func recipeWarnings(rec *pipeline.Recipe, d pipeline.Digests, dev tensor.Device, dt tensor.DType) []string {
+	var out []string
+	if rec.Weights != d {
+		out = append(out, "the recipe was made with other weights: the image will differ")
+	}
+	if rec.Device != dev.String() || rec.DType != dt.String() {
+		out = append(out, fmt.Sprintf("the recipe ran in %s on %s, this run in %s on %s: expect small differences", rec.DType, rec.Device, dt, dev))
+	}
+	if rec.Software != pipeline.Software() {
+		out = append(out, fmt.Sprintf("the recipe was made by %s, this is %s: the image may differ", rec.Software, pipeline.Software()))
+	}
+	return out
+}
+
+// recipeControls makes the --control flags of a recipe's ControlNets: the
+// flags give each one's FILE:CONDITION (in the recipe's order; the file's
+// digest is checked here, the condition's pixels once read), the recipe
+// the rest.
+func recipeControls(rec *pipeline.Recipe, given controlFlags) (controlFlags, error) {
+	if len(given) != len(rec.Controlnets) {
+		return nil, fmt.Errorf("generate: --recipe has %d ControlNets, %d --control flags given: give each as --control FILE:CONDITION.png, in the recipe's order", len(rec.Controlnets), len(given))
+	}
+	var out controlFlags
+	for i, rc := range rec.Controlnets {
+		g := given[i]
+		if g.preprocess != "" || g.scale != 0 || g.start != 0 || g.end != 0 || g.low != 0 || g.high != 0 || len(g.params) > 0 || g.plugin != "controlnet" {
+			return nil, fmt.Errorf("generate: --control %d: with --recipe give only FILE:CONDITION.png (the recipe gives the plugin, preprocessing and options)", i+1)
+		}
+		sum, err := hosts.FileSHA256(g.file)
+		if err != nil {
+			return nil, fmt.Errorf("generate: --control %s: %w", g.file, err)
+		}
+		if "sha256:"+sum != rc.Digest {
+			return nil, fmt.Errorf("generate: --control %s has digest sha256:%s, the recipe's ControlNet %d %s", g.file, sum, i+1, rc.Digest)
+		}
+		var params map[string]any
+		if len(rc.Params) > 0 {
+			if err := json.Unmarshal(rc.Params, &params); err != nil {
+				return nil, fmt.Errorf("generate: --recipe's ControlNet %d: params: %w", i+1, err)
+			}
+		}
+		out = append(out, control{plugin: rc.Plugin, file: g.file, condition: g.condition, preprocess: rc.Preprocess,
+			low: rc.Low, high: rc.High, scale: rc.Scale, start: rc.Start, end: rc.End, params: params})
+	}
+	return out, nil
 }

@@ -128,11 +128,31 @@ func TestGenerate(t *testing.T) {
 	if !strings.Contains(stdout, "batch-2.png (seed 43)") {
 		t.Errorf("batch stdout %q", stdout)
 	}
-	if !bytes.Equal(read(filepath.Join(dir, "batch-1.png")), read(a)) {
+	if !bytes.Equal(pngPixels(t, read(filepath.Join(dir, "batch-1.png"))), pngPixels(t, read(a))) {
 		t.Error("image 1 of the batch is not seed 42's")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "batch-2.png")); err != nil {
 		t.Error(err)
+	}
+
+	// Each PNG carries its recipe; --recipe writes the same bytes again
+	// (for an image of a batch too).
+	rec, err := pipeline.ReadRecipe(read(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Prompt != "a lighthouse at dusk" || rec.Seed != 42 || rec.Steps != 3 || rec.Width != 64 || rec.Batch != 1 || !strings.HasPrefix(rec.Weights.UNet, "sha256:") {
+		t.Errorf("recipe %+v", rec)
+	}
+	for _, src := range []string{a, filepath.Join(dir, "batch-2.png")} {
+		again := filepath.Join(dir, "again.png")
+		stdout, _ := run(append(withoutSize(tinyArgs(t, false)), "--recipe", src, "--output", again, "--quiet")...)
+		if !bytes.Equal(read(again), read(src)) {
+			t.Errorf("--recipe %s wrote other bytes", src)
+		}
+		if strings.Count(stdout, ".png") != 1 {
+			t.Errorf("--recipe wrote more than the recipe's image: %q", stdout)
+		}
 	}
 
 	// Inpainting and image to image write PNGs too.
@@ -181,8 +201,33 @@ func TestGenerateErrors(t *testing.T) {
 	f.Close()
 	notImage := filepath.Join(dir, "notes.png")
 	os.WriteFile(notImage, []byte("not an image"), 0o644)
+	recipes := map[string]string{} // PNGs with recipes, outside dir
+	recipeDir := t.TempDir()
+	plainPNG, err := pipeline.NewRGB(64, 48).EncodePNG()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := pipeline.Recipe{Version: 1, Prompt: "p", Seed: 1, Steps: 3, Guidance: 7.5, Solver: "dpm", Width: 64, Height: 48, Batch: 1}
+	for name, edit := range map[string]func(*pipeline.Recipe){
+		"plain":   func(*pipeline.Recipe) {},
+		"img2img": func(r *pipeline.Recipe) { r.InitImage, r.Strength = pipeline.PixelDigest([]byte("some pixels")), 0.5 },
+		"lora": func(r *pipeline.Recipe) {
+			r.Adapters = []pipeline.RecipeAdapter{{Plugin: "lora", File: "style", Digest: "sha256:" + strings.Repeat("ab", 32)}}
+		},
+		"newer": func(r *pipeline.Recipe) { r.Version = 9 },
+	} {
+		r := base
+		edit(&r)
+		b, err := r.Embed(plainPNG)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recipes[name] = filepath.Join(recipeDir, name+".png")
+		os.WriteFile(recipes[name], b, 0o644)
+	}
 
 	tiny, inpaint := tinyArgs(t, false), tinyArgs(t, true)
+	cnA := filepath.Join(tinySD, "controlnet_a.safetensors")
 	with := func(base []string, extra ...string) []string {
 		return append(append(append([]string{}, base...), "--prompt", "a cat", "--seed", "1", "--output", out), extra...)
 	}
@@ -214,6 +259,20 @@ func TestGenerateErrors(t *testing.T) {
 		{"bad set", with(tiny, "--set", "vae.channels_1=4"), "--set wants MODEL.name=value"},
 		{"wrong sizes", with(tiny, "--set", "unet.channels_1=8"), "load"},
 		{"plugin missing", with(tiny, "--adapter", "nope:"+filepath.Join(tinySD, "lora.safetensors"), "--plugins-dir", t.TempDir()), `plugin "nope" is not installed`},
+		{"recipe and prompt", with(tiny, "--recipe", recipes["plain"]), "--recipe gives the whole request; leave out --height, --prompt, --seed, --steps, --width"},
+		{"recipe missing", append(withoutSize(tiny), "--recipe", filepath.Join(dir, "nope.png"), "--output", out), "--recipe " + filepath.Join(dir, "nope.png") + ": no such file"},
+		{"no recipe", append(withoutSize(tiny), "--recipe", small, "--output", out), "has no refiners-recipe text chunk"},
+		{"recipe without its image", append(withoutSize(tiny), "--recipe", recipes["img2img"], "--output", out), "the recipe was made with an init_image"},
+		{"recipe with another image", append(withoutSize(tiny), "--recipe", recipes["img2img"], "--init-image", filepath.Join(tinySD, "init_other_size.png"), "--output", out), "is not the recipe's"},
+		{"recipe adapter not stored", append(withoutSize(tiny), "--recipe", recipes["lora"], "--store", t.TempDir(), "--output", out), "is not in the store"},
+		{"recipe adapter differs", append(withoutSize(tiny), "--recipe", recipes["lora"], "--adapter", "lora:"+small, "--output", out), "the recipe's adapter 1 sha256:"},
+		{"recipe newer", append(withoutSize(tiny), "--recipe", recipes["newer"], "--output", out), "version 9 is newer"},
+		{"control syntax", with(tiny, "--control", "cn.safetensors"), "want a ControlNet file and a condition image"},
+		{"control file missing", with(tiny, "--control", filepath.Join(dir, "nope.safetensors")+":"+filepath.Join(tinySD, "control.png")), "--control " + filepath.Join(dir, "nope.safetensors") + ": no such file"},
+		{"control condition missing", with(tiny, "--control", cnA+":"+filepath.Join(dir, "nope.png")), "--control " + filepath.Join(dir, "nope.png") + ": no such file"},
+		{"control condition not an image", with(tiny, "--control", cnA+":"+notImage), "not a PNG or JPEG image"},
+		{"control range", with(tiny, "--control", cnA+":"+filepath.Join(tinySD, "control.png")+":start=0.6,end=0.5"), "start 0.6, end 0.5: want 0 ≤ start < end ≤ 1"},
+		{"control plugin missing", with(tiny, "--control", cnA+":"+filepath.Join(tinySD, "control.png"), "--plugins-dir", t.TempDir()), `plugin controlnet: plugin "controlnet" is not installed`},
 	} {
 		cmd := exec.Command(bin, c.args...)
 		msg, err := cmd.CombinedOutput()
@@ -323,5 +382,145 @@ func TestOutputPaths(t *testing.T) {
 	}
 	if got := outputPaths("out/x.png", 3); strings.Join(got, " ") != "out/x-1.png out/x-2.png out/x-3.png" {
 		t.Errorf("%v", got)
+	}
+}
+
+// pngPixels decodes a PNG to its RGB bytes (the recipe chunk aside).
+func pngPixels(t *testing.T, b []byte) []byte {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pipeline.ToRGB(img).Pix
+}
+
+// withoutSize drops tinyArgs' --width, --height and --steps (a recipe
+// gives them).
+func withoutSize(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--width" || args[i] == "--height" || args[i] == "--steps" {
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
+}
+
+// TestControlFlag: --control's syntax, options and refusals.
+func TestControlFlag(t *testing.T) {
+	for _, c := range []struct {
+		flag string
+		want control // params nil: none
+		err  string
+	}{
+		{"cn.safetensors:edges.png", control{plugin: "controlnet", file: "cn.safetensors", condition: "edges.png"}, ""},
+		{"cn.safetensors:edges.png:scale=0.5,start=0.1,end=0.6", control{plugin: "controlnet", file: "cn.safetensors", condition: "edges.png", scale: 0.5, start: 0.1, end: 0.6}, ""},
+		{"canny:cn.safetensors:photo.jpg", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg"}, ""},
+		{"canny:cn.safetensors:photo.jpg:low=50,high=150", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg", low: 50, high: 150}, ""},
+		{"canny:cn.safetensors:photo.jpg:low=50", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg", low: 50, high: 200}, ""},
+		{"canny:cn.safetensors:photo.jpg:high=300", control{plugin: "controlnet", preprocess: "canny", file: "cn.safetensors", condition: "photo.jpg", low: 100, high: 300}, ""},
+		{"cn.safetensors:e.png:plugin=mycn,name=edges,num_heads=2", control{plugin: "mycn", file: "cn.safetensors", condition: "e.png",
+			params: map[string]any{"name": "edges", "num_heads": 2.0}}, ""},
+		{"cn.safetensors", control{}, "want a ControlNet file and a condition image"},
+		{"canny:cn.safetensors", control{}, "want a ControlNet file and a condition image"},
+		{"a:b:c:d", control{}, "want a ControlNet file and a condition image"},
+		{"cn.safetensors:e.png:scale", control{}, `option "scale" is not KEY=VALUE`},
+		{"cn.safetensors:e.png:scale=big", control{}, "scale=big is not a number"},
+		{"cn.safetensors:e.png:scale=0", control{}, "want a positive scale"},
+		{"cn.safetensors:e.png:end=0", control{}, "end 0"},
+		{"cn.safetensors:e.png:low=10", control{}, "low is canny's threshold"},
+		{"cn.safetensors:e.png:name=a,name=b", control{}, "option name given twice"},
+	} {
+		var f controlFlags
+		err := f.Set(c.flag)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: got %v, want an error containing %q", c.flag, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.flag, err)
+			continue
+		}
+		got := f[0]
+		if c.want.params == nil {
+			c.want.params = map[string]any{}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%s: %+v, want %+v", c.flag, got, c.want)
+		}
+	}
+	// The request: params as JSON, the rest as the pipeline's fields.
+	var f controlFlags
+	if err := f.Set("canny:cn.safetensors:p.png:low=1,high=2,scale=0.5,name=x"); err != nil {
+		t.Fatal(err)
+	}
+	cond := pipeline.NewRGB(8, 8)
+	req, err := f[0].request(cond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pipeline.Control{Plugin: "controlnet", File: "cn.safetensors", Params: `{"name":"x"}`, Condition: cond, Preprocess: "canny",
+		CannyLow: 1, CannyHigh: 2, Scale: 0.5}
+	if fmt.Sprint(req) != fmt.Sprint(want) {
+		t.Errorf("request %+v, want %+v", req, want)
+	}
+}
+
+// TestGenerateControl drives the real binary with ControlNets of the tiny
+// pipeline (conformance/testdata/pipeline) through the installed plugin:
+// each changes the image, the report names each one's steps and keys, and
+// the same flags give the same bytes.
+func TestGenerateControl(t *testing.T) {
+	bin := buildRefinersd(t)
+	dir := t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("refinersd %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	plug := filepath.Join(dir, "controlnet")
+	if out, err := exec.Command("go", "build", "-o", plug, "../../plugins/controlnet").CombinedOutput(); err != nil {
+		t.Fatalf("build the ControlNet plugin: %v\n%s", err, out)
+	}
+	plugins := filepath.Join(dir, "plugins")
+	run("plugins", "install", plug, "--dir", plugins)
+	base := append(tinyArgs(t, false), "--prompt", "a lighthouse at dusk", "--seed", "42", "--steps", "4", "--quiet", "--plugins-dir", plugins)
+	read := func(path string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	plain, edges, canny, again := filepath.Join(dir, "plain.png"), filepath.Join(dir, "edges.png"), filepath.Join(dir, "canny.png"), filepath.Join(dir, "again.png")
+	run(append(base, "--output", plain)...)
+	cnA, cnB := filepath.Join(tinySD, "controlnet_a.safetensors"), filepath.Join(tinySD, "controlnet_b.safetensors")
+	out := run(append(base, "--output", edges, "--control", cnA+":"+filepath.Join(tinySD, "control.png")+":scale=0.8")...)
+	if !strings.Contains(out, "control "+cnA+" (controlnet, name control0, format refiners): scale 0.8 on steps 1-4 of 4; 340 of 340 keys matched") {
+		t.Errorf("no control report:\n%s", out)
+	}
+	flags := []string{"--output", canny, "--control", "canny:" + cnA + ":" + filepath.Join(tinySD, "photo.png") + ":low=50,high=150",
+		"--control", cnB + ":" + filepath.Join(tinySD, "control.png") + ":scale=1.3,end=0.5"}
+	out = run(append(base, flags...)...)
+	if !strings.Contains(out, "name control1, format refiners): scale 1.3 on steps 1-2 of 4") {
+		t.Errorf("no report of the second control:\n%s", out)
+	}
+	flags[1] = again
+	run(append(base, flags...)...)
+	if bytes.Equal(read(edges), read(plain)) || bytes.Equal(read(canny), read(plain)) || bytes.Equal(read(canny), read(edges)) {
+		t.Error("a ControlNet did not change the image")
+	}
+	if !bytes.Equal(read(canny), read(again)) {
+		t.Error("the same flags gave different images")
 	}
 }

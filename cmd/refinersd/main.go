@@ -40,6 +40,10 @@ func run(args []string, out io.Writer) error {
 		return runSpec(args, out)
 	case "generate":
 		return generate(args, out)
+	case "demo-weights":
+		return demoWeights(args, out)
+	case "segment":
+		return segment(args, out)
 	case "plugins":
 		return pluginsVerb(args, out)
 	case "serve":
@@ -50,6 +54,14 @@ func run(args []string, out io.Writer) error {
 		return convertVerb(args, out)
 	case "adapters":
 		return adaptersVerb(args, out)
+	case "lint":
+		return lint(args, out)
+	case "fmt":
+		return fmtVerb(args, out)
+	case "explain":
+		return explainVerb(args, out)
+	case "layers":
+		return layersVerb(args, out)
 	case "schema":
 		b, err := spec.Schema()
 		if err != nil {
@@ -69,6 +81,11 @@ const usage = `usage: refinersd VERB [flags]
   demo                          build a small transformer block, print its tree, run it (default)
   inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
   plan SPEC --weights W         dry run: check every parameter's shape against W's header
+  lint SPEC [--set k=v]...      unused params and blocks, shadowed names, arguments equal to
+                                their defaults, layers whose weights cannot reach the output
+  fmt [-w|-l|-d] SPEC...        print specs in canonical form (in place with -w, list with -l, diff with -d)
+  explain [CODE]                what an error code (RFN-S012) means, an example, the fix (docs/errors.md)
+  layers [NAME]                 the layer types specs can use (docs/layers.md): all, or one in full
   schema                        print the JSON Schema of spec files (for editors)
   plugins install PATH|DIR      install plugin binaries (pinned by sha256 in plugins.lock.json)
   plugins list | remove NAME    show or uninstall installed plugins
@@ -93,6 +110,11 @@ const usage = `usage: refinersd VERB [flags]
   generate --prompt TEXT --output OUT.png --unet W --text-encoder W --autoencoder W [flags]
                                 Stable Diffusion 1.5: text to image, image to image, inpainting
                                 (refinersd generate -h; docs/generate.md)
+  demo-weights DIR [--force]    write a tiny random-weight SD 1.5, a ControlNet and a serve config
+                                (refinersd serve --config DIR/config.yaml; make serve-demo)
+  segment --weights SAM --image IN --point X,Y[,fg|bg]... [--box X0,Y0,X1,Y1] --output MASK.png
+                                Segment Anything: masks from points and boxes (refinersd segment -h;
+                                docs/sam.md)
 
 Common flags: --set name=value (repeatable) overrides a spec parameter;
 --prefix P reads weights under keys P<key>; --device cpu|cuda[:N];

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -37,7 +38,11 @@ func serve(args []string, out io.Writer) error {
 	var flagged daemon.Config
 	fs.StringVar(&flagged.Addr, "addr", cfg.Addr, "listen address (a non-loopback address needs a token)")
 	fs.StringVar(&flagged.Token, "token", "", "bearer token clients must send (prefer REFINERSD_TOKEN: flags show in ps)")
-	fs.StringVar(&flagged.Store, "store", cfg.Store, "model store directory")
+	fs.StringVar(&flagged.Store, "store", cfg.Store, "model store: a directory, or s3://bucket/prefix (AWS_* variables: docs/deploy.md)")
+	fs.StringVar(&flagged.CacheDir, "cache-dir", "", "local blob cache of an s3:// store (default <user cache dir>/refiners-go/blobs)")
+	fs.Int64Var(&flagged.CacheMaxBytes, "cache-max-bytes", 0, "bound of the blob cache in bytes, least recently used first out (0: no bound)")
+	fs.StringVar(&flagged.Replica, "replica", "", "this replica's name, sent in X-Refiners-Replica (default: the host name)")
+	preload := fs.String("preload", "", "comma-separated models to load at start and keep; /readyz fails until they are warm")
 	fs.StringVar(&flagged.PluginsDir, "plugins-dir", cfg.PluginsDir, "installed plugins directory")
 	fs.IntVar(&flagged.QueueSize, "queue-size", cfg.QueueSize, "jobs that may wait; more get 429")
 	fs.Int64Var(&flagged.MaxBody, "max-body", cfg.MaxBody, "largest run request, in bytes (413 beyond)")
@@ -74,6 +79,14 @@ func serve(args []string, out io.Writer) error {
 			cfg.Token = flagged.Token
 		case "store":
 			cfg.Store = flagged.Store
+		case "cache-dir":
+			cfg.CacheDir = flagged.CacheDir
+		case "cache-max-bytes":
+			cfg.CacheMaxBytes = flagged.CacheMaxBytes
+		case "replica":
+			cfg.Replica = flagged.Replica
+		case "preload":
+			cfg.Preload = strings.Split(*preload, ",")
 		case "plugins-dir":
 			cfg.PluginsDir = flagged.PluginsDir
 		case "queue-size":
@@ -132,7 +145,7 @@ func modelsVerb(args []string, out io.Writer) error {
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("models "+verb, flag.ContinueOnError)
 	fs.SetOutput(out)
-	dir := fs.String("store", defaultStoreDir(), "model store directory")
+	dir := fs.String("store", defaultStoreDir(), "model store: a directory, or s3://bucket/prefix")
 	specPath := fs.String("spec", "", "spec file (its imports are stored with it)")
 	weightsPath := fs.String("weights", "", "safetensors weights")
 	prefix := fs.String("prefix", "", "key prefix of the model's tensors in the weights file")
@@ -233,7 +246,7 @@ func adaptersVerb(args []string, out io.Writer) error {
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("adapters "+verb, flag.ContinueOnError)
 	fs.SetOutput(out)
-	dir := fs.String("store", defaultStoreDir(), "model store directory")
+	dir := fs.String("store", defaultStoreDir(), "model store: a directory, or s3://bucket/prefix")
 	rest, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err

@@ -100,35 +100,70 @@ func (f *specFlags) parse(args []string) (string, error) {
 // build builds the spec; layer types of installed plugins (plugin/Type)
 // are fetched from those plugins only when the spec uses them.
 func (f *specFlags) build(path string) (*core.Chain, error) {
+	s, m, err := f.load(path)
+	if err != nil || m != nil {
+		return m, err
+	}
+	return s.Build(f.sets)
+}
+
+// load reads the spec and builds it once. When the build needs layer types
+// of installed plugins, it adds their libraries to the spec and returns
+// no model (the caller builds again); an error is a load or build error.
+func (f *specFlags) load(path string) (*spec.Spec, *core.Chain, error) {
 	s, err := spec.LoadWith(path, spec.Options{ImportDirs: f.importDirs})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	m, err := s.Build(f.sets)
 	missing := spec.MissingPlugins(err)
 	if len(missing) == 0 {
-		return m, err
+		return s, m, err
 	}
 	h, herr := hosts.New(*f.pluginsDir, hosts.Options{})
 	if herr != nil {
-		return nil, herr
+		return nil, nil, herr
 	}
 	defer h.Close()
 	for _, name := range missing {
 		d, derr := h.Describe(context.Background(), name)
 		if sdk.CodeOf(derr) == sdk.NotFound {
-			return nil, err // not installed: the spec error says so
+			return nil, nil, err // not installed: the spec error says so
 		}
 		if derr != nil {
-			return nil, fmt.Errorf("%s uses layer types of plugin %s, which could not be asked for them: %w", path, name, derr)
+			return nil, nil, fmt.Errorf("%s uses layer types of plugin %s, which could not be asked for them: %w", path, name, derr)
 		}
 		for _, lt := range d.LayerTypes {
 			if aerr := s.AddLibrary(name, "plugin "+name+" layer type "+lt.Name, []byte(lt.Spec)); aerr != nil {
-				return nil, aerr
+				return nil, nil, aerr
 			}
 		}
 	}
-	return s.Build(f.sets)
+	return s, nil, nil
+}
+
+// lint reports what `spec.Lint` finds; findings make it fail, as go vet.
+func lint(args []string, out io.Writer) error {
+	f := newSpecFlags("lint")
+	path, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	s, _, err := f.load(path)
+	if err != nil {
+		return err
+	}
+	findings, err := s.Lint(f.sets)
+	if err != nil {
+		return err
+	}
+	for _, fd := range findings {
+		fmt.Fprintln(out, fd)
+	}
+	if len(findings) > 0 {
+		return fmt.Errorf("lint: %d findings in %s", len(findings), path)
+	}
+	return nil
 }
 
 func inspect(args []string, out io.Writer) error {

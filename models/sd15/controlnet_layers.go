@@ -83,6 +83,12 @@ func (l *ControlnetResidual) Forward(f *core.Frame, in ...*tensor.Tensor) (core.
 	if err != nil {
 		return nil, err
 	}
+	if scale == 0 {
+		// Off: the slot is left as it is, so the U-Net computes exactly
+		// what it computes without this ControlNet (adding 0·x could turn
+		// a −0 into +0, or an infinite feature into NaN).
+		return core.Tensors{f.ShallowCopy(in[0])}, f.Err()
+	}
 	var list *residualList
 	if v, ok := f.LookupContext("unet", "residuals"); ok && v != nil {
 		if list, err = asResidualList(v); err != nil {
@@ -116,7 +122,8 @@ func (l *ControlnetResidual) Forward(f *core.Frame, in ...*tensor.Tensor) (core.
 // specs/sd15_controlnet.yaml and that name): what Refiners'
 // set_controlnet_condition and set_scale do. A scale of 0 makes the
 // ControlNet add nothing (the U-Net's output is then exactly its own), so
-// a caller can switch a ControlNet off for some steps without ejecting it.
+// a caller can switch a ControlNet off for some steps without ejecting it
+// (its layers still run: only its additions are skipped).
 func SetControlnet(c core.Contexts, name string, condition *tensor.Tensor, scale float64) {
 	if c[ControlnetContext] == nil {
 		c[ControlnetContext] = map[string]any{}

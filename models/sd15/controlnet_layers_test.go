@@ -2,6 +2,7 @@ package sd15_test
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 
@@ -56,6 +57,57 @@ func TestControlnetResidual(t *testing.T) {
 				t.Fatal(err)
 			case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
 				t.Fatalf("got %v, want an error containing %q", err, c.err)
+			}
+		})
+	}
+}
+
+// TestControlnetResidualOff: at scale 0 (built or from the context) the
+// slot is left exactly as it was: unset stays unset (a required read
+// fails), a set slot keeps its bytes even for infinite features (0·Inf
+// would be NaN) and a −0 in the slot stays −0.
+func TestControlnetResidualOff(t *testing.T) {
+	store := func(name string, scale float64) core.Module {
+		return &sd15.ControlnetResidual{N: 1, Name: name, Scale: scale, Slots: sd15.DefaultResidualSlots}
+	}
+	for _, c := range []struct {
+		name     string
+		layers   []core.Module
+		contexts core.Contexts
+		want     []float32 // nil: the slot must stay unset
+	}{
+		{"built scale 0, unset", []core.Module{store("a", 0)}, nil, nil},
+		{"context scale 0, unset", []core.Module{store("a", 2)}, core.Contexts{"controlnet": {"scale_a": 0.0}}, nil},
+		{"context scale 0 after a set slot", []core.Module{store("b", -1), store("a", 2)}, core.Contexts{"controlnet": {"scale_a": 0.0}}, []float32{float32(math.Copysign(0, -1)), float32(math.Inf(-1))}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+				m := core.NewChain(append(append([]core.Module(nil), c.layers...), &sd15.UseResidual{N: 1, Required: true})...)
+				x := s.FromFloat32([]float32{0, float32(math.Inf(1))}, 2)
+				out, err := core.Call{Contexts: c.contexts}.Forward(s, m, x)
+				if c.want == nil {
+					if err == nil || !strings.Contains(err.Error(), "residual 1 is not set") {
+						t.Errorf("got %v, want the slot unset", err)
+					}
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				got := s.Float32s(out[0])
+				if s.Err() != nil {
+					return s.Err()
+				}
+				for i := range c.want {
+					if math.Float32bits(got[i]) != math.Float32bits(c.want[i]) {
+						t.Errorf("slot 1 holds %v, want %v bit for bit", got, c.want)
+						break
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

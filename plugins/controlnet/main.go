@@ -4,9 +4,12 @@
 // (package adapt, insert.go) adding specs/sd15_controlnet.yaml as child 0
 // of the U-Net, sized from the U-Net's parameter shapes, with every
 // parameter bound one to one from a ControlNet file: Refiners' format
-// (keys as Refiners' Controlnet state dict, with or without a prefix) or
-// diffusers' ControlNetModel (renamed through the converter's name table,
-// data/diffusers.json). num_heads and num_groups are in no shape: they
+// (keys as Refiners' Controlnet state dict, with or without a prefix),
+// diffusers' ControlNetModel, or lllyasviel's original layout
+// (control_v11p_sd15_*.safetensors, keys with no prefix or under
+// control_model.), renamed through the converter's name tables
+// (data/diffusers.json, data/original.json). Original .pth files go
+// through `refinersd convert` first (the host reads safetensors). num_heads and num_groups are in no shape: they
 // are parameters, SD 1.5's by default. It never reads tensor data.
 package main
 
@@ -19,7 +22,7 @@ import (
 )
 
 // version is the plugin's version; bump it with every behaviour change.
-const version = "0.1.0"
+const version = "0.2.0"
 
 const schema = `{
   "type": "object", "additionalProperties": false,
@@ -47,7 +50,7 @@ func (planner) Describe(context.Context) (*sdk.Description, error) {
 	}
 	return &sdk.Description{Name: "controlnet", Version: version,
 		Operations: []sdk.Operation{{Name: "apply", ParamsSchema: schema, Example: &ex,
-			Doc: "an SD 1.5 ControlNet (Refiners or diffusers format) into an SD 1.5 U-Net: inserted as the U-Net's first child, adding into its residuals; condition image in context controlnet/condition_{name}"}}}, nil
+			Doc: "an SD 1.5 ControlNet (Refiners, diffusers or original lllyasviel format) into an SD 1.5 U-Net: inserted as the U-Net's first child, adding into its residuals; condition image in context controlnet/condition_{name}"}}}, nil
 }
 
 func (planner) Plan(_ context.Context, req *sdk.PlanRequest) (*sdk.Plan, error) {

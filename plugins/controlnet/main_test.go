@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,6 +22,7 @@ import (
 	_ "github.com/refiners-go/refiners/models/all"
 	"github.com/refiners-go/refiners/sdk"
 	"github.com/refiners-go/refiners/spec"
+	"github.com/refiners-go/refiners/torchfile"
 )
 
 // caseFile is conformance's ControlNet case (generate_controlnet.py):
@@ -299,7 +301,7 @@ func TestRefusals(t *testing.T) {
 		{"no up blocks", "apply", `{}`, controlnetOnly, ex.Files, "not an SD 1.5 U-Net"},
 		{"no file", "apply", `{}`, ex.Model, nil, "want one ControlNet file, got 0"},
 		{"two ControlNets in a file", "apply", `{}`, ex.Model, []sdk.File{whole}, `holds 2 ControlNets (key prefixes ["param.cn.a." "param.cn.b."])`},
-		{"not a ControlNet", "apply", `{}`, ex.Model, []sdk.File{{ID: "x", Tensors: []sdk.Tensor{{Key: "w", Shape: []int64{1}}}}}, "not an SD 1.5 ControlNet in Refiners' or diffusers' layout"},
+		{"not a ControlNet", "apply", `{}`, ex.Model, []sdk.File{{ID: "x", Tensors: []sdk.Tensor{{Key: "w", Shape: []int64{1}}}}}, "not an SD 1.5 ControlNet in Refiners', diffusers' or the original layout"},
 		{"an incomplete diffusers file", "apply", `{}`, ex.Model, []sdk.File{{ID: "x", Tensors: []sdk.Tensor{{Key: "controlnet_cond_embedding.conv_in.weight", Shape: []int64{4, 3, 3, 3}}}}}, "incomplete diffusers ControlNet"},
 		{"another U-Net's ControlNet", "apply", `{}`, ex.Model, []sdk.File{other}, "its timestep_embedding_dim is 32, the model's 16"},
 	} {
@@ -327,22 +329,34 @@ func TestNameTable(t *testing.T) {
 	if !ok {
 		t.Fatal("the converter has no controlnet table")
 	}
-	want := map[string]string{}
-	for _, r := range tab.Rows {
-		want[r.Diffusers] = r.Refiners
-	}
-	if os.Getenv("UPDATE") == "1" {
-		b, err := json.MarshalIndent(want, "", " ")
-		if err != nil {
-			t.Fatal(err)
+	for _, layout := range []struct {
+		name  string
+		names map[string]string
+		of    func(*convert.Row) string
+	}{{"diffusers", diffusersNames, func(r *convert.Row) string { return r.Diffusers }},
+		{"original", originalNames, func(r *convert.Row) string { return r.Original }}} {
+		want := map[string]string{}
+		for _, r := range tab.Rows {
+			if r.Conv1x1 {
+				t.Fatalf("%s: a 1x1-convolution row: the plugin's tables bind tensors as they are", r.Refiners)
+			}
+			want[layout.of(r)] = r.Refiners
 		}
-		if err := os.WriteFile("data/diffusers.json", append(b, '\n'), 0o644); err != nil {
-			t.Fatal(err)
+		file := "data/" + layout.name + ".json"
+		if os.Getenv("UPDATE") == "1" {
+			b, err := json.MarshalIndent(want, "", " ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(file, append(b, '\n'), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s rewritten; rebuild and run again", file)
+			continue
 		}
-		t.Skip("data/diffusers.json rewritten; rebuild and run again")
-	}
-	if len(want) < 300 || !maps.Equal(diffusersNames, want) {
-		t.Errorf("data/diffusers.json (%d names) is not convert/data/sd15_controlnet.json's diffusers -> refiners (%d): run UPDATE=1 go test -run TestNameTable ./plugins/controlnet", len(diffusersNames), len(want))
+		if len(want) < 300 || !maps.Equal(layout.names, want) {
+			t.Errorf("%s (%d names) is not convert/data/sd15_controlnet.json's %s -> refiners (%d): run UPDATE=1 go test -run TestNameTable ./plugins/controlnet", file, len(layout.names), layout.name, len(want))
+		}
 	}
 }
 
@@ -406,6 +420,131 @@ func TestDiffusersFile(t *testing.T) {
 		}
 		tree0 := unet.String()
 		a, err := adapt.Apply(s, unet, plan, map[string]*weights.File{"dif": dif})
+		if err != nil {
+			return err
+		}
+		if err := a.Eject(); err != nil {
+			return err
+		}
+		if unet.String() != tree0 {
+			t.Error("tree after eject differs")
+		}
+		return s.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOriginalFile: lllyasviel's original layout. The name table covers
+// exactly the keys of conformance's bare original .pth (written by
+// generate_convert.py from diffusers' own conversion); a safetensors file
+// in that layout under control_model. (as the 1.0 checkpoints, which also
+// hold the SD model: an unrelated key) with random values (those of
+// Refiners' conversion of the same ControlNet) is planned with every
+// parameter bound to the tensor of its Refiners key, the SD key reported
+// unused, and applies and ejects.
+func TestOriginalFile(t *testing.T) {
+	const dir = "../../conformance/testdata/convert/"
+	pth, err := torchfile.Open(dir + "control_sd15.pth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, _, err := torchfile.Flatten(pth.Root())
+	pth.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pthKeys, tableKeys []string
+	for _, n := range named {
+		pthKeys = append(pthKeys, n.Key)
+	}
+	for k := range originalNames {
+		tableKeys = append(tableKeys, k)
+	}
+	slices.Sort(pthKeys)
+	slices.Sort(tableKeys)
+	if !slices.Equal(pthKeys, tableKeys) {
+		t.Fatalf("the original table's %d names are not the .pth's %d keys", len(tableKeys), len(pthKeys))
+	}
+
+	ref, err := weights.Open(dir + "controlnet_refiners.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ref.Close()
+	ucase, err := weights.Open(dir + "unet.case.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ucase.Close()
+	var set map[string]string
+	if err := json.Unmarshal([]byte(ucase.Metadata()["params"]), &set); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spec.Load("../../specs/sd15_unet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unet, err := sp.Build(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hosts.New(t.TempDir(), hosts.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	e, err := h.Install(context.Background(), bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := filepath.Join(t.TempDir(), "control_v11p_sd15_test.safetensors")
+	const extra = "model.diffusion_model.out.2.bias"
+	err = tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		toOriginal := map[string]string{}
+		for o, r := range originalNames {
+			toOriginal[r] = o
+		}
+		ts := map[string]*tensor.Tensor{extra: s.Zeros(tensor.Float32, 4)}
+		for _, k := range ref.Keys() {
+			o, ok := toOriginal[k]
+			if !ok {
+				t.Fatalf("Refiners key %s has no original name", k)
+			}
+			ts["control_model."+o] = ref.Load(s, k)
+		}
+		if err := weights.Save(s, orig, ts, nil); err != nil {
+			return err
+		}
+		f, err := weights.Open(orig)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := core.InitRandom(s, unet, 3); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(unet)
+		plan, err := h.Plan(context.Background(), e.Name, &sdk.PlanRequest{Operation: "apply", Params: `{"name": "o", "num_heads": 2, "num_groups": 2}`,
+			Model: adapt.Summarize(unet), Files: []sdk.File{adapt.Header("orig", "", f)}})
+		if err != nil {
+			return err
+		}
+		if plan.Report.Format != "original" || len(plan.Patches) != 1 || !slices.Equal(plan.Report.Unmatched, []string{extra}) {
+			t.Fatalf("format %q, %d patches, unmatched %v", plan.Report.Format, len(plan.Patches), plan.Report.Unmatched)
+		}
+		b := plan.Patches[0].Bindings
+		if len(b) != len(ref.Keys()) {
+			t.Errorf("%d bindings, Refiners' conversion has %d tensors", len(b), len(ref.Keys()))
+		}
+		for _, x := range b {
+			if !bytes.Equal(s.Bytes(f.Load(s, x.Key)), s.Bytes(ref.Load(s, x.Param))) {
+				t.Errorf("%s is bound to %s, whose tensor Refiners' conversion does not give it", x.Param, x.Key)
+			}
+		}
+		tree0 := unet.String()
+		a, err := adapt.Apply(s, unet, plan, map[string]*weights.File{"orig": f})
 		if err != nil {
 			return err
 		}

@@ -60,20 +60,30 @@ const anchor = "DownBlocks.Chain_1.Residual.ConditionEncoder.Chain_1.Conv2d.weig
 // diffusersAnchor marks a diffusers ControlNetModel.
 const diffusersAnchor = "controlnet_cond_embedding.conv_in.weight"
 
-// diffusersJSON is the converter's ControlNet name table reduced to
-// diffusers name -> Refiners key (TestNameTable checks it against
-// convert/data/sd15_controlnet.json).
+// originalAnchor marks lllyasviel's original ControlNet layout
+// (control_v11p_sd15_*.pth and their safetensors: keys with no prefix, or
+// control_model.* in the 1.0 checkpoints that also hold the SD model).
+const originalAnchor = "input_hint_block.0.weight"
+
+// diffusersJSON and originalJSON are the converter's ControlNet name table
+// reduced to diffusers name -> Refiners key and original name -> Refiners
+// key (TestNameTable checks them against convert/data/sd15_controlnet.json).
 //
 //go:embed data/diffusers.json
 var diffusersJSON []byte
 
-var diffusersNames = func() map[string]string {
+//go:embed data/original.json
+var originalJSON []byte
+
+var diffusersNames, originalNames = nameTable("diffusers", diffusersJSON), nameTable("original", originalJSON)
+
+func nameTable(what string, data []byte) map[string]string {
 	m := map[string]string{}
-	if err := json.Unmarshal(diffusersJSON, &m); err != nil {
-		panic(fmt.Sprintf("controlnet: data/diffusers.json: %v", err))
+	if err := json.Unmarshal(data, &m); err != nil {
+		panic(fmt.Sprintf("controlnet: data/%s.json: %v", what, err))
 	}
 	return m
-}()
+}
 
 func plan(req *sdk.PlanRequest, p params) (*sdk.Plan, error) {
 	if err := names.Check("ControlNet name", p.Name); err != nil {
@@ -175,9 +185,10 @@ func dim(shapes map[string][]int64, s size) (int64, error) {
 }
 
 // readFile finds the ControlNet in a file: in Refiners' layout (keys as
-// Refiners' Controlnet state dict, with or without a prefix) or in
-// diffusers' ControlNetModel layout (renamed through the converter's name
-// table, data/diffusers.json). keyOf maps each Refiners key to the file's
+// Refiners' Controlnet state dict, with or without a prefix), in
+// diffusers' ControlNetModel layout or in lllyasviel's original layout
+// (renamed through the converter's name tables, data/diffusers.json and
+// data/original.json). keyOf maps each Refiners key to the file's
 // key; unused are the file's other keys.
 func readFile(f sdk.File) (format string, keyOf map[string]string, unused []string, err error) {
 	find := func(anchor string) []string {
@@ -190,26 +201,25 @@ func readFile(f sdk.File) (format string, keyOf map[string]string, unused []stri
 		slices.Sort(prefixes)
 		return prefixes
 	}
-	var rename func(string) (string, bool)
-	prefixes := find(anchor)
-	format = "refiners"
-	if len(prefixes) == 0 {
-		if prefixes = find(diffusersAnchor); len(prefixes) > 0 {
-			format = "diffusers"
+	var prefixes []string
+	for _, l := range []struct{ format, anchor string }{{"refiners", anchor}, {"diffusers", diffusersAnchor}, {"original", originalAnchor}} {
+		if prefixes = find(l.anchor); len(prefixes) > 0 {
+			format = l.format
+			break
 		}
 	}
 	switch len(prefixes) {
 	case 0:
-		return "", nil, nil, sdk.Errorf("apply: file %s is not an SD 1.5 ControlNet in Refiners' or diffusers' layout: no key %s or %s (with or without a prefix)", f.ID, anchor, diffusersAnchor)
+		return "", nil, nil, sdk.Errorf("apply: file %s is not an SD 1.5 ControlNet in Refiners', diffusers' or the original layout: no key %s, %s or %s (with or without a prefix)", f.ID, anchor, diffusersAnchor, originalAnchor)
 	case 1:
 	default:
 		return "", nil, nil, sdk.Errorf("apply: file %s holds %d ControlNets (key prefixes %q); give a file with one", f.ID, len(prefixes), prefixes)
 	}
 	prefix := prefixes[0]
-	if format == "refiners" {
-		rename = func(k string) (string, bool) { return k, true }
-	} else {
-		rename = func(k string) (string, bool) { r, ok := diffusersNames[k]; return r, ok }
+	table := map[string]map[string]string{"diffusers": diffusersNames, "original": originalNames}[format]
+	rename := func(k string) (string, bool) { return k, true }
+	if table != nil {
+		rename = func(k string) (string, bool) { r, ok := table[k]; return r, ok }
 	}
 	keyOf = map[string]string{}
 	for _, t := range f.Tensors {
@@ -223,16 +233,16 @@ func readFile(f sdk.File) (format string, keyOf map[string]string, unused []stri
 		}
 		keyOf[rest] = t.Key
 	}
-	if format == "diffusers" {
+	if table != nil {
 		var missing []string
-		for d, r := range diffusersNames {
+		for d, r := range table {
 			if _, ok := keyOf[r]; !ok {
 				missing = append(missing, prefix+d)
 			}
 		}
 		if len(missing) > 0 {
 			slices.Sort(missing)
-			return "", nil, nil, sdk.Errorf("apply: file %s is an incomplete diffusers ControlNet: %d tensors missing, e.g. %s", f.ID, len(missing), missing[0])
+			return "", nil, nil, sdk.Errorf("apply: file %s is an incomplete %s ControlNet: %d tensors missing, e.g. %s", f.ID, format, len(missing), missing[0])
 		}
 	}
 	return format, keyOf, unused, nil

@@ -123,3 +123,15 @@ func (m *Model) applyAdapter(ctx context.Context, s *tensor.Scope, i int, a Adap
 	}
 	return rep, undo, nil
 }
+
+// ApplyAdapters applies adapters to the U-Net and the text encoder as
+// Generate does for a request's Adapters, but leaves them on until eject
+// is called (in reverse order; the models are then exactly as before), so
+// that a caller running several generations with the same adapters — the
+// daemon's groups — applies them once. On error nothing stays applied.
+func (m *Model) ApplyAdapters(ctx context.Context, s *tensor.Scope, adapters []Adapter) ([]AdapterReport, func() error, error) {
+	if m.Plugins == nil {
+		return nil, nil, inputErr("adapters given but no plugin host to plan them")
+	}
+	return m.applyAdapters(ctx, s, adapters)
+}

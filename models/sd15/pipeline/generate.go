@@ -46,6 +46,10 @@ type Request struct {
 	// Adapters are planned by Model.Plugins and applied to the U-Net and
 	// the text encoder for this generation only.
 	Adapters []Adapter
+	// Controls are ControlNets inserted into the U-Net for this
+	// generation only (after the adapters, so adapters never touch them),
+	// each with its condition image, scale and range of steps.
+	Controls []Control
 	// Progress, if set, is called after every denoising step.
 	Progress func(Progress)
 }
@@ -55,6 +59,9 @@ type Progress struct {
 	Step, Steps int           // Step of Steps steps done (img2img runs fewer than Request.Steps)
 	Timestep    float64       // the training timestep of the step done
 	Elapsed     time.Duration // since the first step began
+	// Latents are the batch's latents after the step [Batch, 4, h, w],
+	// valid during the call only (see Preview).
+	Latents *tensor.Tensor
 }
 
 // Result is what Generate made.
@@ -66,6 +73,7 @@ type Result struct {
 	Seeds    []uint64
 	Warnings []string // e.g. a prompt cut to the tokenizer's limit
 	Adapters []AdapterReport
+	Controls []ControlReport
 }
 
 // Defaults of a request.
@@ -95,7 +103,7 @@ func inputErr(format string, args ...any) error {
 // WithDefaults fills the zero fields and checks what can be checked
 // without the model: sizes, steps, strength, the mask's size. Generate
 // calls it; a caller may call it first to fail before loading anything.
-func (r Request) WithDefaults() (Request, error) {
+func (r Request) WithDefaults() (_ Request, err error) {
 	if r.Steps == 0 {
 		r.Steps = DefaultSteps
 	}
@@ -152,6 +160,12 @@ func (r Request) WithDefaults() (Request, error) {
 	if r.Mask != nil && (r.Mask.Width != r.Width || r.Mask.Height != r.Height) {
 		return r, inputErr("the mask is %dx%d, the image to generate %dx%d: they must be the same size", r.Mask.Width, r.Mask.Height, r.Width, r.Height)
 	}
+	r.Controls = slices.Clone(r.Controls)
+	for i, c := range r.Controls {
+		if r.Controls[i], err = c.withDefaults(i); err != nil {
+			return r, err
+		}
+	}
 	return r, nil
 }
 
@@ -165,6 +179,9 @@ func (m *Model) check(r Request) error {
 	}
 	if len(r.Adapters) > 0 && m.Plugins == nil {
 		return inputErr("adapters given but no plugin host to plan them")
+	}
+	if len(r.Controls) > 0 && m.Plugins == nil {
+		return inputErr("ControlNets given but no plugin host to plan them")
 	}
 	return nil
 }
@@ -227,6 +244,20 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 		}()
 		res.Adapters = reports
 	}
+	steps := r.Steps - first
+	var controls []activeControl
+	if len(r.Controls) > 0 {
+		active, reports, eject, cerr := m.applyControls(ctx, s, r.Controls, r.Width, r.Height, steps)
+		if cerr != nil {
+			return nil, cerr
+		}
+		defer func() { // before the adapters' eject (deferred earlier)
+			if eerr := eject(); eerr != nil && err == nil {
+				res, err = nil, fmt.Errorf("ejecting ControlNets: %w", eerr)
+			}
+		}()
+		controls, res.Controls = active, reports
+	}
 
 	emb, warnings, err := m.textEmbedding(ctx, s, r.Prompt, r.NegativePrompt, r.Batch)
 	if err != nil {
@@ -275,13 +306,24 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 	}
 
 	start := time.Now()
-	steps := r.Steps - first
 	for i, step := 0, first; step < r.Steps; i, step = i+1, step+1 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		c := s.Child()
-		next, err := m.denoise(ctx, c, solver, x, emb, maskLatents, targetLatents, step, r.Guidance)
+		contexts := core.Contexts{}
+		setControls(contexts, controls, i, steps)
+		restore, err := m.detachOff(controls, i, steps)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("step %d of %d: %w", i+1, steps, err)
+		}
+		next, err := m.denoise(ctx, c, solver, x, emb, maskLatents, targetLatents, step, r.Guidance, contexts)
+		if rerr := restore(); rerr != nil && err == nil {
+			c.TakeErr()
+			c.Close()
+			return nil, fmt.Errorf("step %d of %d: %w", i+1, steps, rerr)
+		}
 		if err != nil {
 			c.TakeErr()
 			c.Close()
@@ -291,7 +333,7 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 		s.Release(x) // the previous latents: memory stays flat over the steps
 		x = next
 		if r.Progress != nil {
-			r.Progress(Progress{Step: i + 1, Steps: steps, Timestep: solver.Timestep(step), Elapsed: time.Since(start)})
+			r.Progress(Progress{Step: i + 1, Steps: steps, Timestep: solver.Timestep(step), Elapsed: time.Since(start), Latents: x})
 		}
 	}
 	res.Latents = x
@@ -332,8 +374,9 @@ func repeat(s *tensor.Scope, t *tensor.Tensor, n int) *tensor.Tensor {
 // denoise is one step of LatentDiffusionModel.forward with classifier-free
 // guidance: the U-Net on cat(x, x) (with the mask and masked-image latents
 // appended for inpainting), then uncond + guidance·(cond − uncond), then
-// the solver.
-func (m *Model) denoise(ctx context.Context, s *tensor.Scope, solver diffusion.Solver, x, emb, maskLatents, targetLatents *tensor.Tensor, step int, guidance float64) (*tensor.Tensor, error) {
+// the solver. contexts may hold more of the U-Net call's contexts (the
+// ControlNets').
+func (m *Model) denoise(ctx context.Context, s *tensor.Scope, solver diffusion.Solver, x, emb, maskLatents, targetLatents *tensor.Tensor, step int, guidance float64, contexts core.Contexts) (*tensor.Tensor, error) {
 	in := x
 	if maskLatents != nil {
 		in = s.Cat([]*tensor.Tensor{x, maskLatents, targetLatents}, 1)
@@ -353,10 +396,12 @@ func (m *Model) denoise(ctx context.Context, s *tensor.Scope, solver diffusion.S
 	if err := s.Err(); err != nil {
 		return nil, err
 	}
-	out, err := core.Call{Ctx: ctx, Contexts: core.Contexts{
-		"diffusion":             {"timestep": t},
-		"cross_attention_block": {"clip_text_embedding": emb},
-	}}.Forward(s, m.UNet, latents)
+	if contexts == nil {
+		contexts = core.Contexts{}
+	}
+	contexts["diffusion"] = map[string]any{"timestep": t}
+	contexts["cross_attention_block"] = map[string]any{"clip_text_embedding": emb}
+	out, err := core.Call{Ctx: ctx, Contexts: contexts}.Forward(s, m.UNet, latents)
 	if err != nil {
 		return nil, fmt.Errorf("U-Net: %w", err)
 	}

@@ -45,6 +45,9 @@ type Model struct {
 	DType      tensor.DType
 	// Plugins plans the adapters of a request; needed only for those.
 	Plugins *hosts.Host
+	// unetSet are the U-Net's spec parameters as built (in_channels and
+	// the overrides): ControlNets take its num_heads and num_groups.
+	unetSet map[string]string
 }
 
 // inChannelsKey holds the U-Net's first convolution: [channels_1, in_channels, 3, 3].
@@ -103,6 +106,7 @@ func Load(s *tensor.Scope, c Config) (*Model, error) {
 		return nil, fmt.Errorf("sd15: U-Net: in_channels %q: want 4 (text to image) or 9 (inpainting)", unetParams["in_channels"])
 	}
 
+	m.unetSet = unetParams
 	for _, part := range []struct {
 		name, spec, weights, prefix string
 		params                      map[string]string
