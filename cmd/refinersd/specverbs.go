@@ -431,6 +431,9 @@ func runSpec(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := tensor.Supports(dt, dev); err != nil {
+		return fmt.Errorf("run: --dtype %s --device %s: %w", dt, dev, err)
+	}
 	m, err := f.build(path)
 	if err != nil {
 		return err
