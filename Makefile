@@ -34,6 +34,7 @@ vet: setup
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	cd deploy && $(GO) vet ./...
+	cd examples/third-party-plugin && $(GO) vet ./...
 
 # libtorch picks its CPU kernels (and so the order of its float sums) by the
 # instruction sets it finds; ATEN_CPU_CAPABILITY forces a lower set. The
@@ -139,6 +140,7 @@ golden: setup
 	conformance/.venv/bin/python conformance/generate_layers.py
 	for g in vit clip_text sd15_vae sd15_unet controlnet sam sam_predict sam_official lora convert; do conformance/.venv/bin/python conformance/generate_$$g.py || exit 1; done
 	conformance/.venv/bin/python conformance/generate_solvers.py
+	conformance/.venv/bin/python conformance/generate_init.py
 	conformance/.venv/bin/python conformance/generate_tokenizer.py
 	conformance/.venv/bin/python conformance/generate_pipeline.py
 	conformance/.venv/bin/python conformance/generate_canny.py

@@ -22,10 +22,14 @@ import (
 
 // Summarize describes a model for a plugin: every weighted layer's path,
 // type and parameter shapes, with the base model's paths (adapters already
-// in place are seen through). No tensor data is involved.
+// in place are seen through; sub-models put in by insert patches, such as
+// ControlNets, are left out: see inserted). No tensor data is involved.
 func Summarize(m *core.Chain) []sdk.Layer {
 	var out []sdk.Layer
 	m.WalkBase(func(x core.Module, path string) bool {
+		if _, in := inserted.Load(x); in {
+			return false // an insert patch's sub-model: not the base model's
+		}
 		w, ok := x.(core.Weighted)
 		if !ok {
 			return true
@@ -116,6 +120,7 @@ func Apply(s *tensor.Scope, m *core.Chain, plan *sdk.Plan, files map[string]*wei
 			return nil, fmt.Errorf("insert into %s: %w", core.Describe(w.insert.parent), err)
 		}
 		a.inserted = append(a.inserted, w)
+		inserted.Store(w.branch, struct{}{})
 	}
 	return a, nil
 }
@@ -385,7 +390,9 @@ func (a *Applied) Eject() error {
 		w := a.inserted[i]
 		if err := w.insert.parent.Remove(w.branch); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		inserted.Delete(w.branch)
 	}
 	a.inserted = nil
 	for adapter, names := range a.extended {

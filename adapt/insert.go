@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
@@ -30,6 +31,19 @@ import (
 // described exactly as a child it already has (two ControlNets with the
 // same name would share their context keys).
 const InsertKind = "insert"
+
+// inserted holds the sub-models insert patches have put in and not taken
+// out yet (core.Module -> struct{}). Summarize leaves them out: plans
+// address the base model, as if every adapter were ejected, and an
+// inserted sub-model is an adapter too. So a LoRA planned while a
+// ControlNet is in never adapts the ControlNet's layers, nor counts them
+// when it targets layers by position (Refiners' legacy LoRA files: the
+// i-th Linear under some class, which a ControlNet also has); and a second
+// ControlNet is planned against the U-Net alone. An inserted sub-model
+// whose type name equals a sibling's still renumbers that sibling's key
+// (Chain_1 -> Chain_2) in the live tree; ControlNets (type Controlnet)
+// never do in a U-Net.
+var inserted sync.Map
 
 // SpecFS is where insert patches' "spec" names are looked up.
 var SpecFS fs.FS = specs.FS

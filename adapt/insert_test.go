@@ -316,3 +316,93 @@ func TestInsertCastsToTheModelsDType(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSummarizeLeavesInsertsOut: while ControlNets are inserted, Summarize
+// describes the U-Net alone, exactly as before (so a plan made then, a
+// LoRA's or another ControlNet's, never targets a ControlNet's layers),
+// and a LoRA patch on a U-Net layer still applies by its base path; after
+// ejection the ControlNets are forgotten.
+func TestSummarizeLeavesInsertsOut(t *testing.T) {
+	dir := t.TempDir()
+	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		unet := buildSpec(t, "sd15_unet.yaml", map[string]any{"channels_1": "4", "channels_2": "8", "channels_3": "12",
+			"sinusoidal_embedding_dim": "8", "timestep_embedding_dim": "16", "clip_embedding_dim": "8", "num_heads": "2", "num_groups": "2"})
+		if err := core.InitRandom(s, unet, 1); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(unet)
+		fa, ba := controlnetFile(t, s, dir, "a", 2)
+		fb, bb := controlnetFile(t, s, dir, "b", 3)
+		files := map[string]*weights.File{"a": fa, "b": fb}
+		want := fmt.Sprint(Summarize(unet))
+		a, err := Apply(s, unet, insertPlan("a", 1, ba), files)
+		if err != nil {
+			return err
+		}
+		b, err := Apply(s, unet, insertPlan("b", 1, bb), files)
+		if err != nil {
+			return err
+		}
+		sum := Summarize(unet)
+		if got := fmt.Sprint(sum); got != want {
+			t.Error("Summarize with two ControlNets in differs from the U-Net's")
+		}
+		n := 0
+		unet.Walk(func(m core.Module, _ *core.Chain, path string) bool {
+			if strings.HasPrefix(path, "Controlnet") {
+				if _, ok := m.(core.Weighted); ok {
+					n++
+				}
+			}
+			return true
+		})
+		if n == 0 {
+			t.Fatal("the live tree has no ControlNet layer: the test checks nothing")
+		}
+		// A LoRA on the first Linear of the summary applies by its base path.
+		var target sdk.Layer
+		for _, l := range sum {
+			if l.Type == "Linear" {
+				target = l
+				break
+			}
+		}
+		in, out := target.Params["weight"][1], target.Params["weight"][0]
+		loraPath := filepath.Join(dir, "lora.safetensors")
+		if err := weights.Save(s, loraPath, map[string]*tensor.Tensor{"down": s.Randn(8, tensor.Float32, 1, in),
+			"up": s.Randn(9, tensor.Float32, out, 1)}, nil); err != nil {
+			return err
+		}
+		lf, err := weights.Open(loraPath)
+		if err != nil {
+			return err
+		}
+		defer lf.Close()
+		lora, err := Apply(s, unet, &sdk.Plan{Report: &sdk.Report{}, Patches: []sdk.Patch{{Target: target.Path, Kind: "lora",
+			Branch:   map[string]any{"type": "LinearLora", "name": "x", "in_features": in, "out_features": out, "rank": 1},
+			Bindings: []sdk.Binding{{File: "l", Key: "down", Param: "Linear_1.weight"}, {File: "l", Key: "up", Param: "Linear_2.weight"}}}}},
+			map[string]*weights.File{"l": lf})
+		if err != nil {
+			t.Errorf("a LoRA on %s with ControlNets in: %v", target.Path, err)
+		} else if err := lora.Eject(); err != nil {
+			return err
+		}
+		for _, ap := range []*Applied{b, a} {
+			if err := ap.Eject(); err != nil {
+				return err
+			}
+		}
+		if got := fmt.Sprint(Summarize(unet)); got != want {
+			t.Error("Summarize after eject differs")
+		}
+		count := 0
+		inserted.Range(func(any, any) bool { count++; return true })
+		if count != 0 {
+			t.Errorf("%d inserted sub-models remembered after eject", count)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -360,6 +360,12 @@ func (c *Chain) sequence(f *Frame, in Tensors) (Tensors, error) {
 // call runs child i in its own frame, and moves its outputs into f.
 func (c *Chain) call(f *Frame, i int, in Tensors) (Tensors, error) {
 	cf := f.enter(c)
+	if f.run.trace != nil {
+		cf.path = c.keys[i]
+		if f.path != "" {
+			cf.path = f.path + "." + c.keys[i]
+		}
+	}
 	out, err := c.children[i].Forward(cf, in...)
 	if err == nil {
 		err = cf.Err()
@@ -375,6 +381,9 @@ func (c *Chain) call(f *Frame, i int, in Tensors) (Tensors, error) {
 		return nil, inLayer(c.keys[i], err)
 	}
 	cf.Close(out...)
+	if f.run.trace != nil {
+		f.run.trace(cf.path, c.children[i], out)
+	}
 	if f.parent == nil && f.run.progress != nil {
 		f.run.progress(Progress{Done: i + 1, Total: len(c.children), Layer: c.keys[i]})
 	}

@@ -90,6 +90,10 @@ func (l *Conv2d) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 		return nil, err
 	}
 	return unary(f, "Conv2d", in, func(x *tensor.Tensor) *tensor.Tensor {
+		if s := x.Shape(); len(s) >= 3 && s[len(s)-3] != l.In {
+			f.Failf("Conv2d(in_channels=%d): input of shape %s, which has %d channels", l.In, FormatShape(s), s[len(s)-3])
+			return nil
+		}
 		return f.Conv2d(x, l.Weight, l.Bias, tensor.Conv2dOptions{Stride: l.Stride, Padding: l.Padding, Dilation: l.Dilation, Groups: l.Groups})
 	})
 }

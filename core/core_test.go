@@ -215,7 +215,7 @@ func TestForwardErrorNamesLayerPath(t *testing.T) {
 		defer ReleaseParams(m)
 		_, err := Forward(s, m, s.FromFloat32(make([]float32, 6), 2, 3)) // wants [.., 4]
 		var fe *ForwardError
-		if !errors.As(err, &fe) || strings.Join(fe.Path, ".") != "Linear_1" || !strings.Contains(err.Error(), "linear: libtorch:") {
+		if !errors.As(err, &fe) || strings.Join(fe.Path, ".") != "Linear_1" || !strings.Contains(err.Error(), "Linear(in_features=4): input of shape [2, 3], whose last dim is not 4") {
 			t.Errorf("error = %v", err)
 		}
 		_, err = Forward(s, NewChain(NewResidual(NewLinear(2, 2, true))), x2(s))

@@ -59,3 +59,12 @@ func weighted(base string, p Param) string {
 	}
 	return strings.TrimSuffix(base, ")") + fmt.Sprintf(", device=%s, dtype=%s)", device, dtype)
 }
+
+// FormatShape writes a shape as [2, 3, 4].
+func FormatShape(shape []int64) string {
+	parts := make([]string, len(shape))
+	for i, d := range shape {
+		parts[i] = fmt.Sprint(d)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}

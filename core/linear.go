@@ -36,7 +36,13 @@ func (l *Linear) Forward(f *Frame, in ...*tensor.Tensor) (Tensors, error) {
 	if err := loaded(l); err != nil {
 		return nil, err
 	}
-	return unary(f, "Linear", in, func(x *tensor.Tensor) *tensor.Tensor { return f.Linear(x, l.Weight, l.Bias) })
+	return unary(f, "Linear", in, func(x *tensor.Tensor) *tensor.Tensor {
+		if s := x.Shape(); len(s) == 0 || s[len(s)-1] != l.In {
+			f.Failf("Linear(in_features=%d): input of shape %s, whose last dim is not %d", l.In, FormatShape(s), l.In)
+			return nil
+		}
+		return f.Linear(x, l.Weight, l.Bias)
+	})
 }
 
 // loaded reports the first parameter of m that has no tensor yet.

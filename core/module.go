@@ -82,6 +82,7 @@ type Frame struct {
 	parent *Frame
 	chain  *Chain // the chain running this frame's module as a child; nil at the root
 	run    *runState
+	path   string // dotted path from the called module, kept only when tracing
 }
 
 // Context returns the cancellation context of the call.
@@ -100,6 +101,10 @@ type Call struct {
 	// Progress, if set, is called on the calling goroutine after each child
 	// of the called chain returns: a long pass reports where it is.
 	Progress func(Progress)
+	// Trace, if set, is called after every layer below the called module
+	// returns, with its dotted path from the called module and its outputs
+	// (which it must not keep): what a model summary prints.
+	Trace func(path string, m Module, out Tensors)
 }
 
 // Progress says how far a pass has come: Done of the called chain's Total
@@ -124,7 +129,7 @@ func (c Call) Forward(s *tensor.Scope, m Module, in ...*tensor.Tensor) (Tensors,
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	run := &runState{stores: map[*Chain]Contexts{}, progress: c.Progress}
+	run := &runState{stores: map[*Chain]Contexts{}, progress: c.Progress, trace: c.Trace}
 	defer run.release()
 	root := &Frame{Scope: s.Child(), ctx: ctx, run: run}
 	for name, kv := range c.Contexts {
@@ -157,6 +162,7 @@ type runState struct {
 	// owned are tensor handles the stores hold; dropped when the pass ends.
 	owned    []*tensor.Tensor
 	progress func(Progress)
+	trace    func(string, Module, Tensors)
 }
 
 func (r *runState) release() {

@@ -156,12 +156,21 @@ func LoadState(s *tensor.Scope, m Module, f *weights.File, o LoadOptions) (*Load
 	defer c.Close()
 	loaded := make([]*tensor.Tensor, len(toLoad))
 	for i, e := range toLoad {
-		t := f.Load(c, o.Prefix+e.Key)
+		// A file from weights.Open gives views of its mapping: no copy
+		// unless a cast or a device move needs one, after which the
+		// file's pages are let go (Evict) so as not to count twice.
+		key := o.Prefix + e.Key
+		view := f.Load(c, key)
+		t, copied := view, false
 		if t.Valid() && t.DType() != e.DType {
-			t = c.ToDType(t, e.DType)
+			t, copied = c.ToDType(t, e.DType), true
 		}
 		if t.Valid() && o.Device != tensor.CPU {
-			t = c.To(t, o.Device)
+			t, copied = c.To(t, o.Device), true
+		}
+		if copied && c.Err() == nil {
+			c.Release(view)
+			f.Evict(key)
 		}
 		loaded[i] = t
 	}

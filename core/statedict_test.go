@@ -218,3 +218,43 @@ func TestChainOwnParams(t *testing.T) {
 		return s.Err()
 	})
 }
+
+// A model whose dtype differs from the file's loads cast copies (the file
+// is float32, the model bfloat16), with the same values as casting the
+// float32 weights; the file's own views are dropped.
+func TestLoadStateCastsFromAView(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "model.safetensors")
+	run(t, func(s *tensor.Scope) error {
+		a, b := runnable(), runnable()
+		if err := InitRandom(s, a, 4); err != nil {
+			return err
+		}
+		defer ReleaseParams(a)
+		if err := SaveState(s, a, path, nil); err != nil {
+			return err
+		}
+		f, err := weights.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := ToDType(s, b, tensor.BFloat16); err != nil {
+			return err
+		}
+		before := tensor.Created()
+		if _, err := LoadState(s, b, f, LoadOptions{Strict: true}); err != nil {
+			return err
+		}
+		defer ReleaseParams(b)
+		if s.Live() != 0 {
+			t.Errorf("%d tensors left in the scope after loading (of %d made)", s.Live(), tensor.Created()-before)
+		}
+		for i, e := range StateDict(b) {
+			want := s.Bytes(s.ToDType(*StateDict(a)[i].Value, tensor.BFloat16))
+			if (*e.Value).DType() != tensor.BFloat16 || !bytes.Equal(s.Bytes(*e.Value), want) {
+				t.Errorf("%s: %s, values differ from the cast float32 weights", e.Key, (*e.Value).DType())
+			}
+		}
+		return s.Err()
+	})
+}

@@ -142,7 +142,9 @@ func (d *Daemon) preload(name string, load func(context.Context, string) error) 
 }
 
 // Ready reports whether the daemon takes work: not draining, and every
-// preloaded model warm. It says why not.
+// model of Preload and every pipeline with preload set warm (both are kept
+// regardless of keep_alive, and a failed load is retried). It says why
+// not.
 func (d *Daemon) Ready() (bool, string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -576,7 +578,7 @@ func (d *Daemon) applyOne(ctx context.Context, s *tensor.Scope, m *core.Chain, m
 	if err != nil {
 		return rep, nil, errorf(http.StatusBadRequest, "%v", err)
 	}
-	defer f.Close() // applied tensors are copies
+	defer f.Close() // applied tensors view the mapping, which outlives Close while they live
 	op := a.req.Operation
 	if op == "" {
 		desc, err := d.host.Describe(ctx, a.req.Plugin)

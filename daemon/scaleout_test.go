@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -134,6 +135,23 @@ func TestPreloadGatesReadiness(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // many keep-alives: a preloaded model stays
 	if code, b := td.do(t, "GET", "/readyz", "", nil); code != 200 {
 		t.Errorf("/readyz after idling past keep_alive: %d %s", code, b)
+	}
+}
+
+// TestPreloadedPipelineGatesReadiness: a pipeline with preload set that
+// does not load keeps /readyz failing, and says which.
+func TestPreloadedPipelineGatesReadiness(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"unet", "text_encoder", "autoencoder"} {
+		os.WriteFile(filepath.Join(dir, f+".safetensors"), []byte("not safetensors"), 0o644)
+	}
+	td := newTestDaemon(t, func(c *Config) {
+		c.Pipelines = map[string]PipelineConfig{"tiny": {Weights: dir, Preload: true}}
+	})
+	time.Sleep(500 * time.Millisecond) // the load fails at once; the retry waits preloadRetry
+	code, body := td.do(t, "GET", "/readyz", "", nil)
+	if code != http.StatusServiceUnavailable || !strings.Contains(string(body), "pipeline/tiny") {
+		t.Errorf("/readyz with a preloaded pipeline that fails: %d %s", code, body)
 	}
 }
 

@@ -61,8 +61,9 @@ type builder struct {
 	// "Block at file:line:col (params)": an error inside a block names the
 	// use it happened in.
 	uses []string
-	// lint, when set, records what Lint checks on the built model.
-	lint *lintRecord
+	// lint, when set, records what Lint checks on the built model, and
+	// where each layer comes from.
+	lint *buildRecord
 }
 
 func (b *builder) errf(file string, n *yaml.Node, code, format string, args ...any) {
@@ -84,7 +85,23 @@ func (s *Spec) Build(overrides map[string]string) (*core.Chain, error) {
 	return s.build(overrides, nil)
 }
 
-func (s *Spec) build(overrides map[string]string, lint *lintRecord) (*core.Chain, error) {
+// BuildWithSources is Build that also says where the spec declares each
+// layer it made: file:line:col of the item's type (for a layer in a block,
+// in the block; for a block's chain, the use).
+func (s *Spec) BuildWithSources(overrides map[string]string) (*core.Chain, map[core.Module]string, error) {
+	rec := newRecord()
+	m, err := s.build(overrides, rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	sources := make(map[core.Module]string, len(rec.origin))
+	for mod, o := range rec.origin {
+		sources[mod] = fmt.Sprintf("%s:%d:%d", o.file, o.node.Line, o.node.Column)
+	}
+	return m, sources, nil
+}
+
+func (s *Spec) build(overrides map[string]string, lint *buildRecord) (*core.Chain, error) {
 	b := &builder{spec: s, active: map[string]bool{}, depth: map[string]int{}, lint: lint}
 	top := &env{vars: map[string]value{}}
 	known := map[string]bool{}

@@ -35,7 +35,7 @@ func (f Finding) String() string {
 // The spec is built (with overrides) to check arguments as evaluated; a
 // spec that does not build gets its build errors instead.
 func (s *Spec) Lint(overrides map[string]string) ([]Finding, error) {
-	l := &linter{spec: s, rec: &lintRecord{args: map[*yaml.Node]*argUse{}, origin: map[core.Module]origin{}}}
+	l := &linter{spec: s, rec: newRecord()}
 	root, err := s.build(overrides, l.rec)
 	if err != nil {
 		return nil, err
@@ -69,7 +69,7 @@ func (s *Spec) Lint(overrides map[string]string) ([]Finding, error) {
 
 type linter struct {
 	spec  *Spec
-	rec   *lintRecord
+	rec   *buildRecord
 	found []Finding
 }
 
@@ -81,12 +81,16 @@ func (l *linter) add(file string, n *yaml.Node, check, format string, v ...any) 
 	l.found = append(l.found, f)
 }
 
-// lintRecord is what the builder notes for Lint: each argument's values
+// buildRecord is what the builder notes for Lint and BuildWithSources: each argument's values
 // over every instance, and where each built layer comes from.
-type lintRecord struct {
+type buildRecord struct {
 	args   map[*yaml.Node]*argUse
 	order  []*yaml.Node
 	origin map[core.Module]origin
+}
+
+func newRecord() *buildRecord {
+	return &buildRecord{args: map[*yaml.Node]*argUse{}, origin: map[core.Module]origin{}}
 }
 
 type argUse struct {
@@ -104,7 +108,7 @@ type origin struct {
 
 // arg notes the value of an argument written as a plain value (one with
 // an expression says it follows a parameter, whatever it is now).
-func (r *lintRecord) arg(file string, k, n *yaml.Node, layer string, def, v any) {
+func (r *buildRecord) arg(file string, k, n *yaml.Node, layer string, def, v any) {
 	if hasExpr(n) {
 		return
 	}
@@ -119,7 +123,7 @@ func (r *lintRecord) arg(file string, k, n *yaml.Node, layer string, def, v any)
 
 // blockArg notes a block argument against the parameter's default, when
 // that default is a plain value.
-func (r *lintRecord) blockArg(file string, k, n *yaml.Node, blk *Block, v any) {
+func (r *buildRecord) blockArg(file string, k, n *yaml.Node, blk *Block, v any) {
 	for _, p := range blk.Params {
 		if p.Name != k.Value || p.Default == nil {
 			continue
@@ -153,7 +157,7 @@ func hasExpr(n *yaml.Node) bool {
 	return false
 }
 
-func (r *lintRecord) layer(m core.Module, typeName, file string, n *yaml.Node) {
+func (r *buildRecord) layer(m core.Module, typeName, file string, n *yaml.Node) {
 	r.origin[m] = origin{typeName: typeName, file: file, node: n}
 }
 

@@ -34,8 +34,8 @@ type vsModel struct {
 }
 
 var vsModels = []vsModel{
-	{"unet", "SD 1.5 UNet, latents 2×4×64×64 (one CFG step)", "sd15_unet.yaml", "unet.safetensors", "", 1},
-	{"vae", "VAE decoder, 1×4×64×64 → 512²", "sd15_vae_decoder.yaml", "autoencoder.safetensors", "Decoder.", 1},
+	{"unet", "SD 1.5 UNet, latents 2×4×%[1]d×%[1]d (one CFG step)", "sd15_unet.yaml", "unet.safetensors", "", 1},
+	{"vae", "VAE decoder, 1×4×%[1]d×%[1]d → %[2]d²", "sd15_vae_decoder.yaml", "autoencoder.safetensors", "Decoder.", 1},
 	{"clip", "CLIP-L text encoder, 2×77 tokens", "clip_text.yaml", "text_encoder.safetensors", "", 3},
 }
 
@@ -142,10 +142,10 @@ func runVs(o vsOptions) error {
 			size = float64(st.Size()) / 1e9
 		}
 		title := r.m.title
-		if o.latent != 64 {
-			title = fmt.Sprintf("%s, latents %d² instead", title, o.latent)
+		if strings.Contains(title, "%") {
+			title = fmt.Sprintf(title, o.latent, 8*o.latent)
 		}
-		fmt.Printf("| %s | %s / %s (%.2f) | %s / %s (%.2f) | %s / %s (%.2f) | %.2f GB file |\n", title,
+		fmt.Printf("| %s | %s / %s (%.2f) | %s / %s (%.3f) | %s / %s (%.2f) | %.2f GB file |\n", title,
 			spread(fwd(r.go_), "s"), spread(fwd(r.py), "s"), median(fwd(r.go_))/median(fwd(r.py)),
 			spread(rdy(r.go_), "s"), spread(rdy(r.py), "s"), median(rdy(r.go_))/median(rdy(r.py)),
 			spread(rss(r.go_), ""), spread(rss(r.py), ""), median(rss(r.go_))/median(rss(r.py)), size)

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	"gopkg.in/yaml.v3"
 
 	"github.com/refiners-go/refiners/core/weights"
@@ -233,17 +235,29 @@ func (b *browser) signIn(url, token string) {
 	}
 }
 
+// newWebFixture is the refinersd binary with the LoRA plugin installed and
+// the tiny pipeline's LoRA in the store as tiny-lora.
+func newWebFixture(t *testing.T) *daemonFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &daemonFixture{dir: dir, bin: filepath.Join(dir, "refinersd"), store: filepath.Join(dir, "store"), plugins: filepath.Join(dir, "plugins")}
+	buildBinaries(t, dir, map[string]string{"refinersd": ".", "bin/lora": "../../plugins/lora"})
+	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
+	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinySD, "lora.safetensors"), "--store", f.store)
+	return f
+}
+
 // TestBrowserSignIn: with a token set, the page loads without it, asks for
 // it, refuses a wrong one, and once signed in lists the store's adapters
 // (an authenticated call); a reload keeps the session.
 func TestBrowserSignIn(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
+	f := newWebFixture(t)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0")
 	b.signIn(s.url+"/", token)
 	b.do("open the LoRA list", 10*time.Second, chromedp.Click(chromedp.CSS("#loras-box summary")))
-	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="ff-lora"]') !== null`, 10*time.Second)
+	b.wait("the store's LoRA in the list", `document.querySelector('#loras input[data-adapter="tiny-lora"]') !== null`, 10*time.Second)
 	b.shot("signed-in")
 	b.checkLabels()
 	b.checkNarrow()
@@ -264,6 +278,7 @@ type genParams struct {
 	steps             int
 	seed              int
 	solver            string
+	ran               int    // steps the run takes, if not steps (image to image runs fewer)
 	lora              string // an adapter to tick, if any
 	pipeline, segment string // model names, if any
 }
@@ -301,9 +316,16 @@ func (b *browser) generate(p genParams) string {
 	}
 	b.shot("result")
 	progress := eval[map[string]string](b, `(() => { const p = document.getElementById("progress"); return {steps: p.dataset.steps, previews: p.dataset.previews, max: String(p.max), value: String(p.value), label: document.getElementById("progress-label").textContent}; })()`)
-	if progress["steps"] != fmt.Sprint(p.steps) || progress["max"] != "1" || progress["value"] != "1" || !strings.HasPrefix(progress["label"], "Done") {
-		b.t.Errorf("progress after the run: %v, want %d step events and a full bar labelled Done", progress, p.steps)
+	ran := p.steps
+	if p.ran != 0 {
+		ran = p.ran
 	}
+	if progress["steps"] != fmt.Sprint(ran) || progress["max"] != "1" || progress["value"] != "1" || !strings.HasPrefix(progress["label"], "Done") {
+		b.t.Errorf("progress after the run: %v, want %d step events and a full bar labelled Done", progress, ran)
+	}
+	// The daemon keeps only the latest step's preview, and none once the
+	// job is done: a preview arrives when the page's stream is open before
+	// the last step ends (callers ask for enough steps for that).
 	if progress["previews"] == "0" {
 		b.t.Errorf("no preview image arrived with the %s step events", progress["steps"])
 	}
@@ -368,6 +390,40 @@ func (b *browser) segmentFlow(imagePath, model string) {
 	b.wait("masks for two points", masksOrError, 60*time.Second)
 	b.checkSegment("shift-click", "true", 2)
 	b.shot("segment-mask-bg")
+
+	// A box dragged over the middle half, then a point from the keyboard
+	// (focus, Enter: the cursor starts at the centre).
+	r := eval[[]float64](b, `(() => { const r = document.getElementById("seg-canvas").getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()`)
+	x0, y0, x1, y1 := r[0]+0.25*r[2], r[1]+0.25*r[3], r[0]+0.75*r[2], r[1]+0.75*r[3]
+	clear := chromedp.Evaluate[chromedp.Void](`document.getElementById("seg-masks").replaceChildren()`)
+	b.do("drag a box", 10*time.Second, clear,
+		chromedp.MouseEvent(chromedp.MousePressed, x0, y0, chromedp.ButtonLeft, chromedp.ClickCount(1)),
+		chromedp.MouseEvent(chromedp.MouseMoved, (x0+x1)/2, (y0+y1)/2, chromedp.ButtonLeft),
+		chromedp.MouseEvent(chromedp.MouseMoved, x1, y1, chromedp.ButtonLeft),
+		chromedp.MouseEvent(chromedp.MouseReleased, x1, y1, chromedp.ButtonLeft, chromedp.ClickCount(1)))
+	b.wait("masks for the box", masksOrError, 60*time.Second)
+	b.checkSegment("box", "true", 2)
+	b.shot("segment-box")
+	asked := eval[map[string]any](b, `(() => { const c = document.getElementById("seg-canvas"); return {points: c.dataset.points, box: c.dataset.box.split(",").map(Number), w: c.width, h: c.height}; })()`)
+	w, h := asked["w"].(float64), asked["h"].(float64)
+	want := []float64{0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h}
+	box, _ := asked["box"].([]any)
+	for i := range want {
+		if len(box) != 4 || math.Abs(box[i].(float64)-want[i]) > 2 {
+			b.t.Errorf("segment: the box asked is %v, want about %v (image pixels)", asked["box"], want)
+			break
+		}
+	}
+	if n := len(strings.Fields(asked["points"].(string))); n != 2 {
+		b.t.Errorf("segment: after the drag %d points are asked (%q), want the 2 clicked", n, asked["points"])
+	}
+	b.do("add a point from the keyboard", 10*time.Second, clear, chromedp.Focus(chromedp.CSS("#seg-canvas")), chromedp.KeyEvent(kb.Enter))
+	b.wait("masks for three points and the box", masksOrError, 60*time.Second)
+	b.checkSegment("keyboard", "true", 3)
+	b.shot("segment-keyboard")
+	if p := eval[string](b, `document.getElementById("seg-canvas").dataset.points`); !strings.HasSuffix(p, fmt.Sprintf("%d,%d,fg", int(w)/2, int(h)/2)) {
+		b.t.Errorf("segment: the keyboard point is not at the centre as a foreground point: %q", p)
+	}
 }
 
 func (b *browser) checkSegment(what, cached string, points int) {
@@ -382,6 +438,9 @@ func (b *browser) checkSegment(what, cached string, points int) {
 			scores: bs.map((b) => b.dataset.score), areas: bs.map((b) => [b.dataset.area, b.dataset.pixels]), pressed: bs.filter((b) => b.getAttribute("aria-pressed") === "true").length,
 			text: document.getElementById("seg-info").textContent};
 	})()`)
+	if asked := eval[string](b, `document.getElementById("seg-canvas").dataset.points`); len(strings.Fields(asked)) != points {
+		b.t.Errorf("segment (%s): points asked %q, want %d", what, asked, points)
+	}
 	if info["cached"] != cached {
 		b.t.Errorf("segment (%s): cached %v, want %s (%v)", what, info["cached"], cached, info["text"])
 	}
@@ -401,11 +460,6 @@ func (b *browser) checkSegment(what, cached string, points int) {
 	}
 }
 
-// The tiny SD 1.5 of the pipeline conformance cases: SD 1.5's topology at
-// small widths, random weights, 64x48 images in a fraction of a second a
-// step, and a LoRA made for it.
-const tinyPipelineDir = "../../conformance/testdata/pipeline"
-
 func absPath(t *testing.T, p string) string {
 	t.Helper()
 	a, err := filepath.Abs(p)
@@ -415,11 +469,13 @@ func absPath(t *testing.T, p string) string {
 	return a
 }
 
-// tinyPipelineConfig writes a daemon config serving the tiny pipeline as
-// "tiny" and the tiny SAM (tinySAM, segment_test.go) as "tiny-sam".
+// tinyPipelineConfig writes a daemon config serving the tiny SD 1.5 of the
+// pipeline conformance cases (tinySD: random weights, 64x48 images, and a
+// LoRA made for it) as "tiny", and the tiny SAM (tinySAM, segment_test.go)
+// as "tiny-sam".
 func tinyPipelineConfig(t *testing.T, dir string) string {
 	t.Helper()
-	f, err := weights.Open(filepath.Join(tinyPipelineDir, "txt2img_dpm.case.safetensors"))
+	f, err := weights.Open(filepath.Join(tinySD, "txt2img_dpm.case.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +488,7 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 	if err := json.Unmarshal([]byte(f.Metadata()["overrides"]), &sets); err != nil {
 		t.Fatal(err)
 	}
-	abs := func(name string) string { return absPath(t, filepath.Join(tinyPipelineDir, name)) }
+	abs := func(name string) string { return absPath(t, filepath.Join(tinySD, name)) }
 	cfg := map[string]any{
 		"pipelines": map[string]any{"tiny": map[string]any{
 			"unet": abs(files["unet"]), "text_encoder": abs(files["text_encoder"]), "autoencoder": abs(files["autoencoder"]),
@@ -456,15 +512,14 @@ func tinyPipelineConfig(t *testing.T, dir string) string {
 // gallery and get the same PNG bytes; then cancel a long run.
 func TestBrowserGenerate(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
-	f.cli(t, "adapters", "add", "tiny-lora", filepath.Join(tinyPipelineDir, "lora.safetensors"), "--store", f.store)
+	f := newWebFixture(t)
 	const token = "browser-test-token-0123456789"
 	s := f.serve(t, []string{"REFINERSD_TOKEN=" + token}, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.signIn(s.url+"/", token)
 	if got := eval[map[string]string](b, `({w: document.getElementById("width").value, h: document.getElementById("height").value, steps: document.getElementById("steps").value, model: document.getElementById("gen-model").value})`); got["w"] != "64" || got["h"] != "48" || got["steps"] != "8" || got["model"] != "tiny" {
 		t.Errorf("form defaults %v, want the pipeline's: tiny, 64x48, 8 steps", got)
 	}
-	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 6, seed: 7, solver: "dpm"}
+	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 10, seed: 7, solver: "dpm"}
 	first := b.generate(p)
 	if w, h := pngSize(t, first); w != p.width || h != p.height {
 		t.Errorf("the result PNG is %dx%d, want %dx%d", w, h, p.width, p.height)
@@ -491,6 +546,9 @@ func TestBrowserGenerate(t *testing.T) {
 	withLora := p
 	withLora.lora = "tiny-lora"
 	lora := b.generate(withLora)
+	if caption := eval[string](b, `document.getElementById("result-caption").textContent`); !strings.Contains(caption, "tiny-lora: ") || !strings.Contains(caption, " layers") {
+		t.Errorf("the caption does not report the LoRA: %q", caption)
+	}
 	if samePixels(t, lora, first) {
 		t.Error("the LoRA changed nothing: same pixels as without it")
 	}
@@ -554,7 +612,7 @@ func samePixels(t *testing.T, a, b string) bool {
 // the cached embedding.
 func TestBrowserSegment(t *testing.T) {
 	b := newBrowser(t)
-	f := newDaemonFixture(t)
+	f := newWebFixture(t)
 	s := f.serve(t, nil, "--addr", "127.0.0.1:0", "--config", tinyPipelineConfig(t, f.dir))
 	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
 	if eval[bool](b, `!document.getElementById("login").hidden`) {
@@ -593,4 +651,87 @@ func (b *browser) checkNarrow() {
 		b.shot("narrow-" + tab)
 	}
 	b.do("widen the window", 5*time.Second, chromedp.EmulateViewport(1280, 900), chromedp.Click(chromedp.CSS("#tab-generate")))
+}
+
+// TestBrowserDemo: what a fresh clone does: `refinersd demo-weights`, serve
+// its config, open the page, generate; then with the demo's ControlNet on
+// the Canny edges of a photo (other pixels than without it), and run that
+// again from the gallery (the page sends the condition image again): the
+// same PNG bytes; then segment that image with the demo's SAM.
+func TestBrowserDemo(t *testing.T) {
+	b := newBrowser(t)
+	dir := t.TempDir()
+	demo := filepath.Join(dir, "demo")
+	f := &daemonFixture{dir: dir, bin: filepath.Join(dir, "refinersd"), store: filepath.Join(demo, "store"), plugins: filepath.Join(demo, "plugins")}
+	buildBinaries(t, dir, map[string]string{"refinersd": ".", "bin/controlnet": "../../plugins/controlnet"})
+	f.cli(t, "demo-weights", demo)
+	f.cli(t, "plugins", "install", filepath.Join(dir, "bin"), "--dir", f.plugins)
+	s := f.serve(t, nil, "--config", filepath.Join(demo, "config.yaml"), "--addr", "127.0.0.1:0")
+	b.do("open the page", 20*time.Second, chromedp.Navigate(s.url+"/"), chromedp.WaitVisible(chromedp.CSS("#main")))
+	b.wait("the demo pipeline", `document.getElementById("gen-model").value === "demo" && document.querySelector('#cn-adapter option[value="demo-controlnet"]') !== null`, 10*time.Second)
+
+	p := genParams{prompt: "a lighthouse at dusk", width: 64, height: 64, steps: 6, seed: 42, solver: "dpm"}
+	plain := b.generate(p)
+	b.do("choose the ControlNet", 10*time.Second,
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""`),
+		chromedp.Click(chromedp.CSS("#cn-box summary")),
+		chromedp.SetValue(chromedp.CSS("#cn-adapter"), "demo-controlnet"),
+		chromedp.SetUploadFiles(chromedp.CSS("#cn-image"), []string{absPath(t, filepath.Join(tinySD, "init.png"))}),
+		chromedp.WaitVisible(chromedp.CSS("#cn-preview")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("cn-low").value = "50"; document.getElementById("cn-high").value = "150"; document.getElementById("cn-scale").value = "2"`))
+	control := b.generate(p)
+	if caption := eval[string](b, `document.getElementById("result-caption").textContent`); !strings.Contains(caption, "demo-controlnet: steps 6 of 6") {
+		t.Errorf("the caption does not report the ControlNet on every step: %q", caption)
+	}
+	if samePixels(t, control, plain) {
+		t.Error("the ControlNet changed nothing: same pixels as without it")
+	}
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.Click(chromedp.CSS("#item-2 details summary")))
+	recipe := eval[string](b, `document.querySelector("#item-2 .recipe").textContent`)
+	for _, want := range []string{`"preprocess":"canny"`, `"adapter":"demo-controlnet"`, `"low":50`, `"high":150`, `"scale":2`} {
+		if !strings.Contains(recipe, want) {
+			t.Errorf("the ControlNet item's recipe lacks %s: %q", want, recipe)
+		}
+	}
+	if again := b.runAgain(2, p, control); again != control {
+		t.Error("run again of the ControlNet image gave other PNG bytes")
+	}
+
+	// Image to image from a photo, without the ControlNet: other pixels
+	// than from noise, and Run again (which sends the photo again) the
+	// same bytes.
+	b.do("image to image", 10*time.Second, chromedp.Click(chromedp.CSS("#tab-generate")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""`),
+		chromedp.SetValue(chromedp.CSS("#cn-adapter"), ""),
+		chromedp.Click(chromedp.CSS("#i2i-box summary")),
+		chromedp.SetUploadFiles(chromedp.CSS("#init-image"), []string{absPath(t, filepath.Join(tinySD, "init.png"))}),
+		chromedp.WaitVisible(chromedp.CSS("#init-preview")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("strength").value = "0.5"`))
+	withInit := p
+	withInit.ran = 3 // strength 0.5 of 6 steps
+	i2i := b.generate(withInit)
+	if samePixels(t, i2i, plain) || samePixels(t, i2i, control) {
+		t.Error("image to image gave the pixels of another run")
+	}
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.Click(chromedp.CSS("#item-4 details summary")))
+	if recipe := eval[string](b, `document.querySelector("#item-4 .recipe").textContent`); !strings.Contains(recipe, "strength0.5") || !strings.Contains(recipe, "init_imagesha256:") || strings.Contains(recipe, "controlnets") {
+		t.Errorf("the image-to-image item's recipe: %q", recipe)
+	}
+	if again := b.runAgain(4, p, i2i); again != i2i {
+		t.Error("run again of the image-to-image result gave other PNG bytes")
+	}
+
+	// And segment the image just made with the demo's SAM.
+	if got := eval[string](b, `document.getElementById("seg-model").value`); got != "demo-sam" {
+		t.Errorf("the segmenter field holds %q, want the demo's only one, demo-sam", got)
+	}
+	png, err := base64.StdEncoding.DecodeString(i2i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "generated.png")
+	if err := os.WriteFile(img, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.segmentFlow(img, "")
 }

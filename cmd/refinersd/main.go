@@ -54,6 +54,8 @@ func run(args []string, out io.Writer) error {
 		return convertVerb(args, out)
 	case "adapters":
 		return adaptersVerb(args, out)
+	case "init":
+		return initVerb(args, out)
 	case "lint":
 		return lint(args, out)
 	case "fmt":
@@ -79,7 +81,10 @@ func run(args []string, out io.Writer) error {
 const usage = `usage: refinersd VERB [flags]
 
   demo                          build a small transformer block, print its tree, run it (default)
-  inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
+  inspect SPEC [--set k=v]...   print the model a spec declares, as a tree; with --input-shape 1,3,32,32
+                                (or --input IN) run it once and print each layer's output shape and parameters
+  init SPEC --output W [--seed N]
+                                write weights initialised as PyTorch initialises the layers
   plan SPEC --weights W         dry run: check every parameter's shape against W's header
   lint SPEC [--set k=v]...      unused params and blocks, shadowed names, arguments equal to
                                 their defaults, layers whose weights cannot reach the output

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/refiners-go/refiners/core"
 	"github.com/refiners-go/refiners/core/tensor"
@@ -169,9 +170,23 @@ func lint(args []string, out io.Writer) error {
 func inspect(args []string, out io.Writer) error {
 	f := newSpecFlags("inspect")
 	depth := f.fs.Int("depth", -1, "print only this many levels (-1: all)")
+	var shapes shapeFlags
+	f.fs.Var(&shapes, "input-shape", "run the model on zeros of this shape (e.g. 1,3,32,32; repeatable: input.0, input.1, ...) and print each layer's output shape and parameter count")
+	inputDType := f.fs.String("input-dtype", "float32", "dtype of the --input-shape inputs: float32, or int64 for token ids")
+	input := f.fs.String("input", "", "instead of --input-shape: run on this file's input.N and context.<name>.<key> tensors (as run reads them)")
 	path, err := f.parse(args)
 	if err != nil {
 		return err
+	}
+	if len(shapes) > 0 || *input != "" {
+		if len(shapes) > 0 && *input != "" {
+			return errors.New("inspect: --input-shape or --input, not both")
+		}
+		dt, err := tensor.ParseDType(*inputDType)
+		if err != nil {
+			return err
+		}
+		return summary(f, path, shapes, *input, dt, *depth, out)
 	}
 	m, err := f.build(path)
 	if err != nil {
@@ -180,6 +195,164 @@ func inspect(args []string, out io.Writer) error {
 	fmt.Fprintln(out, core.Tree(m, *depth))
 	fmt.Fprintf(out, "\n%d parameter tensors, %d parameters\n", len(core.StateDict(m)), core.CountParams(m))
 	return nil
+}
+
+// shapeFlags collects repeated --input-shape flags.
+type shapeFlags [][]int64
+
+func (s *shapeFlags) String() string { return fmt.Sprint(*s) }
+
+func (s *shapeFlags) Set(v string) error {
+	var shape []int64
+	for _, part := range strings.Split(v, ",") {
+		n, err := strconv.ParseInt(strings.TrimSpace(part), 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("--input-shape wants sizes separated by commas, e.g. 1,3,32,32; got %q", v)
+		}
+		shape = append(shape, n)
+	}
+	*s = append(*s, shape)
+	return nil
+}
+
+// summary runs the model once on zeros (zero weights too: only shapes
+// matter) and prints, like torchinfo, each layer's output shape and
+// parameter count; a layer that fails is named with where the spec
+// declares it, after the rows of the layers that ran.
+func summary(f *specFlags, path string, shapes [][]int64, input string, dt tensor.DType, depth int, out io.Writer) error {
+	s, _, err := f.load(path)
+	if err != nil {
+		return err
+	}
+	m, sources, err := s.BuildWithSources(f.sets)
+	if err != nil {
+		return err
+	}
+	outputs := map[string]string{}
+	ferr := tensor.Run(context.Background(), func(sc *tensor.Scope) error {
+		for _, e := range core.StateDict(m) {
+			*e.Value = sc.Escape(sc.Zeros(e.DType, e.Shape...))
+		}
+		defer core.ReleaseParams(m)
+		inputs := make([]*tensor.Tensor, len(shapes))
+		for i, shape := range shapes {
+			inputs[i] = sc.Zeros(dt, shape...)
+		}
+		var contexts core.Contexts
+		if input != "" {
+			in, err := weights.Open(input)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			if inputs, contexts, err = readInputs(sc, in, input, tensor.Float32, tensor.CPU); err != nil {
+				return err
+			}
+			shapes = shapes[:0]
+			for _, t := range inputs {
+				shapes = append(shapes, t.Shape())
+			}
+			dt = tensor.Float32
+			if len(inputs) > 0 {
+				dt = inputs[0].DType()
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return err
+		}
+		call := core.Call{Contexts: contexts, Trace: func(p string, _ core.Module, o core.Tensors) { outputs[p] = shapesOf(o) }}
+		res, err := call.Forward(sc, m, inputs...)
+		if err == nil {
+			outputs[""] = shapesOf(res)
+		}
+		return err
+	})
+	printSummary(out, m, outputs, depth)
+	in := make([]string, len(shapes))
+	for i, shape := range shapes {
+		in[i] = core.FormatShape(shape)
+	}
+	if ferr != nil {
+		var fe *core.ForwardError
+		if errors.As(ferr, &fe) {
+			where := strings.Join(fe.Path, ".")
+			if l, err := m.Layer(where); err == nil {
+				at := ""
+				if src, ok := sources[l]; ok {
+					at = ", declared at " + src
+				}
+				return fmt.Errorf("inspect: on input %s, the model fails at layer %s (%s%s): %w", strings.Join(in, ", "), where, core.Describe(l), at, fe.Err)
+			}
+		}
+		return fmt.Errorf("inspect: on input %s: %w", strings.Join(in, ", "), ferr)
+	}
+	fmt.Fprintf(out, "\ninput %s %s -> output %s\n", strings.Join(in, ", "), dt, outputs[""])
+	fmt.Fprintf(out, "%d parameter tensors, %s parameters (%s in float32)\n", len(core.StateDict(m)), thousands(core.CountParams(m)), byteSize(4*core.CountParams(m)))
+	return nil
+}
+
+func shapesOf(ts core.Tensors) string {
+	parts := make([]string, len(ts))
+	for i, t := range ts {
+		parts[i] = core.FormatShape(t.Shape())
+	}
+	return strings.Join(parts, ", ")
+}
+
+// printSummary prints one row per layer, in tree order, indented by depth:
+// its output shapes ("--": it did not run) and its parameters (a chain's
+// include its children's).
+func printSummary(out io.Writer, m *core.Chain, outputs map[string]string, depth int) {
+	type row struct{ name, shape, params string }
+	add := func(rows []row, name string, level int, key string, x core.Module) []row {
+		shape, ran := outputs[key]
+		if !ran {
+			shape = "--"
+		}
+		return append(rows, row{strings.Repeat("  ", level) + name, shape, thousands(core.CountParams(x))})
+	}
+	rows := add([]row{{"LAYER", "OUTPUT SHAPE", "PARAMS"}}, core.TypeName(m), 0, "", m)
+	m.Walk(func(x core.Module, _ *core.Chain, p string) bool {
+		level := strings.Count(p, ".") + 1
+		if depth >= 0 && level > depth {
+			return false
+		}
+		key := p[strings.LastIndex(p, ".")+1:]
+		name := key
+		if t := core.TypeName(x); !strings.HasPrefix(key, t) {
+			name += " (" + t + ")"
+		}
+		rows = add(rows, name, level, p, x)
+		return true
+	})
+	w := [3]int{}
+	for _, r := range rows {
+		w[0], w[1], w[2] = max(w[0], utf8.RuneCountInString(r.name)), max(w[1], len(r.shape)), max(w[2], len(r.params))
+	}
+	for _, r := range rows {
+		fmt.Fprintf(out, "%-*s  %-*s  %*s\n", w[0], r.name, w[1], r.shape, w[2], r.params)
+	}
+}
+
+// thousands writes n with commas: 1,234,567.
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+func byteSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 func plan(args []string, out io.Writer) error {
@@ -287,45 +460,11 @@ func runSpec(args []string, out io.Writer) error {
 			return err
 		}
 		defer undo()
-		load := func(key string) *tensor.Tensor {
-			t := in.Load(s, key)
-			if t.Valid() && t.DType().IsFloat() && t.DType() != dt {
-				t = s.ToDType(t, dt)
-			}
-			if t.Valid() && dev != tensor.CPU {
-				t = s.To(t, dev)
-			}
-			return t
-		}
-		call := core.Call{Contexts: core.Contexts{}}
-		var inputs []*tensor.Tensor
-		for _, k := range in.Keys() {
-			name, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), ".")
-			if !strings.HasPrefix(k, "context.") {
-				continue
-			}
-			if !ok {
-				return fmt.Errorf("%s: bad context key %q (want context.<name>.<key>)", *input, k)
-			}
-			if call.Contexts[name] == nil {
-				call.Contexts[name] = map[string]any{}
-			}
-			call.Contexts[name][key] = load(k)
-		}
-		for i := 0; ; i++ {
-			key := "input." + strconv.Itoa(i)
-			if _, ok := in.Info(key); !ok {
-				break
-			}
-			inputs = append(inputs, load(key))
-		}
-		// A model may read everything from contexts (SAM's mask decoder).
-		if len(inputs) == 0 && len(call.Contexts) == 0 {
-			return fmt.Errorf("%s: no input.0 tensor and no context.<name>.<key> tensors", *input)
-		}
-		if err := s.Err(); err != nil {
+		inputs, contexts, err := readInputs(s, in, *input, dt, dev)
+		if err != nil {
 			return err
 		}
+		call := core.Call{Contexts: contexts}
 		outs, err := call.Forward(s, m, inputs...)
 		if err != nil {
 			return err
@@ -345,4 +484,92 @@ func runSpec(args []string, out io.Writer) error {
 		}
 		return nil
 	})
+}
+
+// initVerb writes weights for a spec, initialised as PyTorch's layers
+// initialise theirs (core.InitLikeTorch): a model runs before any
+// checkpoint exists, and with the same seed its weights are PyTorch's.
+func initVerb(args []string, out io.Writer) error {
+	f := newSpecFlags("init")
+	output := f.fs.String("output", "", "safetensors file to write the weights to")
+	seed := f.fs.Uint64("seed", 0, "seed of the generator (torch.manual_seed)")
+	dtype := f.fs.String("dtype", "float32", "dtype of the weights: float32, bfloat16, float16")
+	path, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if *output == "" {
+		return errors.New("init: --output is required")
+	}
+	if err := checkOutput(*output, map[string]string{"the spec": path}); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	dt, err := tensor.ParseDType(*dtype)
+	if err != nil {
+		return err
+	}
+	m, err := f.build(path)
+	if err != nil {
+		return err
+	}
+	return tensor.Run(context.Background(), func(s *tensor.Scope) error {
+		if err := core.InitLikeTorch(s, m, *seed); err != nil {
+			return err
+		}
+		defer core.ReleaseParams(m)
+		if dt != tensor.Float32 {
+			if err := core.ToDType(s, m, dt); err != nil {
+				return err
+			}
+		}
+		meta := map[string]string{"spec": path, "init": "pytorch defaults (refinersd init)", "seed": strconv.FormatUint(*seed, 10)}
+		if err := core.SaveState(s, m, *output, meta); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "wrote %s: %d tensors, %d parameters (%s, seed %d)\n", *output, len(core.StateDict(m)), core.CountParams(m), dt, *seed)
+		return nil
+	})
+}
+
+// readInputs reads a run's inputs from a safetensors file: input.0,
+// input.1, ... and context.<name>.<key> tensors, floating ones cast to dt,
+// all moved to dev.
+func readInputs(s *tensor.Scope, in *weights.File, name string, dt tensor.DType, dev tensor.Device) ([]*tensor.Tensor, core.Contexts, error) {
+	load := func(key string) *tensor.Tensor {
+		t := in.Load(s, key)
+		if t.Valid() && t.DType().IsFloat() && t.DType() != dt {
+			t = s.ToDType(t, dt)
+		}
+		if t.Valid() && dev != tensor.CPU {
+			t = s.To(t, dev)
+		}
+		return t
+	}
+	contexts := core.Contexts{}
+	var inputs []*tensor.Tensor
+	for _, k := range in.Keys() {
+		ctx, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), ".")
+		if !strings.HasPrefix(k, "context.") {
+			continue
+		}
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: bad context key %q (want context.<name>.<key>)", name, k)
+		}
+		if contexts[ctx] == nil {
+			contexts[ctx] = map[string]any{}
+		}
+		contexts[ctx][key] = load(k)
+	}
+	for i := 0; ; i++ {
+		key := "input." + strconv.Itoa(i)
+		if _, ok := in.Info(key); !ok {
+			break
+		}
+		inputs = append(inputs, load(key))
+	}
+	// A model may read everything from contexts (SAM's mask decoder).
+	if len(inputs) == 0 && len(contexts) == 0 {
+		return nil, nil, fmt.Errorf("%s: no input.0 tensor and no context.<name>.<key> tensors", name)
+	}
+	return inputs, contexts, s.Err()
 }

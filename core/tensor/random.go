@@ -54,3 +54,86 @@ func (s *Scope) Randn(seed uint64, dtype DType, shape ...int64) *Tensor {
 		return ts.Randn(shape, dtype.kind(), CPU.gotch())
 	})
 }
+
+// FillKind is how Draw fills a tensor.
+type FillKind int
+
+const (
+	// FillUniform draws uniformly in [A, B): torch's uniform_(A, B).
+	FillUniform FillKind = iota
+	// FillNormal draws normal samples of mean A and standard deviation B:
+	// torch's normal_(A, B) (torch.randn for 0, 1).
+	FillNormal
+	// FillConstant sets every element to A (torch's fill_, ones, zeros),
+	// drawing nothing.
+	FillConstant
+)
+
+// Fill is one tensor Draw makes.
+type Fill struct {
+	Shape []int64
+	Kind  FillKind
+	A, B  float64
+}
+
+// Draw makes CPU float32 tensors in order from libtorch's CPU generator
+// seeded once: the values, bit for bit, of torch.manual_seed(seed)
+// followed by the same uniform_, normal_ and fill_ calls in the same order,
+// as a PyTorch module's constructor makes its parameters (with the same
+// dependence on the CPU kernel as Randn). The tensors are then cast to
+// dtype.
+func (s *Scope) Draw(seed uint64, dtype DType, fills []Fill) []*Tensor {
+	if s.err != nil {
+		return nil
+	}
+	if !dtype.IsFloat() {
+		s.Failf("draw: dtype %s is not a floating type", dtype)
+		return nil
+	}
+	for _, f := range fills {
+		for _, d := range f.Shape {
+			if d < 0 {
+				s.Failf("draw: negative dimension in shape %v", f.Shape)
+				return nil
+			}
+		}
+		if f.Kind == FillUniform && !(f.A <= f.B) || f.Kind == FillNormal && !(f.B >= 0) {
+			s.Failf("draw: bad parameters %g, %g for fill kind %d", f.A, f.B, f.Kind)
+			return nil
+		}
+	}
+	randMu.Lock()
+	defer randMu.Unlock()
+	C.at_manual_seed(C.int64_t(int64(seed)))
+	out := make([]*Tensor, len(fills))
+	for i, f := range fills {
+		out[i] = s.op("draw", func() (*ts.Tensor, error) {
+			t, err := ts.Empty(f.Shape, Float32.kind(), CPU.gotch())
+			if err != nil {
+				return nil, err
+			}
+			switch f.Kind {
+			case FillUniform:
+				err = t.Uniform_(f.A, f.B)
+			case FillNormal:
+				err = t.Normal_(f.A, f.B)
+			default:
+				sc := ts.FloatScalar(f.A)
+				err = t.Fill_(sc)
+				sc.Drop()
+			}
+			if err != nil {
+				t.MustDrop()
+				return nil, err
+			}
+			return t, nil
+		})
+		if dtype != Float32 {
+			out[i] = s.ToDType(out[i], dtype)
+		}
+	}
+	if s.err != nil {
+		return nil
+	}
+	return out
+}

@@ -128,3 +128,47 @@ func TestRandnConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestDrawSequence: Draw seeds once and draws in order (a later tensor
+// depends on the earlier ones, as in a PyTorch constructor), is
+// reproducible, gives Randn's values for a first standard-normal fill, and
+// refuses bad parameters without drawing.
+func TestDrawSequence(t *testing.T) {
+	fills := []Fill{{Shape: []int64{4, 5}, Kind: FillUniform, A: -0.5, B: 0.5}, {Shape: []int64{3}, Kind: FillConstant, A: 1}, {Shape: []int64{40}, Kind: FillNormal, A: 0, B: 1}}
+	var first, again, alone, randn []byte
+	run(t, func(s *Scope) error {
+		ts := s.Draw(3, Float32, fills)
+		for _, x := range ts {
+			first = append(first, s.Bytes(x)...)
+		}
+		u := s.Float32s(ts[0])
+		for _, v := range u {
+			if v < -0.5 || v >= 0.5 {
+				t.Errorf("uniform value %g outside [-0.5, 0.5)", v)
+			}
+		}
+		if ones := s.Float32s(ts[1]); !slices.Equal(ones, []float32{1, 1, 1}) {
+			t.Errorf("constant fill: %v", ones)
+		}
+		for _, x := range s.Draw(3, Float32, fills) {
+			again = append(again, s.Bytes(x)...)
+		}
+		alone = s.Bytes(s.Draw(3, Float32, fills[2:])[0])
+		randn = s.Bytes(s.Randn(3, Float32, 40))
+		c := s.Child()
+		if c.Draw(3, Float32, []Fill{{Shape: []int64{2}, Kind: FillUniform, A: 1, B: 0}}) != nil || c.TakeErr() == nil || !strings.Contains(c.TakeErr().Error(), "bad parameters") {
+			t.Error("a uniform fill with A > B was not refused")
+		}
+		c.Close()
+		return s.Err()
+	})
+	if string(first) != string(again) {
+		t.Error("the same seed drew different values")
+	}
+	if tail := first[len(first)-len(alone):]; string(tail) == string(alone) {
+		t.Error("the normal fill after a uniform one drew what it draws first: Draw reseeded between tensors")
+	}
+	if string(alone) != string(randn) {
+		t.Error("a first normal(0, 1) fill differs from Randn with the same seed")
+	}
+}

@@ -193,3 +193,23 @@ func TestWritingAViewFaults(t *testing.T) {
 		t.Error("the file changed")
 	}
 }
+
+// Evict lets the pages go from resident memory only: a live view reads the
+// same values afterwards (from the file again).
+func TestEvictKeepsValues(t *testing.T) {
+	values := make([]float32, 5000) // several pages
+	for i := range values {
+		values[i] = float32(i) * 0.5
+	}
+	path := floatFile(t, values)
+	run(t, func(s *tensor.Scope) error {
+		f := mustOpen(t, path)
+		w := f.Load(s, "w")
+		f.Evict("w")
+		f.Evict("missing") // nothing to do
+		if got := s.Float32s(w); !slicesEqual(got, values) {
+			t.Error("values changed after Evict")
+		}
+		return s.Err()
+	})
+}

@@ -228,6 +228,24 @@ func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {
 	return s.FromBytes(view.Data(), info.DType, info.Shape...)
 }
 
+// Evict advises the kernel that the mapped pages holding key's bytes may
+// leave this process's resident memory (they stay in the page cache, and
+// come back if read again). Loaders call it once a tensor was cast or
+// moved to a device, so that its file bytes, no longer needed, do not
+// count twice in the process's memory. It never affects values: the
+// mapping is private and read-only, so any view of those pages reads the
+// same bytes from the file again. It does nothing for a file from Parse.
+func (f *File) Evict(key string) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	info, ok := f.infos[key]
+	if !ok || f.data == nil || f.mapping == nil {
+		return
+	}
+	begin := f.dataStart + info.Offset[0]
+	evict(f.data, f.data[begin:f.dataStart+info.Offset[1]])
+}
+
 // Views reports whether Load of key would view the mapped file rather
 // than copy it.
 func (f *File) Views(key string) bool {

@@ -65,7 +65,7 @@ func (m *Model) applyAdapter(ctx context.Context, s *tensor.Scope, i int, a Adap
 	if err != nil {
 		return rep, nil, err
 	}
-	defer f.Close() // applied tensors are copies
+	defer f.Close() // applied tensors view the mapping, which outlives Close while they live
 	sum, err := hosts.FileSHA256(a.File)
 	if err != nil {
 		return rep, nil, err

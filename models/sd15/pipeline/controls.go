@@ -30,7 +30,8 @@ import (
 // an error), End 0 means 1, Start 0. The ControlNet acts at run step i of
 // n (0-based, over the steps the generation runs) when i/n ≥ Start and
 // (i+1)/n ≤ End, diffusers' control_guidance_start/end rule; at the other
-// steps it adds nothing (the U-Net's output is then bit for bit its own).
+// steps it is out of the U-Net (not computed; the U-Net's output is then
+// bit for bit its own).
 type Control struct {
 	Plugin, File, Params string
 	// Condition is the condition image (e.g. an edge map), resized to the
@@ -178,6 +179,7 @@ func conditionTensor(s *tensor.Scope, img *RGB) *tensor.Tensor {
 
 // activeControl is an inserted ControlNet during a generation.
 type activeControl struct {
+	module    core.Module // the inserted ControlNet, a child of the U-Net
 	name      string
 	condition *tensor.Tensor
 	scale     float64
@@ -330,11 +332,65 @@ func (m *Model) applyControl(ctx context.Context, s *tensor.Scope, i int, c Cont
 	if err := s.Err(); err != nil {
 		return a, rep, nil, fmt.Errorf("condition image: %w", err)
 	}
+	before := map[core.Module]bool{}
+	for _, c := range m.UNet.Children() {
+		before[c] = true
+	}
 	ap, err := adapt.Apply(s, m.UNet, plan, map[string]*weights.File{id: f})
 	if err != nil {
 		return a, rep, nil, fmt.Errorf("inserting into the U-Net: %w", err)
 	}
+	for _, c := range m.UNet.Children() {
+		if !before[c] {
+			a.module = c
+		}
+	}
+	if a.module == nil {
+		return a, rep, ap.Eject, fmt.Errorf("the plan inserted no child into the U-Net")
+	}
 	return a, rep, ap.Eject, nil
+}
+
+// detachOff takes the ControlNets that do not act at run step i of n out
+// of the U-Net for that step (they would add nothing: this skips their
+// computation; the U-Net's output is the same either way, bit for bit)
+// and returns what puts them back where they were.
+func (m *Model) detachOff(controls []activeControl, i, n int) (func() error, error) {
+	type popped struct {
+		index  int
+		module core.Module
+	}
+	var out []popped
+	restore := func() error {
+		var errs []error
+		for j := len(out) - 1; j >= 0; j-- { // lowest index first
+			if err := m.UNet.Insert(out[j].index, out[j].module); err != nil {
+				errs = append(errs, fmt.Errorf("putting a ControlNet back into the U-Net: %w", err))
+			}
+		}
+		out = nil
+		return errors.Join(errs...)
+	}
+	off := map[core.Module]bool{}
+	for _, a := range controls {
+		if !ControlActive(i, n, a.start, a.end) {
+			off[a.module] = true
+		}
+	}
+	if len(off) == 0 {
+		return restore, nil
+	}
+	kids := m.UNet.Children()
+	for idx := len(kids) - 1; idx >= 0; idx-- { // highest index first: the lower ones stay valid
+		if !off[kids[idx]] {
+			continue
+		}
+		if _, err := m.UNet.Pop(idx); err != nil {
+			return nil, errors.Join(err, restore())
+		}
+		out = append(out, popped{idx, kids[idx]})
+	}
+	return restore, nil
 }
 
 // insertedName is the name of the one ControlNet a plan inserts: its

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -365,7 +366,25 @@ func TestControls(t *testing.T) {
 			t.Errorf("reports %+v", two.Controls)
 		}
 
+		// A batch of two: one condition for every image; image 2 is seed
+		// Seed+1's alone (up to the kernels' summing order).
+		r = tinyRequest()
+		r.Batch, r.Controls = 2, []Control{ctl(fx.a, 0.5, 0, 0)}
+		batch, err := gen(r)
+		if err != nil {
+			return err
+		}
+		r.Batch, r.Seed = 1, r.Seed+1
+		second, err := gen(r)
+		if err != nil {
+			return err
+		}
+		if !s.AllClose(s.Narrow(batch.Latents, 0, 1, 1), second.Latents, 1e-4, 1e-4) {
+			t.Error("image 2 of a batch with a ControlNet is not seed+1's")
+		}
+
 		// Canny preprocessing of a photo gives another condition.
+		r = tinyRequest()
 		r.Controls = []Control{ctl(fx.a, 0, 0, 0)}
 		r.Controls[0].Preprocess = "canny"
 		edges, err := gen(r)
@@ -457,5 +476,59 @@ func TestControlsWithLora(t *testing.T) {
 			t.Error("the ControlNet changed nothing")
 		}
 		return s.Err()
+	})
+}
+
+// TestDetachOff: the ControlNets off at a step leave the U-Net for that
+// step only, and go back exactly where they were (order, keys, print).
+func TestDetachOff(t *testing.T) {
+	fx := newControlFixture(t)
+	host := pluginHost(t, "controlnet")
+	withTiny(t, false, func(s *tensor.Scope, m *Model) error {
+		m.Plugins = host
+		cond := stripes(64, 48)
+		controls := []Control{
+			{Plugin: "controlnet", File: fx.a, Condition: cond, Scale: 1, Start: 0.5, End: 1},
+			{Plugin: "controlnet", File: fx.b, Condition: cond, Scale: 1, End: 1},
+			{Plugin: "controlnet", File: fx.a, Params: `{"name": "third"}`, Condition: cond, Scale: 1, Start: 0.25, End: 1},
+		}
+		before := stateOf(s, m.UNet)
+		active, _, eject, err := m.applyControls(context.Background(), s, controls, 64, 48, 4)
+		if err != nil {
+			return err
+		}
+		kids, tree := m.UNet.Children(), m.UNet.String()
+		for _, c := range []struct {
+			step int
+			on   []int // controls left in
+		}{{0, []int{1}}, {1, []int{1, 2}}, {2, []int{0, 1, 2}}} {
+			restore, err := m.detachOff(active, c.step, 4)
+			if err != nil {
+				return err
+			}
+			got := m.UNet.Children()
+			if len(got) != len(kids)-(3-len(c.on)) {
+				t.Errorf("step %d: %d children, want %d", c.step, len(got), len(kids)-(3-len(c.on)))
+			}
+			for j, a := range active {
+				in := false
+				for _, k := range got {
+					in = in || k == a.module
+				}
+				if want := slices.Contains(c.on, j); in != want {
+					t.Errorf("step %d: control %d in the U-Net: %v, want %v", c.step, j+1, in, want)
+				}
+			}
+			if err := restore(); err != nil {
+				return err
+			}
+			if !slices.Equal(m.UNet.Children(), kids) || m.UNet.String() != tree {
+				t.Errorf("step %d: the U-Net after restore is not as before", c.step)
+			}
+		}
+		if err := eject(); err != nil {
+			return err
+		}
+		return before.same(s, m.UNet)
 	})
 }

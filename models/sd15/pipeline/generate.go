@@ -313,7 +313,17 @@ func (m *Model) Generate(ctx context.Context, s *tensor.Scope, req Request) (res
 		c := s.Child()
 		contexts := core.Contexts{}
 		setControls(contexts, controls, i, steps)
+		restore, err := m.detachOff(controls, i, steps)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("step %d of %d: %w", i+1, steps, err)
+		}
 		next, err := m.denoise(ctx, c, solver, x, emb, maskLatents, targetLatents, step, r.Guidance, contexts)
+		if rerr := restore(); rerr != nil && err == nil {
+			c.TakeErr()
+			c.Close()
+			return nil, fmt.Errorf("step %d of %d: %w", i+1, steps, rerr)
+		}
 		if err != nil {
 			c.TakeErr()
 			c.Close()

@@ -1,0 +1,27 @@
+module example.com/taskvector
+
+go 1.26.0
+
+require github.com/refiners-go/refiners v0.0.0
+
+require (
+	github.com/fatih/color v1.19.0 // indirect
+	github.com/golang/protobuf v1.5.4 // indirect
+	github.com/hashicorp/go-hclog v1.6.3 // indirect
+	github.com/hashicorp/go-plugin v1.8.0 // indirect
+	github.com/hashicorp/yamux v0.1.2 // indirect
+	github.com/mattn/go-colorable v0.1.15 // indirect
+	github.com/mattn/go-isatty v0.0.22 // indirect
+	github.com/oklog/run v1.1.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20251029180050-ab9386a59fda // indirect
+	google.golang.org/grpc v1.78.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+// This plugin lives outside refiners-go and depends on its published SDK
+// (github.com/refiners-go/refiners/sdk). Inside the repository it builds
+// against the checkout instead: drop this line to use a released version.
+replace github.com/refiners-go/refiners => ../..
