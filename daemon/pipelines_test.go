@@ -83,3 +83,69 @@ func TestPipelinePreload(t *testing.T) {
 		t.Errorf("unload a pipeline that is not loaded: %d %s", code, b)
 	}
 }
+
+// TestImagesAuthAndLimits: the image routes sit behind the token, the
+// body limit and the media-type check like every run route, before any
+// pipeline loads.
+func TestImagesAuthAndLimits(t *testing.T) {
+	const token = "0123456789abcdef-token"
+	td := newTestDaemon(t, func(c *Config) {
+		c.Token, c.MaxBody = token, 4096
+		c.Pipelines = map[string]PipelineConfig{"tiny": tinyPipeline(t)}
+	})
+	send := func(method, path, auth, ct, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, td.srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := resp.Body.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		return resp.StatusCode, b.String()
+	}
+	for _, c := range []struct {
+		name, method, path, auth, ct, body string
+		code                               int
+		want                               string
+	}{
+		{"images without token", "POST", "/v1/images", "", "application/json", `{"prompt":"x"}`, 401, "bearer token"},
+		{"jobs without token", "POST", "/v1/images/jobs", "wrong-token-of-some-length", "application/json", `{"prompt":"x"}`, 401, "bearer token"},
+		{"pipelines without token", "GET", "/v1/pipelines", "", "", "", 401, "bearer token"},
+		{"too large", "POST", "/v1/images", token, "application/json", `{"prompt":"` + strings.Repeat("x", 5000) + `"}`, 413, "larger than 4096 bytes"},
+		{"media type", "POST", "/v1/images", token, "text/plain", `{"prompt":"x"}`, 415, `Content-Type "text/plain"`},
+		{"two objects", "POST", "/v1/images", token, "application/json", `{"prompt":"x"}{}`, 400, "send one JSON object"},
+		{"key twice", "POST", "/v1/images", token, "application/json", `{"prompt":"x","prompt":"y"}`, 400, "given twice"},
+		{"multipart without request", "POST", "/v1/images", token, "multipart/form-data; boundary=b", "--b--\r\n", 400, `no "request" part`},
+		{"dot segments", "POST", "/v1/pipelines/..%2f..%2fx/load", token, "", "", 400, "dot segments"},
+		{"bad pipeline name", "POST", "/v1/pipelines/Tiny/load", token, "", "", 400, "model"},
+	} {
+		code, b := send(c.method, c.path, c.auth, c.ct, c.body)
+		var e struct{ Error struct{ Message string } }
+		json.Unmarshal([]byte(b), &e)
+		if code != c.code || !strings.Contains(e.Error.Message, c.want) {
+			t.Errorf("%s: %d %s, want %d with %q", c.name, code, b, c.code, c.want)
+		}
+	}
+	// Nothing above loaded the pipeline.
+	if _, b := send("GET", "/v1/pipelines", token, "", ""); !strings.Contains(b, `"loaded": false`) {
+		t.Errorf("pipelines after refused requests: %s", b)
+	}
+}
