@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
+	"github.com/refiners-go/refiners/specs"
 )
 
 // tinyPipeline is the tiny SD 1.5 of the pipeline conformance cases as a
@@ -147,5 +149,49 @@ func TestImagesAuthAndLimits(t *testing.T) {
 	// Nothing above loaded the pipeline.
 	if _, b := send("GET", "/v1/pipelines", token, "", ""); !strings.Contains(b, `"loaded": false`) {
 		t.Errorf("pipelines after refused requests: %s", b)
+	}
+}
+
+// TestPipelineFromStore: model: NAME takes the four store models
+// `refinersd models add NAME --from SRC` registers (the autoencoder's
+// halves under Encoder. and Decoder. of one file), with the store's
+// overrides and digests; a model under another prefix is refused by name.
+func TestPipelineFromStore(t *testing.T) {
+	files := tinyPipeline(t)
+	td := newTestDaemon(t, func(c *Config) {
+		c.Pipelines = map[string]PipelineConfig{"fromstore": {Model: "tiny", Width: 64, Height: 48, Steps: 2}, "bad": {Model: "odd"}}
+	})
+	for _, name := range []string{"tiny", "odd"} {
+		for _, m := range []struct {
+			suffix, spec, weights, prefix string
+			overrides                     map[string]string
+		}{
+			{"-unet", "sd15_unet.yaml", files.UNet, "", files.Set["unet"]},
+			{"-text_encoder", "clip_text.yaml", files.TextEncoder, "", files.Set["text_encoder"]},
+			{"-vae_encoder", "sd15_vae_encoder.yaml", files.Autoencoder, "Encoder.", files.Set["autoencoder"]},
+			{"-vae_decoder", "sd15_vae_decoder.yaml", files.Autoencoder, "Decoder.", files.Set["autoencoder"]},
+		} {
+			spec, weights, prefix, overrides := m.spec, m.weights, m.prefix, m.overrides
+			if name == "odd" && m.suffix == "-unet" { // a misregistered U-Net: the autoencoder's encoder half
+				spec, weights, prefix, overrides = "sd15_vae_encoder.yaml", files.Autoencoder, "Encoder.", files.Set["autoencoder"]
+			}
+			if _, err := td.d.store.AddModelFS(name+m.suffix, specs.FS, spec, weights, overrides, prefix); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	code, b := td.do(t, "POST", "/v1/pipelines/fromstore/load", "", nil)
+	var info PipelineInfo
+	json.Unmarshal(b, &info)
+	want, err := pipeline.FileDigests(pipeline.Config{UNet: files.UNet, TextEncoder: files.TextEncoder, Autoencoder: files.Autoencoder})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 200 || !info.State.Loaded || info.Weights == nil || *info.Weights != want {
+		t.Errorf("load from the store: %d %s; want digests %+v", code, b, want)
+	}
+	code, b = td.do(t, "POST", "/v1/pipelines/bad/load", "", nil)
+	if code != 500 || !strings.Contains(string(b), `store model odd-unet has key prefix \"Encoder.\"; the pipeline reads it under \"\"`) {
+		t.Errorf("load with a wrong prefix: %d %s", code, b)
 	}
 }
