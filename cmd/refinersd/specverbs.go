@@ -443,7 +443,11 @@ func runSpec(args []string, out io.Writer) error {
 		return err
 	}
 	defer wf.Close()
-	in, err := weights.Open(*input)
+	// Inputs are copied, not viewed: a copy sits at libtorch's own 64-byte
+	// alignment, as the daemon's decoded inputs do, and some kernels take
+	// alignment-dependent paths, so this keeps `run` and `serve` equal bit
+	// for bit on the same inputs. (Weights are viewed on both.)
+	in, err := weights.OpenWith(*input, weights.OpenOptions{Copy: true})
 	if err != nil {
 		return err
 	}
