@@ -88,7 +88,8 @@ func (p PipelineConfig) withDefaults(name string) (PipelineConfig, error) {
 			return p, fmt.Errorf("%s.set: unknown model %q (want %s)", where, k, strings.Join(pipelineModels, ", "))
 		}
 	}
-	if _, err := tensor.ParseDevice(p.Device); err != nil {
+	dev, err := tensor.ParseDevice(p.Device)
+	if err != nil {
 		return p, fmt.Errorf("%s.device: %w", where, err)
 	}
 	if p.DType != "" {
@@ -98,6 +99,9 @@ func (p PipelineConfig) withDefaults(name string) (PipelineConfig, error) {
 		}
 		if !dt.IsFloat() {
 			return p, fmt.Errorf("%s.dtype %s: want float32, float16 or bfloat16", where, p.DType)
+		}
+		if err := tensor.Supports(dt, dev); err != nil {
+			return p, fmt.Errorf("%s.dtype %s on %s: %w", where, p.DType, dev, err)
 		}
 	}
 	for _, l := range []struct {
