@@ -62,7 +62,9 @@ def main():
         model.load_state_dict(load(os.path.join(a.dir, "text_encoder.safetensors"), "", dt))
         model.pop(0)  # the tokenizer: both sides take token ids
     model.eval()
-    model.to(device=a.device)
+    # Refiners 0.4.0's SD1UNet leaves a few layers in float32 whatever the
+    # dtype it is given (the up blocks' GroupNorms, ...): cast the stragglers.
+    model.to(device=a.device, dtype=dt)
     ready = time.perf_counter() - start
     n = a.latent
     if a.model == "unet":

@@ -141,7 +141,7 @@ pipelines:
     max_batch: 2
   fromstore:
     model: sd15
-    dtype: float16
+    dtype: bfloat16
 `), 0o644)
 	c := Defaults()
 	if err := c.LoadFile(file); err != nil {
@@ -174,6 +174,7 @@ pipelines:
 		{"bad set", PipelineConfig{Weights: dir, Set: map[string]map[string]string{"vae": {}}}, `pipelines.x.set: unknown model "vae"`},
 		{"bad device", PipelineConfig{Weights: dir, Device: "tpu"}, "pipelines.x.device"},
 		{"bad dtype", PipelineConfig{Weights: dir, DType: "int64"}, "pipelines.x.dtype int64"},
+		{"float16 on the CPU", PipelineConfig{Weights: dir, DType: "float16"}, "pipelines.x.dtype float16 on cpu: float16 has no CPU kernels"},
 		{"bad store name", PipelineConfig{Model: "../up"}, "pipelines.x.model"},
 		{"negative limit", PipelineConfig{Weights: dir, MaxSteps: -1}, "pipelines.x.max_steps -1"},
 		{"default over limit", PipelineConfig{Weights: dir, Width: 512, MaxWidth: 256}, "outside the limits"},

@@ -265,7 +265,7 @@ func (d *Daemon) imageJob(req *ImageRequest, parts map[string][]byte) (*Job, err
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%v", err)
 		}
-		if err := fromRecipe(req, rec); err != nil {
+		if err := fromRecipe(req, rec, d.cfg.Pipelines); err != nil {
 			return nil, err
 		}
 		ij.recipe, ij.index = rec, rec.Index
@@ -432,7 +432,7 @@ func (d *Daemon) imageJob(req *ImageRequest, parts map[string][]byte) (*Job, err
 
 // fromRecipe fills a request from a recipe. A request that re-runs a
 // recipe gives only the model, preview and the images the recipe names.
-func fromRecipe(req *ImageRequest, rec *pipeline.Recipe) error {
+func fromRecipe(req *ImageRequest, rec *pipeline.Recipe, cfgPipelines map[string]PipelineConfig) error {
 	var set []string
 	for _, f := range []struct {
 		name string
@@ -471,8 +471,8 @@ func fromRecipe(req *ImageRequest, rec *pipeline.Recipe) error {
 		}
 		req.Controlnets = append(req.Controlnets, cr)
 	}
-	if req.Model == "" {
-		req.Model = rec.Model
+	if _, ok := cfgPipelines[rec.Model]; req.Model == "" && ok {
+		req.Model = rec.Model // else the request's, or the one pipeline there is
 	}
 	seed := int64(rec.Seed)
 	if rec.Seed > 1<<62 {

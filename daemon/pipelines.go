@@ -14,6 +14,7 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/models/sd15/pipeline"
+	"github.com/refiners-go/refiners/store"
 )
 
 // PipelineConfig is one named Stable Diffusion 1.5 pipeline that the image
@@ -87,7 +88,8 @@ func (p PipelineConfig) withDefaults(name string) (PipelineConfig, error) {
 			return p, fmt.Errorf("%s.set: unknown model %q (want %s)", where, k, strings.Join(pipelineModels, ", "))
 		}
 	}
-	if _, err := tensor.ParseDevice(p.Device); err != nil {
+	dev, err := tensor.ParseDevice(p.Device)
+	if err != nil {
 		return p, fmt.Errorf("%s.device: %w", where, err)
 	}
 	if p.DType != "" {
@@ -97,6 +99,9 @@ func (p PipelineConfig) withDefaults(name string) (PipelineConfig, error) {
 		}
 		if !dt.IsFloat() {
 			return p, fmt.Errorf("%s.dtype %s: want float32, float16 or bfloat16", where, p.DType)
+		}
+		if err := tensor.Supports(dt, dev); err != nil {
+			return p, fmt.Errorf("%s.dtype %s on %s: %w", where, p.DType, dev, err)
 		}
 	}
 	for _, l := range []struct {
@@ -170,33 +175,17 @@ func (d *Daemon) pipelineConfig(name string, p PipelineConfig) (pipeline.Config,
 		}
 	}
 	if p.Model != "" {
-		var decoderDigest string
-		for _, part := range []struct {
-			suffix, model string
-			path, digest  *string
-		}{{"-unet", "unet", &c.UNet, &dg.UNet}, {"-text_encoder", "text_encoder", &c.TextEncoder, &dg.TextEncoder},
-			{"-vae_encoder", "autoencoder", &c.Autoencoder, &dg.Autoencoder}, {"-vae_decoder", "autoencoder", nil, &decoderDigest}} {
-			m, err := d.store.Model(p.Model + part.suffix)
-			if err != nil {
-				return c, dg, fmt.Errorf("pipelines.%s: model %s: %w", name, p.Model, err)
-			}
-			if m.Prefix != "" {
-				return c, dg, fmt.Errorf("pipelines.%s: store model %s has key prefix %q; the pipeline reads whole files", name, m.Name, m.Prefix)
-			}
-			if part.path != nil {
-				if *part.path, err = d.store.BlobPath(m.Weights.Digest); err != nil {
-					return c, dg, err
-				}
-			}
-			*part.digest = m.Weights.Digest
-			for k, v := range m.Overrides {
-				if _, set := sets[part.model][k]; !set {
-					sets[part.model][k] = v
-				}
-			}
+		sc, sdg, err := StorePipeline(d.store, p.Model)
+		if err != nil {
+			return c, dg, fmt.Errorf("pipelines.%s: %w", name, err)
 		}
-		if decoderDigest != dg.Autoencoder {
-			return c, dg, fmt.Errorf("pipelines.%s: %s-vae_encoder and %s-vae_decoder hold different weight files; the pipeline takes one autoencoder file", name, p.Model, p.Model)
+		c, dg = sc, sdg
+		for k, params := range map[string]map[string]string{"unet": sc.UNetParams, "text_encoder": sc.TextEncoderParams, "autoencoder": sc.AutoencoderParams} {
+			for kk, v := range params {
+				if _, set := sets[k][kk]; !set {
+					sets[k][kk] = v
+				}
+			}
 		}
 	} else {
 		var err error
@@ -386,4 +375,47 @@ func (d *Daemon) unloadPipelineRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, map[string]string{"status": "unloading"})
+}
+
+// StorePipeline resolves the SD 1.5 pipeline the store holds as NAME-unet,
+// NAME-text_encoder, NAME-vae_encoder and NAME-vae_decoder (the models
+// `refinersd models add NAME --from SRC` registers): the weight files, the
+// store's spec overrides per model and the weights' digests. The key
+// prefixes must be the pipeline's: none for the U-Net and the text
+// encoder, Encoder. and Decoder. for the autoencoder's halves, which must
+// share one file.
+func StorePipeline(st *store.Store, name string) (pipeline.Config, pipeline.Digests, error) {
+	c := pipeline.Config{UNetParams: map[string]string{}, TextEncoderParams: map[string]string{}, AutoencoderParams: map[string]string{}}
+	var dg pipeline.Digests
+	var decoderDigest string
+	for _, part := range []struct {
+		suffix, prefix string
+		path, digest   *string
+		params         map[string]string
+	}{{"-unet", "", &c.UNet, &dg.UNet, c.UNetParams}, {"-text_encoder", "", &c.TextEncoder, &dg.TextEncoder, c.TextEncoderParams},
+		{"-vae_encoder", "Encoder.", &c.Autoencoder, &dg.Autoencoder, c.AutoencoderParams}, {"-vae_decoder", "Decoder.", nil, &decoderDigest, c.AutoencoderParams}} {
+		m, err := st.Model(name + part.suffix)
+		if err != nil {
+			return c, dg, fmt.Errorf("model %s: %w", name, err)
+		}
+		if m.Prefix != part.prefix {
+			return c, dg, fmt.Errorf("model %s: store model %s has key prefix %q; the pipeline reads it under %q", name, m.Name, m.Prefix, part.prefix)
+		}
+		if part.path != nil {
+			if *part.path, err = st.BlobPath(m.Weights.Digest); err != nil {
+				return c, dg, fmt.Errorf("model %s: %w", name, err)
+			}
+		}
+		*part.digest = m.Weights.Digest
+		for k, v := range m.Overrides {
+			if old, set := part.params[k]; set && old != v {
+				return c, dg, fmt.Errorf("model %s: %s-vae_encoder and %s-vae_decoder override %s differently (%s, %s)", name, name, name, k, old, v)
+			}
+			part.params[k] = v
+		}
+	}
+	if decoderDigest != dg.Autoencoder {
+		return c, dg, fmt.Errorf("model %s: %s-vae_encoder and %s-vae_decoder hold different weight files; the pipeline takes one autoencoder file", name, name, name)
+	}
+	return c, dg, nil
 }

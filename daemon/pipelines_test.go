@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/refiners-go/refiners/core/weights"
+	"github.com/refiners-go/refiners/models/sd15/pipeline"
+	"github.com/refiners-go/refiners/specs"
 )
 
 // tinyPipeline is the tiny SD 1.5 of the pipeline conformance cases as a
@@ -81,5 +83,115 @@ func TestPipelinePreload(t *testing.T) {
 	}
 	if code, b := td.do(t, "POST", "/v1/pipelines/lazy/unload", "", nil); code != http.StatusNotFound {
 		t.Errorf("unload a pipeline that is not loaded: %d %s", code, b)
+	}
+}
+
+// TestImagesAuthAndLimits: the image routes sit behind the token, the
+// body limit and the media-type check like every run route, before any
+// pipeline loads.
+func TestImagesAuthAndLimits(t *testing.T) {
+	const token = "0123456789abcdef-token"
+	td := newTestDaemon(t, func(c *Config) {
+		c.Token, c.MaxBody = token, 4096
+		c.Pipelines = map[string]PipelineConfig{"tiny": tinyPipeline(t)}
+	})
+	send := func(method, path, auth, ct, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, td.srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := resp.Body.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		return resp.StatusCode, b.String()
+	}
+	for _, c := range []struct {
+		name, method, path, auth, ct, body string
+		code                               int
+		want                               string
+	}{
+		{"images without token", "POST", "/v1/images", "", "application/json", `{"prompt":"x"}`, 401, "bearer token"},
+		{"jobs without token", "POST", "/v1/images/jobs", "wrong-token-of-some-length", "application/json", `{"prompt":"x"}`, 401, "bearer token"},
+		{"pipelines without token", "GET", "/v1/pipelines", "", "", "", 401, "bearer token"},
+		{"too large", "POST", "/v1/images", token, "application/json", `{"prompt":"` + strings.Repeat("x", 5000) + `"}`, 413, "larger than 4096 bytes"},
+		{"media type", "POST", "/v1/images", token, "text/plain", `{"prompt":"x"}`, 415, `Content-Type "text/plain"`},
+		{"two objects", "POST", "/v1/images", token, "application/json", `{"prompt":"x"}{}`, 400, "send one JSON object"},
+		{"key twice", "POST", "/v1/images", token, "application/json", `{"prompt":"x","prompt":"y"}`, 400, "given twice"},
+		{"multipart without request", "POST", "/v1/images", token, "multipart/form-data; boundary=b", "--b--\r\n", 400, `no "request" part`},
+		{"dot segments", "POST", "/v1/pipelines/..%2f..%2fx/load", token, "", "", 400, "dot segments"},
+		{"bad pipeline name", "POST", "/v1/pipelines/Tiny/load", token, "", "", 400, "model"},
+	} {
+		code, b := send(c.method, c.path, c.auth, c.ct, c.body)
+		var e struct{ Error struct{ Message string } }
+		json.Unmarshal([]byte(b), &e)
+		if code != c.code || !strings.Contains(e.Error.Message, c.want) {
+			t.Errorf("%s: %d %s, want %d with %q", c.name, code, b, c.code, c.want)
+		}
+	}
+	// Nothing above loaded the pipeline.
+	if _, b := send("GET", "/v1/pipelines", token, "", ""); !strings.Contains(b, `"loaded": false`) {
+		t.Errorf("pipelines after refused requests: %s", b)
+	}
+}
+
+// TestPipelineFromStore: model: NAME takes the four store models
+// `refinersd models add NAME --from SRC` registers (the autoencoder's
+// halves under Encoder. and Decoder. of one file), with the store's
+// overrides and digests; a model under another prefix is refused by name.
+func TestPipelineFromStore(t *testing.T) {
+	files := tinyPipeline(t)
+	td := newTestDaemon(t, func(c *Config) {
+		c.Pipelines = map[string]PipelineConfig{"fromstore": {Model: "tiny", Width: 64, Height: 48, Steps: 2}, "bad": {Model: "odd"}}
+	})
+	for _, name := range []string{"tiny", "odd"} {
+		for _, m := range []struct {
+			suffix, spec, weights, prefix string
+			overrides                     map[string]string
+		}{
+			{"-unet", "sd15_unet.yaml", files.UNet, "", files.Set["unet"]},
+			{"-text_encoder", "clip_text.yaml", files.TextEncoder, "", files.Set["text_encoder"]},
+			{"-vae_encoder", "sd15_vae_encoder.yaml", files.Autoencoder, "Encoder.", files.Set["autoencoder"]},
+			{"-vae_decoder", "sd15_vae_decoder.yaml", files.Autoencoder, "Decoder.", files.Set["autoencoder"]},
+		} {
+			spec, weights, prefix, overrides := m.spec, m.weights, m.prefix, m.overrides
+			if name == "odd" && m.suffix == "-unet" { // a misregistered U-Net: the autoencoder's encoder half
+				spec, weights, prefix, overrides = "sd15_vae_encoder.yaml", files.Autoencoder, "Encoder.", files.Set["autoencoder"]
+			}
+			if _, err := td.d.store.AddModelFS(name+m.suffix, specs.FS, spec, weights, overrides, prefix); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	code, b := td.do(t, "POST", "/v1/pipelines/fromstore/load", "", nil)
+	var info PipelineInfo
+	json.Unmarshal(b, &info)
+	want, err := pipeline.FileDigests(pipeline.Config{UNet: files.UNet, TextEncoder: files.TextEncoder, Autoencoder: files.Autoencoder})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 200 || !info.State.Loaded || info.Weights == nil || *info.Weights != want {
+		t.Errorf("load from the store: %d %s; want digests %+v", code, b, want)
+	}
+	code, b = td.do(t, "POST", "/v1/pipelines/bad/load", "", nil)
+	if code != 500 || !strings.Contains(string(b), `store model odd-unet has key prefix \"Encoder.\"; the pipeline reads it under \"\"`) {
+		t.Errorf("load with a wrong prefix: %d %s", code, b)
 	}
 }

@@ -34,9 +34,10 @@ func Format(path string, src []byte) ([]byte, error) {
 		return nil, Errors{{File: path, Code: CodeVersion, Msg: "empty spec: nothing to format"}}
 	}
 	root := doc.Content[0]
-	if root.Kind == yaml.MappingNode {
-		canonDoc(root)
+	if root.Kind != yaml.MappingNode {
+		return nil, Errors{{File: path, Line: root.Line, Col: root.Column, Code: CodeShape, Msg: "a spec is a mapping with refiners, params, blocks and layers"}}
 	}
+	canonDoc(root)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
@@ -236,7 +237,7 @@ func canonItem(it *yaml.Node) *yaml.Node {
 	k, v := it.Content[0], it.Content[1]
 	scalars(k, false)
 	switch {
-	case v.Kind == yaml.ScalarNode && v.Tag == "!!null" && v.Anchor == "" && v.Value != "~" ||
+	case v.Kind == yaml.ScalarNode && v.Tag == "!!null" && v.Anchor == "" ||
 		v.Kind == yaml.MappingNode && len(v.Content) == 0 && v.Anchor == "":
 		// `Type:` and `Type: {}` are the bare `Type`; the comments move to it.
 		bare := *k
@@ -355,12 +356,21 @@ func scalars(n *yaml.Node, flow bool) {
 	switch n.Kind {
 	case yaml.ScalarNode:
 		switch {
+		case n.Tag == "!!null":
+			n.Style, n.Value = 0, "null" // `x:`, `x: ~` and `x: null` alike
 		case n.Tag != "!!str" && n.Tag != "":
 			n.Style = 0
-		case n.Style == yaml.LiteralStyle || n.Style == yaml.FoldedStyle:
-			// a multi-line text stays as written
-		case strings.Contains(n.Value, "\n"):
-			n.Style = yaml.LiteralStyle
+		case n.Style == yaml.LiteralStyle || n.Style == yaml.FoldedStyle || strings.Contains(n.Value, "\n"):
+			// A multi-line text stays as written (a literal if it was
+			// quoted), unless that style does not round-trip (leading
+			// spaces or blank lines need indicators the encoder does not
+			// keep stable): then it is quoted, exactly.
+			if n.Style != yaml.FoldedStyle || !stableBlock(n) {
+				n.Style = yaml.LiteralStyle
+			}
+			if !stableBlock(n) {
+				n.Style = yaml.DoubleQuotedStyle
+			}
 		case plainOK(n.Value, flow):
 			n.Style = 0
 		default:
@@ -372,6 +382,38 @@ func scalars(n *yaml.Node, flow bool) {
 			scalars(c, inner)
 		}
 	}
+}
+
+// stableBlock reports whether a block scalar reads back as itself and
+// prints the same the second time.
+func stableBlock(n *yaml.Node) bool {
+	one := func(v *yaml.Node) (string, bool) {
+		doc := &yaml.Node{Kind: yaml.MappingNode, Content: []*yaml.Node{{Kind: yaml.ScalarNode, Value: "k"}, v}}
+		var b bytes.Buffer
+		enc := yaml.NewEncoder(&b)
+		enc.SetIndent(2)
+		if enc.Encode(doc) != nil || enc.Close() != nil {
+			return "", false
+		}
+		return b.String(), true
+	}
+	c := *n
+	c.HeadComment, c.LineComment, c.FootComment, c.Anchor = "", "", "", ""
+	first, ok := one(&c)
+	if !ok {
+		return false
+	}
+	var back yaml.Node
+	if yaml.Unmarshal([]byte(first), &back) != nil || len(back.Content) == 0 || len(back.Content[0].Content) != 2 {
+		return false
+	}
+	v := back.Content[0].Content[1]
+	if v.Value != n.Value {
+		return false
+	}
+	v.Style = c.Style
+	second, ok := one(v)
+	return ok && second == first
 }
 
 // plainOK reports whether s can be written unquoted and read back as the

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/fstest"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/refiners-go/refiners/core"
 )
@@ -144,4 +147,65 @@ func stateShapes(m core.Module) string {
 		fmt.Fprintf(&b, "%s %v\n", e.Key, e.Shape)
 	}
 	return b.String()
+}
+
+// FuzzFormat: whatever YAML it is given, Format does not panic, and what
+// it prints formats to itself and parses as the same YAML value.
+func FuzzFormat(f *testing.F) {
+	paths, _ := filepath.Glob("../specs/*.yaml")
+	broken, _ := filepath.Glob("testdata/broken/*.yaml")
+	for _, p := range append(paths, broken...) {
+		src, err := os.ReadFile(p)
+		if err == nil {
+			f.Add(src)
+		}
+	}
+	f.Add([]byte("refiners: 1\nlayers: [ReLU, {Linear: {in_features: 1, out_features: 2}}]\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		got, err := Format("f.yaml", src)
+		if err != nil {
+			return
+		}
+		again, err := Format("f.yaml", got)
+		if err != nil || string(again) != string(got) {
+			t.Fatalf("not idempotent (%v):\n%s\n---\n%s", err, got, again)
+		}
+		var before, after any
+		if yaml.Unmarshal(src, &before) != nil {
+			return // a node tree that is no plain value (a key given twice): spec reports it
+		}
+		if err := yaml.Unmarshal(got, &after); err != nil {
+			t.Fatalf("the output does not parse (%v):\n%s", err, got)
+		}
+		if !reflect.DeepEqual(normalize(before), normalize(after)) {
+			t.Fatalf("the value changed:\n%s\n---\n%s", src, got)
+		}
+	})
+}
+
+// normalize makes a decoded YAML value comparable whatever its key order
+// and with argumentless items (`X:`, `X: {}`) written as bare names.
+func normalize(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) == 1 {
+			for k, val := range x {
+				if m, ok := val.(map[string]any); val == nil || ok && len(m) == 0 {
+					return k
+				}
+			}
+		}
+		out := map[string]any{}
+		for k, val := range x {
+			out[k] = normalize(val)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, val := range x {
+			out[i] = normalize(val)
+		}
+		return out
+	}
+	return v
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	"gopkg.in/yaml.v3"
 
 	"github.com/refiners-go/refiners/core/weights"
@@ -276,6 +278,7 @@ type genParams struct {
 	steps             int
 	seed              int
 	solver            string
+	ran               int    // steps the run takes, if not steps (image to image runs fewer)
 	lora              string // an adapter to tick, if any
 	pipeline, segment string // model names, if any
 }
@@ -313,9 +316,16 @@ func (b *browser) generate(p genParams) string {
 	}
 	b.shot("result")
 	progress := eval[map[string]string](b, `(() => { const p = document.getElementById("progress"); return {steps: p.dataset.steps, previews: p.dataset.previews, max: String(p.max), value: String(p.value), label: document.getElementById("progress-label").textContent}; })()`)
-	if progress["steps"] != fmt.Sprint(p.steps) || progress["max"] != "1" || progress["value"] != "1" || !strings.HasPrefix(progress["label"], "Done") {
-		b.t.Errorf("progress after the run: %v, want %d step events and a full bar labelled Done", progress, p.steps)
+	ran := p.steps
+	if p.ran != 0 {
+		ran = p.ran
 	}
+	if progress["steps"] != fmt.Sprint(ran) || progress["max"] != "1" || progress["value"] != "1" || !strings.HasPrefix(progress["label"], "Done") {
+		b.t.Errorf("progress after the run: %v, want %d step events and a full bar labelled Done", progress, ran)
+	}
+	// The daemon keeps only the latest step's preview, and none once the
+	// job is done: a preview arrives when the page's stream is open before
+	// the last step ends (callers ask for enough steps for that).
 	if progress["previews"] == "0" {
 		b.t.Errorf("no preview image arrived with the %s step events", progress["steps"])
 	}
@@ -380,6 +390,40 @@ func (b *browser) segmentFlow(imagePath, model string) {
 	b.wait("masks for two points", masksOrError, 60*time.Second)
 	b.checkSegment("shift-click", "true", 2)
 	b.shot("segment-mask-bg")
+
+	// A box dragged over the middle half, then a point from the keyboard
+	// (focus, Enter: the cursor starts at the centre).
+	r := eval[[]float64](b, `(() => { const r = document.getElementById("seg-canvas").getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()`)
+	x0, y0, x1, y1 := r[0]+0.25*r[2], r[1]+0.25*r[3], r[0]+0.75*r[2], r[1]+0.75*r[3]
+	clear := chromedp.Evaluate[chromedp.Void](`document.getElementById("seg-masks").replaceChildren()`)
+	b.do("drag a box", 10*time.Second, clear,
+		chromedp.MouseEvent(chromedp.MousePressed, x0, y0, chromedp.ButtonLeft, chromedp.ClickCount(1)),
+		chromedp.MouseEvent(chromedp.MouseMoved, (x0+x1)/2, (y0+y1)/2, chromedp.ButtonLeft),
+		chromedp.MouseEvent(chromedp.MouseMoved, x1, y1, chromedp.ButtonLeft),
+		chromedp.MouseEvent(chromedp.MouseReleased, x1, y1, chromedp.ButtonLeft, chromedp.ClickCount(1)))
+	b.wait("masks for the box", masksOrError, 60*time.Second)
+	b.checkSegment("box", "true", 2)
+	b.shot("segment-box")
+	asked := eval[map[string]any](b, `(() => { const c = document.getElementById("seg-canvas"); return {points: c.dataset.points, box: c.dataset.box.split(",").map(Number), w: c.width, h: c.height}; })()`)
+	w, h := asked["w"].(float64), asked["h"].(float64)
+	want := []float64{0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h}
+	box, _ := asked["box"].([]any)
+	for i := range want {
+		if len(box) != 4 || math.Abs(box[i].(float64)-want[i]) > 2 {
+			b.t.Errorf("segment: the box asked is %v, want about %v (image pixels)", asked["box"], want)
+			break
+		}
+	}
+	if n := len(strings.Fields(asked["points"].(string))); n != 2 {
+		b.t.Errorf("segment: after the drag %d points are asked (%q), want the 2 clicked", n, asked["points"])
+	}
+	b.do("add a point from the keyboard", 10*time.Second, clear, chromedp.Focus(chromedp.CSS("#seg-canvas")), chromedp.KeyEvent(kb.Enter))
+	b.wait("masks for three points and the box", masksOrError, 60*time.Second)
+	b.checkSegment("keyboard", "true", 3)
+	b.shot("segment-keyboard")
+	if p := eval[string](b, `document.getElementById("seg-canvas").dataset.points`); !strings.HasSuffix(p, fmt.Sprintf("%d,%d,fg", int(w)/2, int(h)/2)) {
+		b.t.Errorf("segment: the keyboard point is not at the centre as a foreground point: %q", p)
+	}
 }
 
 func (b *browser) checkSegment(what, cached string, points int) {
@@ -394,6 +438,9 @@ func (b *browser) checkSegment(what, cached string, points int) {
 			scores: bs.map((b) => b.dataset.score), areas: bs.map((b) => [b.dataset.area, b.dataset.pixels]), pressed: bs.filter((b) => b.getAttribute("aria-pressed") === "true").length,
 			text: document.getElementById("seg-info").textContent};
 	})()`)
+	if asked := eval[string](b, `document.getElementById("seg-canvas").dataset.points`); len(strings.Fields(asked)) != points {
+		b.t.Errorf("segment (%s): points asked %q, want %d", what, asked, points)
+	}
 	if info["cached"] != cached {
 		b.t.Errorf("segment (%s): cached %v, want %s (%v)", what, info["cached"], cached, info["text"])
 	}
@@ -472,7 +519,7 @@ func TestBrowserGenerate(t *testing.T) {
 	if got := eval[map[string]string](b, `({w: document.getElementById("width").value, h: document.getElementById("height").value, steps: document.getElementById("steps").value, model: document.getElementById("gen-model").value})`); got["w"] != "64" || got["h"] != "48" || got["steps"] != "8" || got["model"] != "tiny" {
 		t.Errorf("form defaults %v, want the pipeline's: tiny, 64x48, 8 steps", got)
 	}
-	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 6, seed: 7, solver: "dpm"}
+	p := genParams{prompt: "a red cube on a table", negative: "blurry", width: 64, height: 48, steps: 10, seed: 7, solver: "dpm"}
 	first := b.generate(p)
 	if w, h := pngSize(t, first); w != p.width || h != p.height {
 		t.Errorf("the result PNG is %dx%d, want %dx%d", w, h, p.width, p.height)
@@ -493,7 +540,7 @@ func TestBrowserGenerate(t *testing.T) {
 	}
 
 	// The same seed with the LoRA: another image, which runs again to the
-	// same pixels.
+	// same bytes (the re-run's recipe keeps the LoRA's store name).
 	b.do("clear the prompt", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-generate")),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""; document.getElementById("negative").value = ""`))
 	withLora := p
@@ -505,8 +552,8 @@ func TestBrowserGenerate(t *testing.T) {
 	if samePixels(t, lora, first) {
 		t.Error("the LoRA changed nothing: same pixels as without it")
 	}
-	if again := b.runAgain(3, withLora, lora); !samePixels(t, again, lora) {
-		t.Error("run again of the LoRA image gave other pixels")
+	if again := b.runAgain(3, withLora, lora); again != lora {
+		t.Errorf("run again of the LoRA image gave other PNG bytes (same pixels: %v)", samePixels(t, again, lora))
 	}
 
 	// A long run, canceled from the page.
@@ -650,11 +697,35 @@ func TestBrowserDemo(t *testing.T) {
 		t.Error("run again of the ControlNet image gave other PNG bytes")
 	}
 
+	// Image to image from a photo, without the ControlNet: other pixels
+	// than from noise, and Run again (which sends the photo again) the
+	// same bytes.
+	b.do("image to image", 10*time.Second, chromedp.Click(chromedp.CSS("#tab-generate")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("prompt").value = ""`),
+		chromedp.SetValue(chromedp.CSS("#cn-adapter"), ""),
+		chromedp.Click(chromedp.CSS("#i2i-box summary")),
+		chromedp.SetUploadFiles(chromedp.CSS("#init-image"), []string{absPath(t, filepath.Join(tinySD, "init.png"))}),
+		chromedp.WaitVisible(chromedp.CSS("#init-preview")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("strength").value = "0.5"`))
+	withInit := p
+	withInit.ran = 3 // strength 0.5 of 6 steps
+	i2i := b.generate(withInit)
+	if samePixels(t, i2i, plain) || samePixels(t, i2i, control) {
+		t.Error("image to image gave the pixels of another run")
+	}
+	b.do("open the gallery", 5*time.Second, chromedp.Click(chromedp.CSS("#tab-gallery")), chromedp.Click(chromedp.CSS("#item-4 details summary")))
+	if recipe := eval[string](b, `document.querySelector("#item-4 .recipe").textContent`); !strings.Contains(recipe, "strength0.5") || !strings.Contains(recipe, "init_imagesha256:") || strings.Contains(recipe, "controlnets") {
+		t.Errorf("the image-to-image item's recipe: %q", recipe)
+	}
+	if again := b.runAgain(4, p, i2i); again != i2i {
+		t.Error("run again of the image-to-image result gave other PNG bytes")
+	}
+
 	// And segment the image just made with the demo's SAM.
 	if got := eval[string](b, `document.getElementById("seg-model").value`); got != "demo-sam" {
 		t.Errorf("the segmenter field holds %q, want the demo's only one, demo-sam", got)
 	}
-	png, err := base64.StdEncoding.DecodeString(control)
+	png, err := base64.StdEncoding.DecodeString(i2i)
 	if err != nil {
 		t.Fatal(err)
 	}

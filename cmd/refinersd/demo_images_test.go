@@ -70,6 +70,19 @@ func TestServeDemo(t *testing.T) {
 		t.Errorf("demo image %dx%d, want the config's 64x64", img.Width, img.Height)
 	}
 
+	// A recipe made on a pipeline this daemon does not have runs on its
+	// one pipeline (here the same weights: the same pixels).
+	rec := recipeOf(t, plain)
+	rec.Model = "elsewhere"
+	moved, err := rec.Embed(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, b := post(map[string]any{"model": "", "recipe": base64.StdEncoding.EncodeToString(moved)}, "Accept", "image/png"); code != 200 ||
+		!bytes.Equal(pixels(t, b).Pix, pixels(t, plain).Pix) || recipeOf(t, b).Model != "demo" {
+		t.Errorf("a recipe from another pipeline: %d %.200s", code, b)
+	}
+
 	condPNG, err := os.ReadFile(filepath.Join(tinySD, "init.png"))
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +116,7 @@ func TestServeDemo(t *testing.T) {
 	if bytes.Equal(pixels(t, withCN).Pix, pixels(t, plain).Pix) {
 		t.Error("the ControlNet did not change the image")
 	}
-	rec := recipeOf(t, withCN)
+	rec = recipeOf(t, withCN)
 	if len(rec.Controlnets) != 1 || rec.Controlnets[0].Adapter != "demo-controlnet" || rec.Controlnets[0].Low != 50 || rec.Controlnets[0].High != 150 ||
 		rec.Controlnets[0].Scale != 2 || rec.Controlnets[0].End != 0.5 || rec.Controlnets[0].Digest != r.Digest || !strings.HasPrefix(rec.Controlnets[0].Image, "sha256:") {
 		t.Errorf("recipe ControlNets %+v", rec.Controlnets)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/daemon"
 	"github.com/refiners-go/refiners/hosts"
 	"github.com/refiners-go/refiners/internal/atomicfile"
 	"github.com/refiners-go/refiners/models/sd15/pipeline"
@@ -162,11 +163,12 @@ func generate(args []string, out io.Writer) error {
 			}
 		}
 	}
+	var storeDigests pipeline.Digests
 	if *model != "" {
 		if *unet != "" || *textEncoder != "" || *autoencoder != "" {
 			return errors.New("generate: --model or --unet/--text-encoder/--autoencoder, not both")
 		}
-		if err := fromStore(&cfg, *storeDir, *model); err != nil {
+		if storeDigests, err = fromStore(&cfg, *storeDir, *model); err != nil {
 			return err
 		}
 	}
@@ -260,9 +262,11 @@ func generate(args []string, out io.Writer) error {
 	if req, err = req.WithDefaults(); err != nil {
 		return fmt.Errorf("generate: %w", err)
 	}
-	digests, err := pipeline.FileDigests(cfg) // for the recipes
-	if err != nil {
-		return fmt.Errorf("generate: %w", err)
+	digests := storeDigests // for the recipes: the store knows them, files are hashed
+	if *model == "" {
+		if digests, err = pipeline.FileDigests(cfg); err != nil {
+			return fmt.Errorf("generate: %w", err)
+		}
 	}
 	var recAdapters []pipeline.RecipeAdapter
 	for _, a := range adapters {
@@ -447,49 +451,28 @@ func readImageFlag(flag, path string) (image.Image, error) {
 
 // fromStore fills the weight paths and parameters from the store's models
 // NAME-unet, NAME-text_encoder and NAME-vae_encoder / NAME-vae_decoder (the
-// names `refinersd models add NAME --from SRC` gives). The specs are the
-// built-in ones; the autoencoder's halves must share one weights file.
-func fromStore(cfg *pipeline.Config, dir, name string) error {
+// names `refinersd models add NAME --from SRC` gives; daemon.StorePipeline,
+// which the daemon's pipelines use too). --set flags win over the store's
+// overrides. It returns the weights' digests, which the store knows.
+func fromStore(cfg *pipeline.Config, dir, name string) (pipeline.Digests, error) {
 	st, err := store.Open(dir)
 	if err != nil {
-		return err
+		return pipeline.Digests{}, err
 	}
-	get := func(suffix string) (*store.Model, string, error) {
-		m, err := st.Model(name + suffix)
-		if err != nil {
-			return nil, "", fmt.Errorf("generate: --model %s: %w", name, err)
-		}
-		p, err := st.BlobPath(m.Weights.Digest)
-		return m, p, err
+	sc, digests, err := daemon.StorePipeline(st, name)
+	if err != nil {
+		return digests, fmt.Errorf("generate: --model %s: %w", name, err)
 	}
-	merge := func(dst *map[string]string, src map[string]string) {
-		for k, v := range src {
-			if _, set := (*dst)[k]; !set {
-				(*dst)[k] = v
+	cfg.UNet, cfg.TextEncoder, cfg.Autoencoder = sc.UNet, sc.TextEncoder, sc.Autoencoder
+	for _, m := range []struct{ dst, src map[string]string }{{cfg.UNetParams, sc.UNetParams},
+		{cfg.TextEncoderParams, sc.TextEncoderParams}, {cfg.AutoencoderParams, sc.AutoencoderParams}} {
+		for k, v := range m.src {
+			if _, set := m.dst[k]; !set {
+				m.dst[k] = v
 			}
 		}
 	}
-	for _, part := range []struct {
-		suffix string
-		path   *string
-		params *map[string]string
-	}{{"-unet", &cfg.UNet, &cfg.UNetParams}, {"-text_encoder", &cfg.TextEncoder, &cfg.TextEncoderParams}, {"-vae_encoder", &cfg.Autoencoder, &cfg.AutoencoderParams}} {
-		m, p, err := get(part.suffix)
-		if err != nil {
-			return err
-		}
-		*part.path = p
-		merge(part.params, m.Overrides)
-	}
-	dec, p, err := get("-vae_decoder")
-	if err != nil {
-		return err
-	}
-	if p != cfg.Autoencoder {
-		return fmt.Errorf("generate: --model %s: %s-vae_encoder and %s-vae_decoder hold different weight files; the pipeline takes one autoencoder file", name, name, name)
-	}
-	merge(&cfg.AutoencoderParams, dec.Overrides)
-	return nil
+	return digests, nil
 }
 
 // readRecipeFlag reads --recipe's PNG; the flags the recipe replaces must

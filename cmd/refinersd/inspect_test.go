@@ -129,3 +129,24 @@ func TestInitWritesTorchLikeWeights(t *testing.T) {
 		t.Errorf("init over the spec: %v", err)
 	}
 }
+
+// TestInspectSummaryWithContexts: --input runs the summary on a file's
+// inputs and contexts, for a model that reads contexts (the SD 1.5 U-Net,
+// at the conformance vectors' tiny size).
+func TestInspectSummaryWithContexts(t *testing.T) {
+	sets := []string{"--set", "channels_1=4", "--set", "channels_2=8", "--set", "channels_3=12", "--set", "sinusoidal_embedding_dim=8",
+		"--set", "timestep_embedding_dim=16", "--set", "clip_embedding_dim=8", "--set", "num_heads=2", "--set", "num_groups=2"}
+	var b bytes.Buffer
+	args := append([]string{"inspect", "../../specs/sd15_unet.yaml", "--input", "../../conformance/testdata/specs/sd15_unet_tiny.safetensors", "--depth", "1"}, sets...)
+	if err := run(args, &b); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"  DownBlocks ", "  UpBlocks ", "input [2, 4, 8, 12] float32 -> output [2, 4, 8, 12]"} {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("%q not in\n%s", w, b.String())
+		}
+	}
+	if err := run(append(args, "--input-shape", "1,4,8,8"), &b); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("--input and --input-shape together: %v", err)
+	}
+}

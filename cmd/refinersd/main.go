@@ -81,7 +81,8 @@ func run(args []string, out io.Writer) error {
 const usage = `usage: refinersd VERB [flags]
 
   demo                          build a small transformer block, print its tree, run it (default)
-  inspect SPEC [--set k=v]...   print the model a spec declares, as a tree
+  inspect SPEC [--set k=v]...   print the model a spec declares, as a tree; with --input-shape 1,3,32,32
+                                (or --input IN) run it once and print each layer's output shape and parameters
   init SPEC --output W [--seed N]
                                 write weights initialised as PyTorch initialises the layers
   plan SPEC --weights W         dry run: check every parameter's shape against W's header

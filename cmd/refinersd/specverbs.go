@@ -173,16 +173,20 @@ func inspect(args []string, out io.Writer) error {
 	var shapes shapeFlags
 	f.fs.Var(&shapes, "input-shape", "run the model on zeros of this shape (e.g. 1,3,32,32; repeatable: input.0, input.1, ...) and print each layer's output shape and parameter count")
 	inputDType := f.fs.String("input-dtype", "float32", "dtype of the --input-shape inputs: float32, or int64 for token ids")
+	input := f.fs.String("input", "", "instead of --input-shape: run on this file's input.N and context.<name>.<key> tensors (as run reads them)")
 	path, err := f.parse(args)
 	if err != nil {
 		return err
 	}
-	if len(shapes) > 0 {
+	if len(shapes) > 0 || *input != "" {
+		if len(shapes) > 0 && *input != "" {
+			return errors.New("inspect: --input-shape or --input, not both")
+		}
 		dt, err := tensor.ParseDType(*inputDType)
 		if err != nil {
 			return err
 		}
-		return summary(f, path, shapes, dt, *depth, out)
+		return summary(f, path, shapes, *input, dt, *depth, out)
 	}
 	m, err := f.build(path)
 	if err != nil {
@@ -215,7 +219,7 @@ func (s *shapeFlags) Set(v string) error {
 // matter) and prints, like torchinfo, each layer's output shape and
 // parameter count; a layer that fails is named with where the spec
 // declares it, after the rows of the layers that ran.
-func summary(f *specFlags, path string, shapes [][]int64, dt tensor.DType, depth int, out io.Writer) error {
+func summary(f *specFlags, path string, shapes [][]int64, input string, dt tensor.DType, depth int, out io.Writer) error {
 	s, _, err := f.load(path)
 	if err != nil {
 		return err
@@ -234,10 +238,29 @@ func summary(f *specFlags, path string, shapes [][]int64, dt tensor.DType, depth
 		for i, shape := range shapes {
 			inputs[i] = sc.Zeros(dt, shape...)
 		}
+		var contexts core.Contexts
+		if input != "" {
+			in, err := weights.Open(input)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			if inputs, contexts, err = readInputs(sc, in, input, tensor.Float32, tensor.CPU); err != nil {
+				return err
+			}
+			shapes = shapes[:0]
+			for _, t := range inputs {
+				shapes = append(shapes, t.Shape())
+			}
+			dt = tensor.Float32
+			if len(inputs) > 0 {
+				dt = inputs[0].DType()
+			}
+		}
 		if err := sc.Err(); err != nil {
 			return err
 		}
-		call := core.Call{Trace: func(p string, _ core.Module, o core.Tensors) { outputs[p] = shapesOf(o) }}
+		call := core.Call{Contexts: contexts, Trace: func(p string, _ core.Module, o core.Tensors) { outputs[p] = shapesOf(o) }}
 		res, err := call.Forward(sc, m, inputs...)
 		if err == nil {
 			outputs[""] = shapesOf(res)
@@ -408,6 +431,9 @@ func runSpec(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := tensor.Supports(dt, dev); err != nil {
+		return fmt.Errorf("run: --dtype %s --device %s: %w", dt, dev, err)
+	}
 	m, err := f.build(path)
 	if err != nil {
 		return err
@@ -417,7 +443,11 @@ func runSpec(args []string, out io.Writer) error {
 		return err
 	}
 	defer wf.Close()
-	in, err := weights.Open(*input)
+	// Inputs are copied, not viewed: a copy sits at libtorch's own 64-byte
+	// alignment, as the daemon's decoded inputs do, and some kernels take
+	// alignment-dependent paths, so this keeps `run` and `serve` equal bit
+	// for bit on the same inputs. (Weights are viewed on both.)
+	in, err := weights.OpenWith(*input, weights.OpenOptions{Copy: true})
 	if err != nil {
 		return err
 	}
@@ -437,45 +467,11 @@ func runSpec(args []string, out io.Writer) error {
 			return err
 		}
 		defer undo()
-		load := func(key string) *tensor.Tensor {
-			t := in.Load(s, key)
-			if t.Valid() && t.DType().IsFloat() && t.DType() != dt {
-				t = s.ToDType(t, dt)
-			}
-			if t.Valid() && dev != tensor.CPU {
-				t = s.To(t, dev)
-			}
-			return t
-		}
-		call := core.Call{Contexts: core.Contexts{}}
-		var inputs []*tensor.Tensor
-		for _, k := range in.Keys() {
-			name, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), ".")
-			if !strings.HasPrefix(k, "context.") {
-				continue
-			}
-			if !ok {
-				return fmt.Errorf("%s: bad context key %q (want context.<name>.<key>)", *input, k)
-			}
-			if call.Contexts[name] == nil {
-				call.Contexts[name] = map[string]any{}
-			}
-			call.Contexts[name][key] = load(k)
-		}
-		for i := 0; ; i++ {
-			key := "input." + strconv.Itoa(i)
-			if _, ok := in.Info(key); !ok {
-				break
-			}
-			inputs = append(inputs, load(key))
-		}
-		// A model may read everything from contexts (SAM's mask decoder).
-		if len(inputs) == 0 && len(call.Contexts) == 0 {
-			return fmt.Errorf("%s: no input.0 tensor and no context.<name>.<key> tensors", *input)
-		}
-		if err := s.Err(); err != nil {
+		inputs, contexts, err := readInputs(s, in, *input, dt, dev)
+		if err != nil {
 			return err
 		}
+		call := core.Call{Contexts: contexts}
 		outs, err := call.Forward(s, m, inputs...)
 		if err != nil {
 			return err
@@ -540,4 +536,47 @@ func initVerb(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "wrote %s: %d tensors, %d parameters (%s, seed %d)\n", *output, len(core.StateDict(m)), core.CountParams(m), dt, *seed)
 		return nil
 	})
+}
+
+// readInputs reads a run's inputs from a safetensors file: input.0,
+// input.1, ... and context.<name>.<key> tensors, floating ones cast to dt,
+// all moved to dev.
+func readInputs(s *tensor.Scope, in *weights.File, name string, dt tensor.DType, dev tensor.Device) ([]*tensor.Tensor, core.Contexts, error) {
+	load := func(key string) *tensor.Tensor {
+		t := in.Load(s, key)
+		if t.Valid() && t.DType().IsFloat() && t.DType() != dt {
+			t = s.ToDType(t, dt)
+		}
+		if t.Valid() && dev != tensor.CPU {
+			t = s.To(t, dev)
+		}
+		return t
+	}
+	contexts := core.Contexts{}
+	var inputs []*tensor.Tensor
+	for _, k := range in.Keys() {
+		ctx, key, ok := strings.Cut(strings.TrimPrefix(k, "context."), ".")
+		if !strings.HasPrefix(k, "context.") {
+			continue
+		}
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: bad context key %q (want context.<name>.<key>)", name, k)
+		}
+		if contexts[ctx] == nil {
+			contexts[ctx] = map[string]any{}
+		}
+		contexts[ctx][key] = load(k)
+	}
+	for i := 0; ; i++ {
+		key := "input." + strconv.Itoa(i)
+		if _, ok := in.Info(key); !ok {
+			break
+		}
+		inputs = append(inputs, load(key))
+	}
+	// A model may read everything from contexts (SAM's mask decoder).
+	if len(inputs) == 0 && len(contexts) == 0 {
+		return nil, nil, fmt.Errorf("%s: no input.0 tensor and no context.<name>.<key> tensors", name)
+	}
+	return inputs, contexts, s.Err()
 }

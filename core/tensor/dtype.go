@@ -204,3 +204,13 @@ func Float16FromBits(h uint16) float32 {
 	}
 	return sign * float32(math.Ldexp(1+frac/1024, exp-15))
 }
+
+// Supports reports whether libtorch 2.1 has the kernels models need
+// (convolutions, norms, matmuls, attention) for dtype d on device dev: it
+// has none in float16 on the CPU (bfloat16 there, or float16 on a GPU).
+func Supports(d DType, dev Device) error {
+	if d == Float16 && !dev.IsCUDA() {
+		return fmt.Errorf("float16 has no CPU kernels in libtorch 2.1 (convolution, norms, matmul): use bfloat16 on the CPU, or float16 on a GPU")
+	}
+	return nil
+}

@@ -119,3 +119,26 @@ func TestFromMappingBounds(t *testing.T) {
 		return s.Err()
 	})
 }
+
+func TestSupports(t *testing.T) {
+	cases := []struct {
+		d   DType
+		dev Device
+		ok  bool
+	}{
+		{Float32, CPU, true},
+		{BFloat16, CPU, true},
+		{Float16, CPU, false},
+		{Float16, CUDA(0), true},
+		{BFloat16, CUDA(1), true},
+	}
+	for _, c := range cases {
+		err := Supports(c.d, c.dev)
+		if (err == nil) != c.ok {
+			t.Errorf("Supports(%s, %s) = %v, want ok=%v", c.d, c.dev, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "bfloat16") {
+			t.Errorf("error %q does not suggest bfloat16", err)
+		}
+	}
+}

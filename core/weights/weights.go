@@ -196,7 +196,12 @@ func (f *File) Metadata() map[string]string { return maps.Clone(f.metadata) }
 // aligned for its dtype (as files written by safetensors are), and copies
 // them otherwise; for a file from Parse it copies. A viewed tensor is
 // read-only in effect: anything that changes weights must make new tensors
-// (ToDType, To and every op do). Failures (a missing key, an unsupported
+// (ToDType, To and every op do). A view sits at the file's alignment (a
+// multiple of its dtype's size), a copy at libtorch's 64 bytes; a few
+// kernels take alignment-dependent paths, so the two can differ in the
+// last bits of a result (within rounding; OpenWith{Copy} when bit-equality
+// with copied tensors matters, as for inputs compared with another
+// process's). Failures (a missing key, an unsupported
 // dtype, a closed file) are recorded in s and Load returns nil; like every
 // op, it does nothing once s has failed.
 func (f *File) Load(s *tensor.Scope, key string) *tensor.Tensor {

@@ -259,6 +259,22 @@
     $("cn-preview").hidden = !cnImage;
     if (cnImage) $("cn-preview").src = pngURL(cnImage);
   });
+  // Image to image: the initial image and the inpainting mask, as base64 PNG.
+  const i2i = { init: null, mask: null };
+  for (const [input, key, preview] of [["init-image", "init", "init-preview"], ["mask-image", "mask", "mask-preview"]]) {
+    $(input).addEventListener("change", async () => {
+      const f = $(input).files[0];
+      i2i[key] = f ? await pngBase64(f) : null;
+      $(preview).hidden = !i2i[key];
+      if (i2i[key]) $(preview).src = pngURL(i2i[key]);
+    });
+  }
+  $("i2i-clear").addEventListener("click", () => {
+    i2i.init = i2i.mask = null;
+    for (const id of ["init-image", "mask-image"]) $(id).value = "";
+    $("init-preview").hidden = $("mask-preview").hidden = true;
+  });
+
   $("cn-canny").addEventListener("change", () => {
     $("cn-low").disabled = $("cn-high").disabled = !$("cn-canny").checked;
   });
@@ -293,6 +309,12 @@
       loras.push({ plugin: "lora", file: cb.dataset.adapter, scale: Number.isNaN(scale) ? 1 : scale });
     });
     if (loras.length) req.adapters = loras;
+    if (i2i.mask && !i2i.init) throw new Error("Image to image: a mask needs an initial image.");
+    if (i2i.init) {
+      req.init_image = i2i.init;
+      req.strength = num("strength");
+      if (i2i.mask) req.mask = i2i.mask;
+    }
     const cn = $("cn-adapter").value;
     if (cn) {
       if (!cnImage) throw new Error("ControlNet: choose a condition image.");
@@ -514,14 +536,18 @@
   }
 
   // runAgain re-runs an image from the recipe its PNG carries. The recipe
-  // names ControlNet condition images by digest only, so they are sent
-  // again, in the recipe's order.
+  // names its images (initial image, mask, ControlNet conditions) by digest
+  // only, so they are sent again (the conditions in the recipe's order).
   async function runAgain(li) {
     const note = li.querySelector(".note");
     note.textContent = "Running again…";
     const body = { recipe: li.dataset.png, preview: true };
-    const controls = (li.request && li.request.controlnets) || [];
+    const orig = li.request || {};
+    const images = {};
+    for (const k of ["init_image", "mask"]) if (orig[k]) images[k] = orig[k];
+    const controls = orig.controlnets || [];
     if (controls.length) body.controlnets = controls.map((c) => ({ image: c.image }));
+    Object.assign(body, images);
     try {
       const res = await runJob(body, (step, steps) => {
         note.textContent = `Running again: step ${step} of ${steps}`;
@@ -529,7 +555,7 @@
       note.textContent = "";
       for (const img of res.images || []) {
         showResult(res, img);
-        addToGallery(res, img, controls.length ? { controlnets: controls } : {}, li);
+        addToGallery(res, img, Object.assign(controls.length ? { controlnets: controls } : {}, images), li);
       }
     } catch (e) {
       note.textContent = e.canceled ? "Canceled." : `Failed: ${e.message}`;
@@ -548,6 +574,18 @@
     set("guidance", r.guidance);
     set("seed", r.seed);
     if (r.solver) set("solver", r.solver);
+    if (r.strength) set("strength", r.strength);
+    if (req.init_image) {
+      i2i.init = req.init_image;
+      i2i.mask = req.mask || null;
+      $("init-preview").src = pngURL(i2i.init);
+      $("init-preview").hidden = false;
+      $("mask-preview").hidden = !i2i.mask;
+      if (i2i.mask) $("mask-preview").src = pngURL(i2i.mask);
+      $("i2i-box").open = true;
+    } else {
+      $("i2i-clear").click(); // the recipe starts from noise
+    }
     if (req.model) set("gen-model", req.model);
     selectTab("generate", true);
   }
@@ -771,6 +809,9 @@
 
   function drawSeg() {
     if (!seg.bmp) return;
+    // What is being asked, for the curious and the browser tests.
+    canvas.dataset.points = seg.points.map((p) => `${p.x},${p.y},${p.label}`).join(" ");
+    canvas.dataset.box = seg.box ? seg.box.join(",") : "";
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.drawImage(seg.bmp, 0, 0);
     const m = seg.masks[seg.selected];

@@ -64,6 +64,9 @@ func Load(s *tensor.Scope, c Config) (*Model, error) {
 	if !c.DType.IsFloat() {
 		return nil, fmt.Errorf("sd15: dtype %s is not a floating-point type", c.DType)
 	}
+	if err := tensor.Supports(c.DType, c.Device); err != nil {
+		return nil, fmt.Errorf("sd15: %w", err)
+	}
 	for _, f := range []struct{ what, path string }{{"U-Net", c.UNet}, {"text encoder", c.TextEncoder}, {"autoencoder", c.Autoencoder}} {
 		if f.path == "" {
 			return nil, fmt.Errorf("sd15: no %s weights given", f.what)
