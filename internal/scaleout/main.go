@@ -284,7 +284,7 @@ func run(perPhase, clients int, keep bool) error {
 		fmt.Printf("health check: %v\n", ev.downErr)
 		bad++
 	} else {
-		fmt.Printf("health check: %s marked DOWN %.1f s after the kill (inter 1s, fall 2)\n", victim.name, ev.downAfter.Seconds())
+		fmt.Printf("health check: %s marked DOWN %.1f s after the kill (checks every 1 s, 250 ms after an error; fall 2)\n", victim.name, ev.downAfter.Seconds())
 	}
 	if ev.drainErr != nil {
 		fmt.Printf("drain: %v\n", ev.drainErr)
