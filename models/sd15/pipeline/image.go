@@ -7,9 +7,9 @@ import (
 	"image/color"
 	_ "image/jpeg" // init images may be JPEG
 	"image/png"
-	"math"
 	"os"
 
+	"github.com/refiners-go/refiners/imageproc"
 	"github.com/refiners-go/refiners/internal/atomicfile"
 )
 
@@ -147,99 +147,12 @@ func (m *RGB) WritePNG(path string) error {
 // Resize scales an image to w×h with PIL's Image.resize default for RGB
 // images (bicubic, a = −0.5, the filter widened by the scale factor when
 // shrinking, horizontal then vertical pass, each rounded to 8 bits with
-// 22-bit fixed-point weights), so that an init image of another size gives
-// Refiners' pixels. An image already w×h is returned as is (PIL copies it).
+// 22-bit fixed-point weights: imageproc.Resize8), so that an init image of
+// another size gives Refiners' pixels. An image already w×h is returned as
+// is (PIL copies it).
 func (m *RGB) Resize(w, h int) *RGB {
 	if w == m.Width && h == m.Height {
 		return m
 	}
-	out := m
-	if w != m.Width {
-		out = resample(out, w, true)
-	}
-	if h != m.Height {
-		out = resample(out, h, false)
-	}
-	return out
-}
-
-// resampleBits is the fixed-point precision of PIL's 8-bit resampling.
-const resampleBits = 22
-
-// bicubic is PIL's cubic convolution kernel with a = −0.5.
-func bicubic(x float64) float64 {
-	const a = -0.5
-	x = math.Abs(x)
-	switch {
-	case x < 1:
-		return ((a+2)*x-(a+3))*x*x + 1
-	case x < 2:
-		return (((x-5)*x+8)*x - 4) * a
-	}
-	return 0
-}
-
-// weights returns, for each output index, the first input index and the
-// fixed-point weights of the inputs it mixes.
-func resampleWeights(in, out int) (first []int, kernels [][]int32) {
-	scale := float64(in) / float64(out)
-	filterScale := math.Max(scale, 1)
-	support := 2 * filterScale
-	first = make([]int, out)
-	kernels = make([][]int32, out)
-	for o := range out {
-		center := (float64(o) + 0.5) * scale
-		lo := max(int(center-support+0.5), 0)
-		hi := min(int(center+support+0.5), in)
-		ws := make([]float64, hi-lo)
-		total := 0.0
-		for i := range ws {
-			ws[i] = bicubic((float64(i+lo) - center + 0.5) / filterScale)
-			total += ws[i]
-		}
-		k := make([]int32, len(ws))
-		for i, v := range ws {
-			if total != 0 {
-				v /= total
-			}
-			if v < 0 {
-				k[i] = int32(-0.5 + v*(1<<resampleBits))
-			} else {
-				k[i] = int32(0.5 + v*(1<<resampleBits))
-			}
-		}
-		first[o], kernels[o] = lo, k
-	}
-	return first, kernels
-}
-
-// resample scales one axis (the width when horizontal) to n pixels.
-func resample(m *RGB, n int, horizontal bool) *RGB {
-	var out *RGB
-	var in, lines, stride, step int // step: bytes between neighbours along the axis
-	if horizontal {
-		out, in, lines, stride, step = NewRGB(n, m.Height), m.Width, m.Height, 3*m.Width, 3
-	} else {
-		out, in, lines, stride, step = NewRGB(m.Width, n), m.Height, m.Width, 3, 3*m.Width
-	}
-	first, kernels := resampleWeights(in, n)
-	outStride, outStep := 3*n, 3
-	if !horizontal {
-		outStride, outStep = 3, 3*m.Width
-	}
-	for l := range lines {
-		for o := range n {
-			k := kernels[o]
-			for c := range 3 {
-				acc := int32(1 << (resampleBits - 1))
-				base := l*stride + first[o]*step + c
-				for i, w := range k {
-					acc += int32(m.Pix[base+i*step]) * w
-				}
-				v := acc >> resampleBits
-				out.Pix[l*outStride+o*outStep+c] = uint8(min(max(v, 0), 255))
-			}
-		}
-	}
-	return out
+	return &RGB{Width: w, Height: h, Pix: imageproc.Resize8(m.Pix, m.Width, m.Height, 3, w, h, imageproc.Bicubic)}
 }
