@@ -308,7 +308,7 @@ func (d *Daemon) Submit(j *Job) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.draining {
-		return errorf(http.StatusServiceUnavailable, "the daemon is draining (shutting down or taken out of service): retry, another replica will take it")
+		return errDraining()
 	}
 	if d.queued >= d.cfg.QueueSize {
 		d.metrics.rejected.Inc()
@@ -350,12 +350,24 @@ func (d *Daemon) Load(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	return d.warmAndWait(ctx, func() *warm { return d.warmLocked(name, m) })
+}
+
+// errDraining is the answer to work asked of a draining daemon.
+func errDraining() error {
+	return errorf(http.StatusServiceUnavailable, "the daemon is draining (shutting down or taken out of service): retry, another replica will take it")
+}
+
+// warmAndWait makes a model or pipeline warm (warmLocked, called with d.mu
+// held, returns its warm entry, starting the load if needed) and waits
+// until the load ends or ctx does. A draining daemon refuses.
+func (d *Daemon) warmAndWait(ctx context.Context, warmLocked func() *warm) error {
 	d.mu.Lock()
 	if d.draining {
 		d.mu.Unlock()
-		return errorf(http.StatusServiceUnavailable, "the daemon is draining (shutting down or taken out of service): retry, another replica will take it")
+		return errDraining()
 	}
-	w := d.warmLocked(name, m)
+	w := warmLocked()
 	w.lastUsed = time.Now()
 	d.mu.Unlock()
 	select {

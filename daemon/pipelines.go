@@ -276,20 +276,7 @@ func (d *Daemon) LoadPipeline(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	if d.draining {
-		d.mu.Unlock()
-		return errorf(http.StatusServiceUnavailable, "the daemon is shutting down")
-	}
-	w := d.warmPipelineLocked(name, p)
-	w.lastUsed = time.Now()
-	d.mu.Unlock()
-	select {
-	case <-w.ready:
-		return w.loadErr
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return d.warmAndWait(ctx, func() *warm { return d.warmPipelineLocked(name, p) })
 }
 
 // UnloadPipeline unloads a pipeline as Unload does a model.
