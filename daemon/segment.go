@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"image"
 	_ "image/jpeg" // images may be JPEG
-	"image/png"
 	"math"
 	"net/http"
 	"regexp"
@@ -384,7 +383,7 @@ func (g *segmenter) run(ctx context.Context, prompt predict.Prompt, raw []byte, 
 		}
 	}
 	for _, i := range indices {
-		b, n, err := maskPNG(p.Binary(i), p.Width, p.Height)
+		b, n, err := p.MaskPNG(i)
 		if err != nil {
 			return nil, err
 		}
@@ -400,23 +399,6 @@ func (g *segmenter) run(ctx context.Context, prompt predict.Prompt, raw []byte, 
 		res.LowResSide = side
 	}
 	return res, nil
-}
-
-// maskPNG encodes a binary mask as an 8-bit gray PNG, 255 inside.
-func maskPNG(mask []bool, w, h int) ([]byte, int, error) {
-	img := image.NewGray(image.Rect(0, 0, w, h))
-	n := 0
-	for i, in := range mask {
-		if in {
-			img.Pix[i] = 255
-			n++
-		}
-	}
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		return nil, 0, err
-	}
-	return buf.Bytes(), n, nil
 }
 
 // SegmenterInfo is a segmenter as GET /v1/segmenters shows it.

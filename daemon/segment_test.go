@@ -78,7 +78,7 @@ func TestSegmentCache(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantPNG, n, err := maskPNG(want.Binary(i), want.Width, want.Height)
+		wantPNG, n, err := want.MaskPNG(i)
 		if err != nil {
 			t.Fatal(err)
 		}

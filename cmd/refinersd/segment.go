@@ -8,8 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"image"
-	"image/png"
 	"io"
 	"math"
 	"os"
@@ -224,7 +222,7 @@ func segment(args []string, out io.Writer) error {
 	files := map[string][]byte{}
 	res := segmentResult{Width: p.Width, Height: p.Height, Best: best, Seconds: seconds}
 	for n, i := range indices {
-		b, pixels, err := MaskPNG(p.Binary(i), p.Width, p.Height)
+		b, pixels, err := p.MaskPNG(i)
 		if err != nil {
 			return fmt.Errorf("segment: %w", err)
 		}
@@ -272,24 +270,6 @@ func segment(args []string, out io.Writer) error {
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
-
-// MaskPNG encodes a binary mask as an 8-bit gray PNG (255 inside, 0
-// outside) and counts its pixels.
-func MaskPNG(mask []bool, w, h int) ([]byte, int, error) {
-	img := image.NewGray(image.Rect(0, 0, w, h))
-	n := 0
-	for i, in := range mask {
-		if in {
-			img.Pix[i] = 255
-			n++
-		}
-	}
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		return nil, 0, err
-	}
-	return buf.Bytes(), n, nil
-}
 
 func float32Bytes(v []float32) []byte {
 	b := make([]byte, 4*len(v))

@@ -1,7 +1,10 @@
 package predict
 
 import (
+	"bytes"
 	"fmt"
+	"image"
+	"image/png"
 	"math"
 
 	"github.com/refiners-go/refiners/core"
@@ -135,6 +138,23 @@ func (p *Prediction) Binary(i int) []bool {
 		out[j] = v > MaskThreshold
 	}
 	return out
+}
+
+// MaskPNG is mask i binarised (Binary) as an 8-bit gray PNG, 255 inside
+// and 0 outside, with the number of pixels inside.
+func (p *Prediction) MaskPNG(i int) (data []byte, pixels int, err error) {
+	img := image.NewGray(image.Rect(0, 0, p.Width, p.Height))
+	for j, in := range p.Binary(i) {
+		if in {
+			img.Pix[j] = 255
+			pixels++
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		return nil, 0, fmt.Errorf("mask %d: %w", i, err)
+	}
+	return buf.Bytes(), pixels, nil
 }
 
 // Best is the index of the mask with the highest IoU prediction.

@@ -1,8 +1,11 @@
 package predict
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"image"
+	"image/png"
 	"math"
 	"strings"
 	"testing"
@@ -162,6 +165,36 @@ func TestLoadRefusesOtherFiles(t *testing.T) {
 		})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Load(%q): %v, want an error containing %q", c.path, err, c.want)
+		}
+	}
+}
+
+// TestMaskPNG: each mask as a gray PNG, 255 where its logit is above
+// MaskThreshold, with the count of those pixels.
+func TestMaskPNG(t *testing.T) {
+	p := &Prediction{Width: 3, Height: 2, Masks: [][]float32{
+		{-1, 0, 0.5, 2, -3, 1e-6},
+		{-1, -1, -1, -1, -1, -1},
+	}}
+	for _, c := range []struct {
+		i      int
+		want   []uint8
+		pixels int
+	}{
+		{0, []uint8{0, 0, 255, 255, 0, 255}, 3},
+		{1, []uint8{0, 0, 0, 0, 0, 0}, 0},
+	} {
+		data, n, err := p.MaskPNG(c.i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := png.Decode(bytes.NewReader(data))
+		if err != nil {
+			t.Fatalf("mask %d: %v", c.i, err)
+		}
+		g, ok := img.(*image.Gray)
+		if !ok || g.Bounds() != image.Rect(0, 0, 3, 2) || !bytes.Equal(g.Pix, c.want) || n != c.pixels {
+			t.Errorf("mask %d: %T %v pixels %v, count %d; want gray 3x2 %v, count %d", c.i, img, img.Bounds(), g, n, c.want, c.pixels)
 		}
 	}
 }
