@@ -1,45 +1,30 @@
 package main
 
 import (
-	"bytes"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/refiners-go/refiners/internal/atomicfile"
 	"github.com/refiners-go/refiners/spec"
 )
 
 // explainVerb prints the error index: one code in full (like rustc
 // --explain), the list of codes, or, with --markdown, docs/errors.md.
 func explainVerb(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
-	markdown := fs.Bool("markdown", false, "the whole index as Markdown (docs/errors.md)")
-	output := fs.String("output", "", "write to this file (atomically) instead of the terminal")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	var b bytes.Buffer
-	switch {
-	case *markdown:
-		if len(pos) > 0 {
-			return errors.New("explain --markdown: the whole index, no CODE")
-		}
-		errorsMarkdown(&b)
-	case len(pos) == 0:
-		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		for _, e := range spec.Explanations() {
-			fmt.Fprintf(tw, "%s\t%s\n", e.Code, e.Title)
-		}
-		tw.Flush()
-		fmt.Fprintln(&b, "\nrefinersd explain CODE explains one; docs/errors.md has them all.")
-	default:
-		for i, code := range pos {
+	return referenceVerb{
+		name: "explain", whole: "index", doc: "docs/errors.md", arg: "CODE",
+		markdown: errorsMarkdown,
+		list: func(w io.Writer) {
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			for _, e := range spec.Explanations() {
+				fmt.Fprintf(tw, "%s\t%s\n", e.Code, e.Title)
+			}
+			tw.Flush()
+			fmt.Fprintln(w, "\nrefinersd explain CODE explains one; docs/errors.md has them all.")
+		},
+		entry: func(w io.Writer, code string) error {
 			e, ok := spec.Explain(code)
 			if !ok {
 				codes := make([]string, 0, len(spec.Explanations()))
@@ -48,17 +33,10 @@ func explainVerb(args []string, out io.Writer) error {
 				}
 				return fmt.Errorf("explain: no error code %q%s (refinersd explain lists them)", code, spec.Suggest(strings.ToUpper(code), codes))
 			}
-			if i > 0 {
-				b.WriteString("\n")
-			}
-			b.WriteString(e.Text())
-		}
-	}
-	if *output != "" {
-		return atomicfile.WriteFile(*output, b.Bytes(), 0o644)
-	}
-	_, err = out.Write(b.Bytes())
-	return err
+			_, err := io.WriteString(w, e.Text())
+			return err
+		},
+	}.run(args, out)
 }
 
 // errorsMarkdown is docs/errors.md: each entry, with its example's real

@@ -5,9 +5,6 @@ package main
 //go:generate sh -c "go run . schema > ../../specs/refiners.schema.json"
 
 import (
-	"bytes"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -15,7 +12,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/refiners-go/refiners/core"
-	"github.com/refiners-go/refiners/internal/atomicfile"
 	"github.com/refiners-go/refiners/spec"
 )
 
@@ -23,39 +19,19 @@ import (
 // a one-line summary, or one type in full; --markdown writes the whole
 // reference as docs/layers.md is (go generate ./cmd/refinersd).
 func layersVerb(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("layers", flag.ContinueOnError)
-	markdown := fs.Bool("markdown", false, "the whole reference as Markdown (docs/layers.md)")
-	output := fs.String("output", "", "write to this file (atomically) instead of the terminal")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	var b bytes.Buffer
-	switch {
-	case *markdown:
-		if len(pos) > 0 {
-			return errors.New("layers --markdown: the whole reference, no NAME")
-		}
-		layersMarkdown(&b)
-	case len(pos) == 0:
-		layerList(&b)
-	default:
-		for i, name := range pos {
+	return referenceVerb{
+		name: "layers", whole: "reference", doc: "docs/layers.md", arg: "NAME",
+		markdown: layersMarkdown,
+		list:     layerList,
+		entry: func(w io.Writer, name string) error {
 			t, ok := core.LookupLayer(name)
 			if !ok {
 				return fmt.Errorf("layers: no layer type %q%s (refinersd layers lists them)", name, spec.Suggest(name, core.LayerTypes()))
 			}
-			if i > 0 {
-				b.WriteString("\n")
-			}
-			layerText(&b, t)
-		}
-	}
-	if *output != "" {
-		return atomicfile.WriteFile(*output, b.Bytes(), 0o644)
-	}
-	_, err = out.Write(b.Bytes())
-	return err
+			layerText(w, t)
+			return nil
+		},
+	}.run(args, out)
 }
 
 // layerList is one line per layer type.
