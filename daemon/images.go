@@ -635,29 +635,26 @@ func short(digest string) string {
 // events with Accept: application/x-ndjson or text/event-stream) and
 // answers with the PNG (Accept: image/png, one image) or JSON.
 func (d *Daemon) images(w http.ResponseWriter, r *http.Request) {
-	j, err := d.parseImage(w, r)
-	if err == nil {
-		w.Header().Set(AdapterSetHeader, AdapterSetDigest(pipelineKey(j.Model), j.Adapters, false))
-		err = d.Submit(j)
-	}
-	if err != nil {
-		d.fail(w, err)
+	j, ok := d.acceptImage(w, r)
+	if !ok {
 		return
 	}
 	defer d.jobs.remove(j.ID)
-	if accepts(r, mediaNDJSON) || accepts(r, mediaSSE) {
-		d.stream(w, r, j, true)
-		return
+	if d.awaitJob(w, r, j) {
+		d.writeImageResult(w, r, j)
 	}
-	if !j.wait(r.Context()) {
-		d.Cancel(j)
-		return
-	}
-	d.writeImageResult(w, r, j)
 }
 
 // submitImageJob answers POST /v1/images/jobs: 202 with the job's status.
 func (d *Daemon) submitImageJob(w http.ResponseWriter, r *http.Request) {
+	if j, ok := d.acceptImage(w, r); ok {
+		writeAccepted(w, j)
+	}
+}
+
+// acceptImage parses and queues an image request, answering the error if
+// any.
+func (d *Daemon) acceptImage(w http.ResponseWriter, r *http.Request) (*Job, bool) {
 	j, err := d.parseImage(w, r)
 	if err == nil {
 		w.Header().Set(AdapterSetHeader, AdapterSetDigest(pipelineKey(j.Model), j.Adapters, false))
@@ -665,10 +662,9 @@ func (d *Daemon) submitImageJob(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		d.fail(w, err)
-		return
+		return nil, false
 	}
-	w.Header().Set("Location", "/v1/jobs/"+j.ID)
-	writeJSON(w, http.StatusAccepted, j.status())
+	return j, true
 }
 
 // imageResponse is a finished image job's answer (nil if it failed).

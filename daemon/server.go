@@ -581,15 +581,25 @@ func (d *Daemon) run(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer d.jobs.remove(j.ID)
+	if d.awaitJob(w, r, j) {
+		d.writeResult(w, j, out)
+	}
+}
+
+// awaitJob waits for a job a synchronous request submitted: it streams
+// the job's events instead when the client accepts application/x-ndjson
+// or text/event-stream, and cancels the job when the client goes away. It
+// reports whether the caller is still to answer with the result.
+func (d *Daemon) awaitJob(w http.ResponseWriter, r *http.Request, j *Job) bool {
 	if accepts(r, mediaNDJSON) || accepts(r, mediaSSE) {
 		d.stream(w, r, j, true)
-		return
+		return false
 	}
 	if !j.wait(r.Context()) {
 		d.Cancel(j)
-		return
+		return false
 	}
-	d.writeResult(w, j, out)
+	return true
 }
 
 // accept parses and queues a run request, answering the error if any.
@@ -611,6 +621,12 @@ func (d *Daemon) submitJob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	writeAccepted(w, j)
+}
+
+// writeAccepted answers an asynchronous submission: 202 with the job's
+// status, and its URL in Location.
+func writeAccepted(w http.ResponseWriter, j *Job) {
 	w.Header().Set("Location", "/v1/jobs/"+j.ID)
 	writeJSON(w, http.StatusAccepted, j.status())
 }
