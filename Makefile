@@ -96,12 +96,21 @@ bench-sam: setup
 	conformance/setup-python.sh
 	$(GO) run ./cmd/refiners-bench -mode sam -sam-size vit_b
 
-# The predictor on an official ViT-B checkpoint (random weights, 358 MiB
-# .pth, not committed) against the official SamPredictor.
+# The predictor on official checkpoints at full size (random weights, not
+# committed: ViT-B a 358 MiB .pth, ViT-L 1.2 GiB, about 12 GB of memory to
+# generate) against the official SamPredictor, under each CPU capability.
+SAM_SIZES ?= vit_b vit_l
 conformance-sam-full: setup
 	conformance/setup-python.sh
-	conformance/.venv/bin/python conformance/generate_sam_official.py --full
-	CONFORMANCE_TIER=full $(GO) test -count=1 -timeout 30m -run 'TestSAMOfficial' ./conformance
+	@status=0; for size in $(SAM_SIZES); do \
+		conformance/.venv/bin/python conformance/generate_sam_official.py --full --size $$size || exit 1; \
+		for cap in $$(scripts/cpu-capabilities.sh); do \
+			report=$$(mktemp); echo "== $$size, ATEN_CPU_CAPABILITY=$$cap"; \
+			ATEN_CPU_CAPABILITY=$$cap CONFORMANCE_TIER=full SAM_SIZE=$$size CONFORMANCE_REPORT=$$report \
+				$(GO) test -count=1 -timeout 60m -run 'TestSAMOfficial' ./conformance || status=1; \
+			cat $$report; rm -f $$report; \
+		done; \
+	done; exit $$status
 
 # Go against Refiners 0.4.0 model by model (SD 1.5 UNet, VAE decoder,
 # CLIP-L) on full-size random weights written once to $(BENCH_DIR) (4.3 GB,

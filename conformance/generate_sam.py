@@ -241,15 +241,12 @@ def generate_mask_decoder(name, out_dir, embedding_dim, feed_forward_dim, num_la
           f"{(masks.double() - masks64).abs().max():.3g}, {(iou.double() - iou64).abs().max():.3g}")
 
 
-class SAMMaskEncoder(fl.Chain):
-    """specs/sam_mask_encoder.yaml's root: Refiners' MaskEncoder inside a
-    chain, so that its own no_mask_embedding is keyed under it."""
-
-
 def generate_mask_encoder(name, out_dir, embedding_dim, side, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    model = SAMMaskEncoder(MaskEncoder(embedding_dim=embedding_dim)).eval()
+    # specs/sam_mask_encoder.yaml unwraps its MaskEncoder: the keys are
+    # the MaskEncoder's own (SegmentAnythingH's under mask_encoder.).
+    model = MaskEncoder(embedding_dim=embedding_dim).eval()
     with torch.no_grad():
         for key, t in sorted(model.state_dict().items()):
             fan_in = t[0].numel() if t.dim() > 1 else 1

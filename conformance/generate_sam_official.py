@@ -4,14 +4,18 @@ torch.save (keys renamed by models/sam/samkeys, read by torchfile),
 checked against the official SamPredictor (segment-anything 1.0) on the
 same weights, image and prompts.
 
-    conformance/.venv/bin/python conformance/generate_sam_official.py [--full]
+    conformance/.venv/bin/python conformance/generate_sam_official.py \
+        [--full [--size vit_b|vit_l|vit_h]] [--cases points,box,...]
 
 Default (committed, testdata/sam_official): a small official Sam built from
 segment_anything's own classes (ImageEncoderViT at a 128 px image, 16 px
 patches, width 16, 3 blocks with block 1 global, 3×3 windows, a 32-channel
 neck; PromptEncoder and MaskDecoder at width 32), random weights.
---full (testdata/full/sam_official, not committed): sam_model_registry
-["vit_b"] at its real size (1024 px, about 90M parameters, a 358 MiB .pth).
+--full (testdata/full/sam_official_<size>, not committed):
+sam_model_registry[<size>] at its real size (1024 px; vit_b, the default,
+about 90M parameters and a 358 MiB .pth; vit_l about 308M and 1.2 GiB).
+--cases keeps only the named cases (points_mask needs points), for slow
+machines: the encoder runs once per distinct image and precision.
 
 Each case is SamPredictor.set_image + predict(multimask_output=True,
 return_logits=True): the image embedding, the three mask logits at the
@@ -78,17 +82,33 @@ def exact_grid(self, size):
     return self._pe_encoding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)
 
 
+def option(name, default):
+    if name in sys.argv:
+        i = sys.argv.index(name)
+        if i + 1 >= len(sys.argv):
+            sys.exit(f"{name} needs a value")
+        return sys.argv[i + 1]
+    return default
+
+
 def main():
     full = "--full" in sys.argv
+    size = option("--size", "vit_b")
+    if size not in sam_model_registry or size == "default":
+        sys.exit(f"--size {size}: not one of vit_b, vit_l, vit_h")
+    if not full and "--size" in sys.argv:
+        sys.exit("--size needs --full (the default model is the small one)")
+    keep = option("--cases", None)
     here = Path(__file__).parent
-    out = here / "testdata" / ("full/sam_official" if full else "sam_official")
+    out = here / "testdata" / (f"full/sam_official_{size}" if full else "sam_official")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = sam_model_registry["vit_b"]() if full else tiny_official()
+    build = sam_model_registry[size] if full else tiny_official
+    model = build()
     model.eval()
     randomize(model, seed=300)
     torch.save(model.state_dict(), out / "model.pth")
-    twin = sam_model_registry["vit_b"]() if full else tiny_official()
+    twin = build()
     twin.load_state_dict(model.state_dict())
     twin = twin.double().eval()
     pe = twin.prompt_encoder.pe_layer
@@ -103,12 +123,27 @@ def main():
         ("points_box", "tall", [(20.0, 33.0)], [(5.5, 60.0)], (3.0, 10.0, 40.0, 66.0), None),
         ("points_mask", "wide", [(40.0, 30.5), (100.0, 60.0)], [(12.0, 80.0)], None, "points"),
     ]
+    if keep is not None:
+        names = keep.split(",")
+        unknown = set(names) - {c[0] for c in cases}
+        if unknown:
+            sys.exit(f"--cases: unknown {sorted(unknown)}")
+        cases = [c for c in cases if c[0] in names]
+        for c in cases:
+            if c[5] is not None and c[5] not in names:
+                sys.exit(f"--cases: {c[0]} needs {c[5]}")
     low_of = {}
-    predictor, predictor64 = SamPredictor(model), SamPredictor(twin)
+    # One predictor pair per image: the encoder runs once per image.
+    predictors = {}
     for name, image_name, fg, bg, box, mask_from in cases:
         image = images[image_name]
+        if image_name not in predictors:
+            predictors[image_name] = (SamPredictor(model), SamPredictor(twin))
+            with torch.no_grad():
+                predictors[image_name][0].set_image(np.array(image))
+                predictors[image_name][1].set_image(np.array(image))
+        predictor, predictor64 = predictors[image_name]
         image.save(out / f"{image_name}.png")
-        pixels = np.array(image)
         # Background first, then foreground: Refiners' order (the
         # official predictor keeps the caller's).
         pts = bg + fg
@@ -120,11 +155,9 @@ def main():
             low, iou = low_of[mask_from]
             mask_in = low[int(np.argmax(iou))][None].astype(np.float32)
         with torch.no_grad():
-            predictor.set_image(pixels)
             masks, iou, low = predictor.predict(point_coords=coords, point_labels=labels, box=box_np,
                                                 mask_input=mask_in, multimask_output=True, return_logits=True)
             embedding = predictor.features.clone()
-            predictor64.set_image(pixels)
             size = (image.height, image.width)
             c64 = l64 = b64 = m64 = None
             if coords is not None:

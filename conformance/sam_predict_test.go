@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
@@ -40,12 +41,17 @@ func TestSAMPredict(t *testing.T) {
 // TestSAMOfficial checks the predictor on an official segment_anything
 // checkpoint (a state dict saved by torch.save, read by torchfile, renamed
 // by models/sam/samkeys) against the official SamPredictor: a small model
-// by default, ViT-B at full size with CONFORMANCE_TIER=full (written by
-// generate_sam_official.py --full).
+// by default; with CONFORMANCE_TIER=full, the official model at full size
+// in testdata/full/sam_official_$SAM_SIZE (vit_b unless set; written by
+// generate_sam_official.py --full --size $SAM_SIZE).
 func TestSAMOfficial(t *testing.T) {
 	dir := "testdata/sam_official"
 	if os.Getenv("CONFORMANCE_TIER") == "full" {
-		dir = "testdata/full/sam_official"
+		size := os.Getenv("SAM_SIZE")
+		if size == "" {
+			size = "vit_b"
+		}
+		dir = "testdata/full/sam_official_" + size
 	}
 	names := []string{"points", "box", "points_box", "points_mask"}
 	rows := runSAMPredictCases(t, dir+"/model.pth", dir, "", names)
@@ -53,9 +59,12 @@ func TestSAMOfficial(t *testing.T) {
 }
 
 // runSAMPredictCases loads the model once and checks each case
-// (dir/<prefix><name>.safetensors) against its reference.
+// (dir/<prefix><name>.safetensors) against its reference. The image
+// encoder runs once per image: cases on the same image share its
+// embedding (each case still checks it).
 func runSAMPredictCases(t *testing.T, modelPath, dir, prefix string, names []string) string {
 	var rows string
+	embeddings := map[string]*predict.Embedding{}
 	var model *predict.Model
 	err := tensor.Run(context.Background(), func(s *tensor.Scope) error {
 		var err error
@@ -114,9 +123,15 @@ func runSAMPredictCases(t *testing.T, modelPath, dir, prefix string, names []str
 					diffs["preprocessed"] = ExactDiff(s, x, f.Load(s, "output.preprocessed"))
 					keys = append([]string{"preprocessed"}, keys...)
 				}
-				e, err := model.Embed(s, rgb)
-				if err != nil {
-					return err
+				e, ok := embeddings[pr.Image]
+				if !ok {
+					start := time.Now()
+					e, err = model.Embed(s, rgb)
+					if err != nil {
+						return err
+					}
+					t.Logf("%s: image encoder %.1f s", pr.Image, time.Since(start).Seconds())
+					embeddings[pr.Image] = e
 				}
 				got := map[string]*tensor.Tensor{"embedding": s.FromFloat32(e.Features, 1, e.Channels, e.Grid, e.Grid)}
 				got["masks"], got["iou"], got["low_res"], err = model.PredictTensors(s, e, prompt)

@@ -137,6 +137,20 @@ func (s *Spec) build(overrides map[string]string, lint *buildRecord) (*core.Chai
 	var root *core.Chain
 	if s.layers != nil {
 		children := b.items(s.File, s.layers, top)
+		if s.Unwrap {
+			c, ok := onlyChain(children)
+			if !ok && len(b.errs) == 0 {
+				b.errf(s.File, s.layers, CodeShape, "unwrap: the single layer must be a chain (a layer with children), got %s", describeModules(children))
+			}
+			if len(b.errs) > 0 {
+				return nil, b.errs.sorted()
+			}
+			if _, ok := core.ParamCount(c); !ok {
+				b.errf(s.File, s.layers, CodeBadLayer, "the model declares more than %d parameters", int64(math.MaxInt64))
+				return nil, b.errs.sorted()
+			}
+			return c, nil
+		}
 		if s.Name == "" && s.Kind == core.Sequence {
 			root = core.NewChain(children...)
 		} else {
@@ -690,4 +704,25 @@ func (b *builder) block(file string, typeNode *yaml.Node, blk *Block, args map[s
 		c.Provider = b.boolean(file, provider, e)
 	}
 	return c
+}
+
+// onlyChain returns the single module of mods when it is a chain.
+func onlyChain(mods []core.Module) (*core.Chain, bool) {
+	if len(mods) != 1 {
+		return nil, false
+	}
+	c, ok := mods[0].(*core.Chain)
+	return c, ok
+}
+
+// describeModules names mods' types, for errors.
+func describeModules(mods []core.Module) string {
+	if len(mods) == 0 {
+		return "no layer"
+	}
+	names := make([]string, len(mods))
+	for i, m := range mods {
+		names[i] = core.TypeName(m)
+	}
+	return strings.Join(names, ", ")
 }

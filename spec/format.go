@@ -11,7 +11,7 @@ import (
 )
 
 // Format prints a spec in canonical form (`refinersd fmt`): keys in a
-// fixed order (refiners, name, description, kind, args, provider, imports,
+// fixed order (refiners, name, description, unwrap, kind, args, provider, imports,
 // params, blocks, layers; a block's: description, kind, params, args,
 // provider, layers), two-space indentation, a layer's `layers:` after its
 // other arguments, argumentless layers as bare names (`- ReLU`, not
@@ -144,7 +144,7 @@ func spaceBlocks(src []byte) []byte {
 }
 
 var (
-	docOrder   = []string{"refiners", "name", "description", "kind", "args", "provider", "imports", "params", "blocks", "layers"}
+	docOrder   = []string{"refiners", "name", "description", "unwrap", "kind", "args", "provider", "imports", "params", "blocks", "layers"}
 	blockOrder = []string{"description", "kind", "params", "args", "provider", "layers"}
 )
 

@@ -78,6 +78,7 @@ func Schema() ([]byte, error) {
 		"properties": map[string]any{
 			"refiners":    map[string]any{"const": Version},
 			"name":        map[string]any{"type": "string"},
+			"unwrap":      map[string]any{"type": "boolean"},
 			"kind":        map[string]any{"enum": kinds},
 			"args":        map[string]any{"type": "string"},
 			"provider":    map[string]any{"type": "boolean"},

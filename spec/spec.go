@@ -69,8 +69,13 @@ var chainKeys = []string{"params", "kind", "args", "provider", "description", "l
 // Spec is a parsed spec file with its imports resolved.
 type Spec struct {
 	chainDef
-	File   string
-	Name   string
+	File string
+	Name string
+	// Unwrap makes the model its single layer itself (which must be a
+	// chain), so that the keys carry no name of it: for a part whose
+	// Refiners state dict is one layer's own, such as SegmentAnything's
+	// mask_encoder (a MaskEncoder with its own no_mask_embedding).
+	Unwrap bool
 	Blocks map[string]*Block
 	// Files lists every file read to make this spec: its own first, then
 	// its imports, each once, as the loader named them.
@@ -314,8 +319,8 @@ func (l *loader) parse(path string, src []byte, imported bool) *Spec {
 	}
 	s := &Spec{File: path, Blocks: map[string]*Block{}}
 	version := false
-	var imports *yaml.Node
-	l.fields(path, root, "spec", append([]string{"refiners", "name", "imports", "blocks"}, chainKeys...),
+	var imports, unwrap *yaml.Node
+	l.fields(path, root, "spec", append([]string{"refiners", "name", "unwrap", "imports", "blocks"}, chainKeys...),
 		func(key string, k, v *yaml.Node) {
 			switch key {
 			case "refiners":
@@ -325,6 +330,9 @@ func (l *loader) parse(path string, src []byte, imported bool) *Spec {
 				}
 			case "name":
 				s.Name = l.scalar(path, v, "name")
+			case "unwrap":
+				s.Unwrap = l.boolean(path, v, "unwrap")
+				unwrap = v
 			case "imports":
 				imports = v
 			case "blocks":
@@ -338,6 +346,14 @@ func (l *loader) parse(path string, src []byte, imported bool) *Spec {
 	}
 	if s.layers == nil && !imported {
 		l.errf(path, root, CodeShape, "missing `layers:` (the model's layers)")
+	}
+	if s.Unwrap {
+		if s.layers != nil && s.layers.Kind == yaml.SequenceNode && len(s.layers.Content) != 1 {
+			l.errf(path, unwrap, CodeShape, "unwrap: the model is its single layer itself, but layers has %d items", len(s.layers.Content))
+		}
+		if s.Kind != core.Sequence || s.Args != "" || s.Provider {
+			l.errf(path, unwrap, CodeShape, "unwrap: the root is the layer itself, so kind, args and provider do not apply")
+		}
 	}
 	if imports != nil {
 		l.imports(path, imports, s.Blocks)

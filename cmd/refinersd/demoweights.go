@@ -17,7 +17,6 @@ import (
 	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/daemon"
 	"github.com/refiners-go/refiners/internal/atomicfile"
-	"github.com/refiners-go/refiners/models/sam"
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
 	"github.com/refiners-go/refiners/store"
@@ -42,6 +41,7 @@ var (
 	demoSAMEncoder = map[string]string{"embedding_dim": "16", "num_layers": "3", "num_heads": "2", "global_1": "1", "global_2": "-1",
 		"global_3": "-1", "global_4": "-1", "image_size": "128", "patch_size": "16", "window_size": "3", "neck_dim": fmt.Sprint(demoSAMWidth)}
 	demoSAMPoint   = map[string]string{"embedding_dim": fmt.Sprint(demoSAMWidth)}
+	demoSAMMask    = map[string]string{"embedding_dim": fmt.Sprint(demoSAMWidth), "intermediate_channels": fmt.Sprint(demoSAMMaskInner)}
 	demoSAMDecoder = map[string]string{"embedding_dim": fmt.Sprint(demoSAMWidth), "feed_forward_dim": "64", "num_layers": "2", "num_output_mask": "3",
 		"num_heads": "8", "dense_side": "8"}
 )
@@ -116,7 +116,7 @@ func demoWeights(args []string, out io.Writer) error {
 				{"sd15_vae_decoder.yaml", demoAutoencoder, "Decoder.", 4}}},
 			{cn, []randomPart{{"sd15_controlnet.yaml", demoControlnet, "", 5}}},
 			{filepath.Join(dir, "sam.safetensors"), []randomPart{{"sam.yaml", demoSAMEncoder, "image_encoder.", 6},
-				{"sam_point_encoder.yaml", demoSAMPoint, "point_encoder.", 7}, {"", nil, "mask_encoder.", 8},
+				{"sam_point_encoder.yaml", demoSAMPoint, "point_encoder.", 7}, {"sam_mask_encoder.yaml", demoSAMMask, "mask_encoder.", 8},
 				{"sam_mask_decoder.yaml", demoSAMDecoder, "mask_decoder.", 9}}},
 		} {
 			if err := writeRandomWeights(s, w.path, w.parts...); err != nil {
@@ -200,14 +200,9 @@ func writeRandomWeights(s *tensor.Scope, path string, parts ...randomPart) error
 	all := map[string]*tensor.Tensor{}
 	for _, p := range parts {
 		var m *core.Chain
-		var err error
-		if p.spec == "" { // SAM's mask encoder is built as its chain, not from its spec's wrapper
-			m, err = sam.NewMaskEncoder(demoSAMWidth, demoSAMMaskInner)
-		} else {
-			var sp *spec.Spec
-			if sp, err = spec.LoadFS(specs.FS, p.spec); err == nil {
-				m, err = sp.Build(p.params)
-			}
+		sp, err := spec.LoadFS(specs.FS, p.spec)
+		if err == nil {
+			m, err = sp.Build(p.params)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.spec, err)

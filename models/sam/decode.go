@@ -9,8 +9,8 @@ import (
 
 // Parts are the prompt side of SAM, each loaded with its weights:
 // PointEncoder from specs/sam_point_encoder.yaml, MaskEncoder a
-// NewMaskEncoder chain (or a chain holding one, such as
-// specs/sam_mask_encoder.yaml's root) and MaskDecoder from
+// MaskEncoder chain (specs/sam_mask_encoder.yaml, which unwraps it, or
+// NewMaskEncoder; a chain holding one also works) and MaskDecoder from
 // specs/sam_mask_decoder.yaml. In Refiners' converted weights they are the
 // keys under point_encoder., mask_encoder. and mask_decoder.
 type Parts struct {

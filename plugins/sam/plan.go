@@ -28,8 +28,9 @@ var models = []model{
 		return map[string]any{"spec": "sam_point_encoder.yaml", "set": map[string]any{"embedding_dim": strconv.FormatInt(s.PointDim, 10)}}
 	}},
 	{"mask_encoder.", func(s *samkeys.Sizes) map[string]any {
-		// The MaskEncoder chain itself (its keys are mask_encoder.<key>).
-		return map[string]any{"layer": map[string]any{"type": "MaskEncoder", "embedding_dim": float64(s.MaskDim), "intermediate_channels": float64(s.MaskInner)}}
+		// The spec unwraps its MaskEncoder: the keys are mask_encoder.<key>.
+		return map[string]any{"spec": "sam_mask_encoder.yaml", "set": map[string]any{
+			"embedding_dim": strconv.FormatInt(s.MaskDim, 10), "intermediate_channels": strconv.FormatInt(s.MaskInner, 10)}}
 	}},
 	{"mask_decoder.", func(s *samkeys.Sizes) map[string]any {
 		return map[string]any{"spec": "sam_mask_decoder.yaml", "set": anyMap(s.Decoder)}

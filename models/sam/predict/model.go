@@ -20,7 +20,6 @@ import (
 	"github.com/refiners-go/refiners/core/tensor"
 	"github.com/refiners-go/refiners/core/weights"
 	_ "github.com/refiners-go/refiners/models/all" // the layers the specs use
-	"github.com/refiners-go/refiners/models/sam"
 	"github.com/refiners-go/refiners/models/sam/samkeys"
 	"github.com/refiners-go/refiners/spec"
 	"github.com/refiners-go/refiners/specs"
@@ -109,10 +108,10 @@ func Load(s *tensor.Scope, c Config) (*Model, error) {
 	if m.PointEncoder, err = build("sam_point_encoder.yaml", map[string]string{"embedding_dim": fmt.Sprint(pointDim)}); err != nil {
 		return nil, fmt.Errorf("sam: point encoder: %w", err)
 	}
-	// The mask encoder is built as the MaskEncoder chain itself (not
-	// specs/sam_mask_encoder.yaml's root, which wraps it), so that its keys
-	// are the file's mask_encoder.<key>.
-	if m.MaskEncoder, err = sam.NewMaskEncoder(maskDim, maskInner); err != nil {
+	// specs/sam_mask_encoder.yaml unwraps its MaskEncoder: its keys are
+	// the file's mask_encoder.<key>.
+	if m.MaskEncoder, err = build("sam_mask_encoder.yaml", map[string]string{
+		"embedding_dim": fmt.Sprint(maskDim), "intermediate_channels": fmt.Sprint(maskInner)}); err != nil {
 		return nil, fmt.Errorf("sam: mask encoder: %w", err)
 	}
 	if m.MaskDecoder, err = build("sam_mask_decoder.yaml", dec); err != nil {
