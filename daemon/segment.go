@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
 	_ "image/jpeg" // images may be JPEG
-	"math"
 	"net/http"
 	"regexp"
 	"sort"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"github.com/refiners-go/refiners/core/tensor"
+	"github.com/refiners-go/refiners/core/weights"
 	"github.com/refiners-go/refiners/internal/names"
 	"github.com/refiners-go/refiners/models/sam/predict"
 	"github.com/refiners-go/refiners/models/sd15/pipeline"
@@ -308,12 +307,11 @@ func parseSegmentRequest(req *SegmentRequest) (prompt predict.Prompt, raw []byte
 	}
 	if req.MaskInput != "" {
 		b, err := base64.StdEncoding.DecodeString(req.MaskInput)
-		if err != nil || len(b)%4 != 0 {
-			return prompt, nil, "", bad("mask_input: want base64 of little-endian float32 values")
+		if err == nil {
+			prompt.Mask, err = weights.Float32sFromBytes(b)
 		}
-		prompt.Mask = make([]float32, len(b)/4)
-		for i := range prompt.Mask {
-			prompt.Mask[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		if err != nil {
+			return prompt, nil, "", bad("mask_input: want base64 of little-endian float32 values")
 		}
 	}
 	return prompt, raw, digest, nil
@@ -390,12 +388,7 @@ func (g *segmenter) run(ctx context.Context, prompt predict.Prompt, raw []byte, 
 		res.Masks = append(res.Masks, SegmentMask{PNGBase64: base64.StdEncoding.EncodeToString(b), Score: p.IoU[i], Index: i, Pixels: n})
 	}
 	if lowRes {
-		l := p.LowRes[res.Best]
-		b := make([]byte, 4*len(l))
-		for i, v := range l {
-			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
-		}
-		res.LowResLogitsBase64 = base64.StdEncoding.EncodeToString(b)
+		res.LowResLogitsBase64 = base64.StdEncoding.EncodeToString(weights.Float32Bytes(p.LowRes[res.Best]))
 		res.LowResSide = side
 	}
 	return res, nil

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -237,9 +236,9 @@ func segment(args []string, out io.Writer) error {
 		}
 		n := int64(len(p.LowRes))
 		if err := weights.Encode(&buf, map[string]weights.Raw{
-			"mask":    {DType: tensor.Float32, Shape: []int64{1, 1, lowSide, lowSide}, Data: float32Bytes(p.LowRes[best])},
-			"low_res": {DType: tensor.Float32, Shape: []int64{1, n, lowSide, lowSide}, Data: float32Bytes(all)},
-			"iou":     {DType: tensor.Float32, Shape: []int64{1, n}, Data: float32Bytes(p.IoU)},
+			"mask":    {DType: tensor.Float32, Shape: []int64{1, 1, lowSide, lowSide}, Data: weights.Float32Bytes(p.LowRes[best])},
+			"low_res": {DType: tensor.Float32, Shape: []int64{1, n, lowSide, lowSide}, Data: weights.Float32Bytes(all)},
+			"iou":     {DType: tensor.Float32, Shape: []int64{1, n}, Data: weights.Float32Bytes(p.IoU)},
 		}, map[string]string{"best": strconv.Itoa(best)}); err != nil {
 			return fmt.Errorf("segment: %w", err)
 		}
@@ -270,14 +269,6 @@ func segment(args []string, out io.Writer) error {
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
-
-func float32Bytes(v []float32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	return b
-}
 
 // readMaskInput reads low-res logits from a safetensors file: its "mask"
 // tensor, or its only tensor, [S, S], [1, S, S] or [1, 1, S, S].

@@ -1001,3 +1001,27 @@ func ioError(path string, err error) error {
 	}
 	return errorf(path, "%w", err)
 }
+
+// Float32Bytes is v as safetensors stores F32 data: little-endian, 4 bytes
+// a value. Callers that build a Tensor's Data or a wire format from Go
+// float32 values use it.
+func Float32Bytes(v []float32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+// Float32sFromBytes is the inverse of Float32Bytes; a length that is not
+// a multiple of 4 is an error.
+func Float32sFromBytes(b []byte) ([]float32, error) {
+	if len(b)%4 != 0 {
+		return nil, fmt.Errorf("%d bytes are not a whole number of float32 values", len(b))
+	}
+	v := make([]float32, len(b)/4)
+	for i := range v {
+		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return v, nil
+}

@@ -615,3 +615,30 @@ func TestFloat64s(t *testing.T) {
 		}
 	}
 }
+
+func TestFloat32Bytes(t *testing.T) {
+	cases := [][]float32{nil, {0}, {1, -2.5, float32(math.Inf(1)), math.SmallestNonzeroFloat32, math.MaxFloat32}}
+	for _, v := range cases {
+		b := Float32Bytes(v)
+		if len(b) != 4*len(v) {
+			t.Fatalf("%v: %d bytes", v, len(b))
+		}
+		for i, x := range v {
+			if got := math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])); got != x {
+				t.Errorf("%v: value %d encodes %v", v, i, got)
+			}
+		}
+		back, err := Float32sFromBytes(b)
+		if err != nil || len(back) != len(v) {
+			t.Fatalf("%v: round trip %v, %v", v, back, err)
+		}
+		for i := range v {
+			if back[i] != v[i] {
+				t.Errorf("%v: round trip value %d is %v", v, i, back[i])
+			}
+		}
+	}
+	if _, err := Float32sFromBytes(make([]byte, 5)); err == nil {
+		t.Error("5 bytes decoded without an error")
+	}
+}
